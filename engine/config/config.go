@@ -1,0 +1,380 @@
+// Package config is Sluice's one internal configuration model. The DSL
+// compiler, the Envoy bootstrap loader and the xDS client all produce a
+// Snapshot; the engine validates it, compiles it into a running graph and
+// swaps it in atomically. Shapes follow Envoy's v3 resources one to one so
+// translation from xDS loses nothing.
+package config
+
+import (
+	"net/netip"
+	"time"
+)
+
+// Snapshot is one complete configuration.
+type Snapshot struct {
+	// Version identifies the snapshot (an xDS version, a file hash, ...).
+	Version string
+	// Source says where the snapshot came from, for /config_dump and logs.
+	Source string
+
+	Admin        *Admin
+	Listeners    []*Listener
+	Clusters     []*Cluster
+	RouteConfigs []*RouteConfiguration // named route tables (RDS); HCMs refer to them by name
+}
+
+// Admin is the admin server's address and access log.
+type Admin struct {
+	Address       string // host:port
+	AccessLogPath string
+}
+
+// Listener accepts connections on one address.
+type Listener struct {
+	Name    string
+	Address string // host:port
+
+	FilterChains       []*FilterChain
+	DefaultFilterChain *FilterChain
+
+	// MaxConnections caps concurrent downstream connections (0: no cap).
+	MaxConnections int
+	// PerConnectionBufferLimit bounds buffered bytes per connection (0: default).
+	PerConnectionBufferLimit int
+}
+
+// FilterChain is a match on connection properties and the network filters
+// that serve matching connections.
+type FilterChain struct {
+	Name  string
+	Match FilterChainMatch
+	HTTP  *HTTPConnectionManager
+}
+
+// FilterChainMatch selects a filter chain (Envoy's filter_chain_match).
+type FilterChainMatch struct {
+	DestinationPort      uint32
+	ServerNames          []string
+	TransportProtocol    string
+	ApplicationProtocols []string
+	PrefixRanges         []netip.Prefix
+	SourcePrefixRanges   []netip.Prefix
+}
+
+// Codec names the HTTP codec of a connection manager.
+type Codec string
+
+const (
+	CodecAuto  Codec = "auto"
+	CodecHTTP1 Codec = "http1"
+	CodecHTTP2 Codec = "http2"
+)
+
+// HTTPConnectionManager is Envoy's HCM: the network filter that turns bytes
+// into HTTP streams, runs HTTP filters and routes.
+type HTTPConnectionManager struct {
+	StatPrefix string
+	Codec      Codec
+
+	// Exactly one of RDSName and RouteConfig is set.
+	RDSName     string
+	RouteConfig *RouteConfiguration
+
+	HTTPFilters []*HTTPFilter
+	AccessLogs  []*AccessLog
+
+	// RequestHeadersTimeout bounds reading one request's header block
+	// (slowloris). IdleTimeout closes a connection with no active stream.
+	// RequestTimeout bounds reading a whole request. Zero disables each.
+	RequestHeadersTimeout time.Duration
+	IdleTimeout           time.Duration
+	RequestTimeout        time.Duration
+	StreamIdleTimeout     time.Duration
+	// DrainTimeout bounds how long a draining connection may linger.
+	DrainTimeout time.Duration
+	// MaxConnectionDuration closes long-lived connections (0: never).
+	MaxConnectionDuration time.Duration
+	// MaxRequestsPerConnection closes a connection after so many (0: no cap).
+	MaxRequestsPerConnection int
+
+	MaxRequestHeadersBytes int // whole header block; default 60 KiB
+	MaxHeadersCount        int // default 100
+
+	UseRemoteAddress          bool
+	XFFNumTrustedHops         uint32
+	SkipXFFAppend             bool
+	GenerateRequestID         bool
+	PreserveExternalRequestID bool
+	ServerName                string // Server header for local replies
+}
+
+// HTTPFilter is one HTTP stream filter in a chain. TypeURL selects the
+// registered compiler; Config is whatever that compiler understands (a
+// protobuf message from xDS, a struct from the DSL).
+type HTTPFilter struct {
+	Name     string
+	TypeURL  string
+	Config   any
+	Disabled bool // present but off unless a route enables it
+	Optional bool // an unknown optional filter is skipped, not an error
+}
+
+// FilterOverride is per-route filter config (Envoy's typed_per_filter_config),
+// keyed by filter name.
+type FilterOverride struct {
+	TypeURL  string
+	Config   any
+	Disabled bool
+}
+
+// AccessLog writes one line per finished stream.
+type AccessLog struct {
+	Path   string // file path; "/dev/stdout" and "/dev/stderr" are the standard streams
+	Format string // Envoy %COMMAND% format; empty means the default format
+}
+
+// RouteConfiguration is a route table.
+type RouteConfiguration struct {
+	Name         string
+	VirtualHosts []*VirtualHost
+	HeaderMutations
+}
+
+// HeaderMutations adds and removes headers; it appears at route table,
+// virtual host, route and weighted cluster level, applied innermost first
+// like Envoy.
+type HeaderMutations struct {
+	RequestHeadersToAdd     []HeaderValueOption
+	RequestHeadersToRemove  []string
+	ResponseHeadersToAdd    []HeaderValueOption
+	ResponseHeadersToRemove []string
+}
+
+// AppendAction is Envoy's HeaderValueOption.append_action.
+type AppendAction int
+
+const (
+	AppendIfExistsOrAdd AppendAction = iota
+	AddIfAbsent
+	OverwriteIfExistsOrAdd
+	OverwriteIfExists
+)
+
+// HeaderValueOption is one header to add.
+type HeaderValueOption struct {
+	Key    string
+	Value  string
+	Action AppendAction
+}
+
+// VirtualHost groups routes by domain.
+type VirtualHost struct {
+	Name    string
+	Domains []string // exact, "*.suffix", "prefix.*" or "*"
+	Routes  []*Route
+	HeaderMutations
+	RetryPolicy          *RetryPolicy
+	TypedPerFilterConfig map[string]*FilterOverride
+}
+
+// Route is one match and its action. Exactly one of Action, DirectResponse
+// and Redirect is set.
+type Route struct {
+	Name  string
+	Match RouteMatch
+
+	Action         *RouteAction
+	DirectResponse *DirectResponse
+	Redirect       *Redirect
+
+	HeaderMutations
+	TypedPerFilterConfig map[string]*FilterOverride
+}
+
+// RouteMatch is Envoy's RouteMatch. Exactly one path specifier is set, or
+// none (matches every path).
+type RouteMatch struct {
+	Prefix              string
+	Path                string
+	SafeRegex           string
+	PathSeparatedPrefix string
+	CaseInsensitive     bool // Envoy's case_sensitive=false
+
+	Headers         []HeaderMatcher
+	QueryParameters []QueryParameterMatcher
+}
+
+// StringMatchKind says how a StringMatcher compares.
+type StringMatchKind int
+
+const (
+	MatchExact StringMatchKind = iota
+	MatchPrefix
+	MatchSuffix
+	MatchContains
+	MatchRegex
+)
+
+// StringMatcher is Envoy's type.matcher.v3.StringMatcher.
+type StringMatcher struct {
+	Kind       StringMatchKind
+	Value      string
+	IgnoreCase bool
+}
+
+// HeaderMatcher matches one request header (":method", ":authority" and
+// ":path" included). With Match nil it tests presence (Present).
+type HeaderMatcher struct {
+	Name        string
+	Match       *StringMatcher
+	Present     bool
+	InvertMatch bool
+}
+
+// QueryParameterMatcher matches one query parameter; with Match nil it tests
+// presence.
+type QueryParameterMatcher struct {
+	Name  string
+	Match *StringMatcher
+}
+
+// RouteAction forwards to a cluster.
+type RouteAction struct {
+	Cluster          string
+	WeightedClusters []*WeightedCluster
+	ClusterHeader    string
+
+	// Timeout bounds the whole upstream exchange including retries (0: none).
+	Timeout     time.Duration
+	IdleTimeout time.Duration
+
+	PrefixRewrite      string
+	RegexRewrite       *RegexRewrite
+	HostRewriteLiteral string
+	HostRewriteHeader  string
+	AutoHostRewrite    bool
+
+	RetryPolicy  *RetryPolicy
+	HashPolicy   []HashPolicy
+	MirrorPolicy []MirrorPolicy
+}
+
+// WeightedCluster is one branch of a weighted split.
+type WeightedCluster struct {
+	Name   string
+	Weight uint32
+	HeaderMutations
+	TypedPerFilterConfig map[string]*FilterOverride
+}
+
+// RegexRewrite rewrites the path with an RE2 pattern.
+type RegexRewrite struct {
+	Pattern      string
+	Substitution string
+}
+
+// RetryPolicy is Envoy's RetryPolicy.
+type RetryPolicy struct {
+	// RetryOn holds the conditions: "5xx", "gateway-error", "connect-failure",
+	// "reset", "retriable-status-codes", "refused-stream", ...
+	RetryOn              []string
+	NumRetries           uint32
+	PerTryTimeout        time.Duration
+	RetriableStatusCodes []uint32
+	// RetryOtherHosts makes a retry avoid hosts already tried (Envoy's
+	// previous_hosts retry host predicate).
+	RetryOtherHosts               bool
+	HostSelectionRetryMaxAttempts int
+	BackoffBase                   time.Duration
+	BackoffMax                    time.Duration
+}
+
+// HashPolicy feeds consistent-hash load balancers.
+type HashPolicy struct {
+	Header         string
+	SourceIP       bool
+	QueryParameter string
+	Cookie         string
+	Terminal       bool
+}
+
+// MirrorPolicy shadows requests to another cluster.
+type MirrorPolicy struct {
+	Cluster string
+	Percent float64 // 0..100
+}
+
+// DirectResponse answers locally.
+type DirectResponse struct {
+	Status int
+	Body   string
+}
+
+// Redirect answers with a redirect built from the request.
+type Redirect struct {
+	SchemeRedirect string
+	HostRedirect   string
+	PortRedirect   uint32
+	PathRedirect   string
+	PrefixRewrite  string
+	ResponseCode   int // 301 when zero
+	StripQuery     bool
+}
+
+// LBPolicy names a load balancing policy.
+type LBPolicy string
+
+const (
+	LBRoundRobin   LBPolicy = "round_robin"
+	LBLeastRequest LBPolicy = "least_request"
+	LBRandom       LBPolicy = "random"
+	LBRingHash     LBPolicy = "ring_hash"
+	LBMaglev       LBPolicy = "maglev"
+)
+
+// Cluster is a set of upstream endpoints.
+type Cluster struct {
+	Name           string
+	Type           string // STATIC, STRICT_DNS, EDS, ...
+	ConnectTimeout time.Duration
+	LBPolicy       LBPolicy
+	Endpoints      []*Endpoint
+
+	CircuitBreakers CircuitBreakers
+
+	// Protocol is the upstream HTTP protocol ("http1" default).
+	Protocol string
+	// IdleTimeout closes pooled upstream connections idle this long.
+	IdleTimeout              time.Duration
+	MaxRequestsPerConnection int
+
+	RingHashMinSize   uint64
+	RingHashMaxSize   uint64
+	MaglevTableSize   uint64
+	LeastRequestCount int // choices for least_request; 2 by default
+}
+
+// Endpoint is one upstream host.
+type Endpoint struct {
+	Address  string // host:port
+	Weight   uint32 // 1 when zero
+	Priority uint32
+	Healthy  bool
+}
+
+// CircuitBreakers are per-cluster limits (Envoy's default thresholds).
+type CircuitBreakers struct {
+	MaxConnections     int
+	MaxPendingRequests int
+	MaxRequests        int
+	MaxRetries         int
+	// RetryBudgetPercent, when > 0, caps active retries to this percentage of
+	// active requests, but never below MinRetryConcurrency.
+	RetryBudgetPercent  float64
+	MinRetryConcurrency int
+}
+
+// DefaultCircuitBreakers are Envoy's defaults.
+func DefaultCircuitBreakers() CircuitBreakers {
+	return CircuitBreakers{MaxConnections: 1024, MaxPendingRequests: 1024, MaxRequests: 1024, MaxRetries: 3}
+}

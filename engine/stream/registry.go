@@ -1,0 +1,88 @@
+package stream
+
+import (
+	"fmt"
+	"sort"
+	"sync"
+)
+
+// Registry maps filter config type names (Envoy type URLs or sluice.* names)
+// to compilers, and codec names to codecs. cmd/sluice fills one explicitly;
+// the engine only reads it.
+type Registry struct {
+	mu        sync.RWMutex
+	compilers map[string]Compiler
+	servers   map[string]ServerCodec
+	clients   map[string]ClientCodec
+}
+
+// NewRegistry returns an empty registry.
+func NewRegistry() *Registry {
+	return &Registry{
+		compilers: map[string]Compiler{},
+		servers:   map[string]ServerCodec{},
+		clients:   map[string]ClientCodec{},
+	}
+}
+
+// RegisterFilter registers the compiler for one or more type names.
+func (r *Registry) RegisterFilter(c Compiler, typeNames ...string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, n := range typeNames {
+		r.compilers[n] = c
+	}
+}
+
+// Filter returns the compiler for a type name.
+func (r *Registry) Filter(typeName string) (Compiler, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	c, ok := r.compilers[typeName]
+	return c, ok
+}
+
+// FilterTypes lists the registered filter type names, sorted.
+func (r *Registry) FilterTypes() []string {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	out := make([]string, 0, len(r.compilers))
+	for n := range r.compilers {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// RegisterCodec registers a protocol's server and client codecs by name
+// ("http1", "http2"). Either may be nil.
+func (r *Registry) RegisterCodec(name string, s ServerCodec, c ClientCodec) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if s != nil {
+		r.servers[name] = s
+	}
+	if c != nil {
+		r.clients[name] = c
+	}
+}
+
+// ServerCodec returns the server codec registered under name.
+func (r *Registry) ServerCodec(name string) (ServerCodec, error) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if s, ok := r.servers[name]; ok {
+		return s, nil
+	}
+	return nil, fmt.Errorf("stream: no server codec %q registered", name)
+}
+
+// ClientCodec returns the client codec registered under name.
+func (r *Registry) ClientCodec(name string) (ClientCodec, error) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if c, ok := r.clients[name]; ok {
+		return c, nil
+	}
+	return nil, fmt.Errorf("stream: no client codec %q registered", name)
+}
