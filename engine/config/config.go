@@ -378,3 +378,19 @@ type CircuitBreakers struct {
 func DefaultCircuitBreakers() CircuitBreakers {
 	return CircuitBreakers{MaxConnections: 1024, MaxPendingRequests: 1024, MaxRequests: 1024, MaxRetries: 3}
 }
+
+// TypeHeaderMutation is the type URL of Envoy's header_mutation filter, which
+// Sluice implements natively; its config (and per-route override) is a
+// *HeaderMutationConfig.
+const (
+	TypeHeaderMutation         = "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation"
+	TypeHeaderMutationPerRoute = "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutationPerRoute"
+	// TypeRouter is Envoy's terminal router filter; the proxy layer is the
+	// router, so translators drop it after checking it is last.
+	TypeRouter = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+)
+
+// HeaderMutationConfig configures the native header mutation filter.
+type HeaderMutationConfig struct {
+	HeaderMutations
+}
