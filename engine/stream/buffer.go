@@ -1,6 +1,9 @@
 package stream
 
-import "sync"
+import (
+	"io"
+	"sync"
+)
 
 // Buffer is a body chunk or a buffered body handed to filters. Filters may
 // replace or append to its bytes.
@@ -48,4 +51,26 @@ func PutBuffer(b *Buffer) {
 	}
 	b.b = b.b[:0]
 	bufferPool.Put(b)
+}
+
+// ReadOnce replaces the content with at most max bytes from one Read of r.
+func (b *Buffer) ReadOnce(r io.Reader, max int) (int, error) {
+	if cap(b.b) < max {
+		b.b = make([]byte, 0, max)
+	}
+	n, err := r.Read(b.b[:max])
+	b.b = b.b[:n]
+	return n, err
+}
+
+// AppendFrom appends at most max bytes from one Read of r.
+func (b *Buffer) AppendFrom(r io.Reader, max int) (int, error) {
+	if cap(b.b)-len(b.b) < max {
+		nb := make([]byte, len(b.b), len(b.b)+max+len(b.b)/2)
+		copy(nb, b.b)
+		b.b = nb
+	}
+	n, err := r.Read(b.b[len(b.b) : len(b.b)+max])
+	b.b = b.b[:len(b.b)+n]
+	return n, err
 }
