@@ -65,11 +65,11 @@ type PassThrough struct{}
 
 func (PassThrough) OnRequestHeaders(*header.Map, bool) Status  { return Continue }
 func (PassThrough) OnRequestBody(*Buffer, bool) Status         { return Continue }
-func (PassThrough) OnRequestTrailers(*header.Map) Status        { return Continue }
+func (PassThrough) OnRequestTrailers(*header.Map) Status       { return Continue }
 func (PassThrough) OnResponseHeaders(*header.Map, bool) Status { return Continue }
 func (PassThrough) OnResponseBody(*Buffer, bool) Status        { return Continue }
-func (PassThrough) OnResponseTrailers(*header.Map) Status       { return Continue }
-func (PassThrough) OnDone()                                     {}
+func (PassThrough) OnResponseTrailers(*header.Map) Status      { return Continue }
+func (PassThrough) OnDone()                                    {}
 
 // Callbacks is what a filter may ask of its stream.
 type Callbacks interface {

@@ -1,0 +1,44 @@
+package main
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+)
+
+func TestCLI(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		code    int
+		wantOut string
+		wantErr string
+	}{
+		{"version", []string{"version"}, 0, "sluice ", ""},
+		{"help", []string{"help"}, 0, "sluice run [-c FILE]", ""},
+		{"help run", []string{"help", "run"}, 0, "", "SIGHUP reloads"},
+		{"unknown command", []string{"frobnicate"}, 2, "", `unknown command "frobnicate"`},
+		{"validate sample", []string{"validate", "../../samples/static/envoy.yaml"}, 0, "ok (1 listeners, 2 clusters)", ""},
+		{"validate quickstart", []string{"validate", "quickstart.yaml"}, 0, "ok", ""},
+		{"validate unknown field", []string{"validate", "testdata/unknown-field.yaml"}, 1, "", "timeuot"},
+		{"validate unknown cluster", []string{"validate", "testdata/unknown-cluster.yaml"}, 1, "", `unknown cluster "nope"`},
+		{"validate missing file", []string{"validate", "testdata/nope.yaml"}, 1, "", "no such file"},
+		{"validate dsl", []string{"validate", "x.sluice"}, 1, "", "not available in this build yet"},
+		{"validate nothing", []string{"validate"}, 2, "", "Usage: sluice validate"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var out, errb bytes.Buffer
+			code := runMain(tc.args, &out, &errb)
+			if code != tc.code {
+				t.Errorf("exit %d, want %d\nstdout: %s\nstderr: %s", code, tc.code, out.String(), errb.String())
+			}
+			if !strings.Contains(out.String(), tc.wantOut) {
+				t.Errorf("stdout %q lacks %q", out.String(), tc.wantOut)
+			}
+			if !strings.Contains(errb.String(), tc.wantErr) {
+				t.Errorf("stderr %q lacks %q", errb.String(), tc.wantErr)
+			}
+		})
+	}
+}

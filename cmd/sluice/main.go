@@ -1,0 +1,211 @@
+// Command sluice is the Sluice proxy: run it, validate configs, print its
+// version.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/sluice-proxy/sluice/engine/config"
+	"github.com/sluice-proxy/sluice/engine/server"
+	"github.com/sluice-proxy/sluice/xds"
+)
+
+// Version is set at build time with -ldflags "-X main.Version=...".
+var Version = "0.1.0-dev"
+
+const usage = `Sluice is a programmable proxy: routes and filters from Envoy configs
+(and soon the Sluice DSL, Lua and WebAssembly), hot-swapped with no request lost.
+
+Usage:
+  sluice run [-c FILE] [flags]   run the proxy (no -c: the built-in quickstart)
+  sluice validate FILE...        check config files; exit 1 on any error
+  sluice version                 print the version
+  sluice help [COMMAND]          show help
+
+Config files:
+  *.yaml, *.yml, *.json          an Envoy v3 bootstrap (static_resources)
+
+Quickstart:
+  go run ./cmd/sluice            then: curl -si http://127.0.0.1:8080/
+                                       curl -s http://127.0.0.1:9901/stats/prometheus
+
+Run 'sluice help run' for the flags of run.
+`
+
+func main() {
+	os.Exit(runMain(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func runMain(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		return cmdRun(nil, stdout, stderr)
+	}
+	switch args[0] {
+	case "run":
+		return cmdRun(args[1:], stdout, stderr)
+	case "validate":
+		return cmdValidate(args[1:], stdout, stderr)
+	case "version", "--version", "-version":
+		fmt.Fprintf(stdout, "sluice %s\n", Version)
+		return 0
+	case "help", "-h", "--help", "-help":
+		if len(args) > 1 {
+			return runMain([]string{args[1], "--help"}, stdout, stderr)
+		}
+		fmt.Fprint(stdout, usage)
+		return 0
+	}
+	if strings.HasPrefix(args[0], "-") {
+		// Flags without a command mean "run".
+		return cmdRun(args, stdout, stderr)
+	}
+	fmt.Fprintf(stderr, "sluice: unknown command %q\n\n%s", args[0], usage)
+	return 2
+}
+
+// loadConfig reads a config file by its extension.
+func loadConfig(path string) (*config.Snapshot, error) {
+	switch strings.ToLower(filepath.Ext(path)) {
+	case ".yaml", ".yml", ".json":
+		return xds.LoadBootstrapFile(path)
+	case ".sluice":
+		return nil, fmt.Errorf("%s: the Sluice DSL is not available in this build yet; use an Envoy v3 bootstrap (.yaml/.json)", path)
+	}
+	return nil, fmt.Errorf("%s: unknown config type %q (want .yaml, .yml or .json)", path, filepath.Ext(path))
+}
+
+func cmdValidate(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("validate", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, "Usage: sluice validate FILE...\n\nCompiles each config file as 'run' would (routes, clusters, filters) without\nbinding any port, prints every error with where it is, and exits 1 on any.\n")
+	}
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() == 0 {
+		fs.Usage()
+		return 2
+	}
+	bad := 0
+	for _, path := range fs.Args() {
+		snap, err := loadConfig(path)
+		if err == nil {
+			err = server.Check(snap, builtins())
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "%s: %v\n", path, err)
+			bad++
+			continue
+		}
+		fmt.Fprintf(stdout, "%s: ok (%d listeners, %d clusters)\n", path, len(snap.Listeners), len(snap.Clusters))
+	}
+	if bad > 0 {
+		return 1
+	}
+	return 0
+}
+
+func cmdRun(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("c", "", "config file (Envoy v3 bootstrap .yaml/.json); empty runs the quickstart")
+	adminAddr := fs.String("admin", "", "admin address, overriding the config's (\"off\" disables it)")
+	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	drain := fs.Duration("drain-timeout", 10*time.Second, "how long SIGTERM waits for requests in flight")
+	fs.Usage = func() {
+		fmt.Fprint(stderr, `Usage: sluice run [-c FILE] [flags]
+
+Runs the proxy. With no -c it runs the quickstart: a listener on
+127.0.0.1:8080 in front of a demo upstream it starts on 127.0.0.1:8081,
+and the admin server on 127.0.0.1:9901.
+
+Signals: SIGHUP reloads the config file (a bad file is logged and the running
+config keeps serving); SIGTERM or SIGINT drains and exits.
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		fmt.Fprintf(stderr, "sluice: bad -log-level %q\n", *logLevel)
+		return 2
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	var snap *config.Snapshot
+	var err error
+	if *cfgPath == "" {
+		_, stop, err := startDemoUpstream(demoUpstreamAddr, log)
+		if err != nil {
+			log.Error("quickstart", "err", err)
+			return 1
+		}
+		defer stop()
+		snap, err = xds.LoadBootstrap(quickstartConfig, "quickstart.yaml")
+		if err != nil {
+			log.Error("quickstart config", "err", err)
+			return 1
+		}
+		snap.Source = "embedded quickstart"
+	} else if snap, err = loadConfig(*cfgPath); err != nil {
+		log.Error("config rejected", "err", err)
+		return 1
+	}
+
+	srv := server.New(server.Options{Registry: builtins(), Log: log, Version: Version, AdminAddress: *adminAddr, DrainTimeout: *drain})
+	if err := srv.Apply(snap); err != nil {
+		log.Error("config rejected", "err", err)
+		return 1
+	}
+	if *cfgPath == "" {
+		fmt.Fprintf(stdout, "Sluice quickstart is running.\n  try:   curl -si http://127.0.0.1:8080/\n  stats: curl -s http://%s/stats/prometheus\n  stop:  Ctrl-C\n", srv.AdminAddr())
+	}
+
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+	for {
+		select {
+		case <-srv.Done():
+			log.Info("quit requested through the admin server")
+			srv.Shutdown()
+			return 0
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				if *cfgPath == "" {
+					log.Info("SIGHUP: the quickstart has no file to reload")
+					continue
+				}
+				next, err := loadConfig(*cfgPath)
+				if err == nil {
+					err = srv.Apply(next)
+				}
+				if err != nil {
+					log.Error("reload rejected; the running config keeps serving", "err", err)
+				}
+				continue
+			}
+			log.Info("draining", "signal", sig.String(), "timeout", drain.String())
+			srv.Shutdown()
+			return 0
+		}
+	}
+}

@@ -1,0 +1,16 @@
+package main
+
+import (
+	"github.com/sluice-proxy/sluice/engine/filters/headermutation"
+	"github.com/sluice-proxy/sluice/engine/stream"
+	"github.com/sluice-proxy/sluice/protocols/http1"
+)
+
+// builtins is the one place that knows every built-in protocol and filter
+// kind: the engine only sees the registry.
+func builtins() *stream.Registry {
+	r := stream.NewRegistry()
+	r.RegisterCodec("http1", http1.NewServerCodec(), http1.NewClientCodec())
+	r.RegisterFilter(headermutation.Compiler{}, headermutation.TypeNames...)
+	return r
+}

@@ -1,0 +1,505 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/sluice-proxy/sluice/engine/config"
+	"github.com/sluice-proxy/sluice/engine/header"
+	"github.com/sluice-proxy/sluice/engine/stream"
+	"github.com/sluice-proxy/sluice/engine/upstream"
+)
+
+// failure classifies why an attempt did not produce a response.
+type failure int
+
+const (
+	failNone failure = iota
+	failConnect
+	failReset
+	failTimeout
+	failStatus // a response whose status the retry policy retries
+)
+
+// outcome of one attempt.
+type outcome int
+
+const (
+	outDone  outcome = iota // the stream is finished (response or local reply sent)
+	outRetry                // try again
+)
+
+// exchange is the upstream part of a stream: attempts, retries, timeouts.
+type exchange struct {
+	s        *activeStream
+	p        *phase
+	ra       *config.RouteAction
+	cl       *upstream.Cluster
+	policy   *config.RetryPolicy
+	deadline time.Time // route timeout; zero when none
+	attempts int
+	max      int
+	tried    [4]*upstream.Host
+	ntried   int
+	last     failure
+	retryEnd func()
+	sentReq  bool // the request body has been read from downstream once
+}
+
+func randUint32() uint32 { return rand.Uint32() }
+
+func (e *exchange) run() {
+	s := e.s
+	e.policy = e.ra.RetryPolicy
+	if e.policy == nil && s.route.VirtualHost.Config.RetryPolicy != nil {
+		e.policy = s.route.VirtualHost.Config.RetryPolicy
+	}
+	e.max = 1
+	if e.policy != nil {
+		e.max += int(e.policy.NumRetries)
+	}
+	if e.ra.Timeout > 0 {
+		e.deadline = s.start.Add(e.ra.Timeout)
+	}
+	if e.max > 1 && !e.p.end && e.p.body == nil {
+		e.p.replay = stream.GetBuffer()
+	}
+	defer func() {
+		if e.retryEnd != nil {
+			e.retryEnd()
+		}
+	}()
+
+	var hash uint64
+	var hasHash bool
+	if len(e.ra.HashPolicy) > 0 {
+		hash, hasHash = s.route.HashKey(s.req, s.DownstreamRemote().Addr().Unmap().String())
+	}
+	for {
+		e.attempts++
+		s.attempts = e.attempts
+		lb := upstream.LBContext{Hash: hash, HasHash: hasHash, Attempt: e.attempts}
+		if e.attempts > 1 && e.policy != nil && e.policy.RetryOtherHosts {
+			lb.Exclude = e.triedHost
+		}
+		host := e.cl.Pick(&lb)
+		if host == nil {
+			s.flags |= flagNoHealthyUpstream
+			s.sendLocal(503, "no healthy upstream\n", "no_healthy_upstream")
+			s.finishLocal(s.reached)
+			return
+		}
+		s.host = host
+		if e.ntried < len(e.tried) {
+			e.tried[e.ntried] = host
+			e.ntried++
+		}
+		if e.attempt(host) == outDone {
+			return
+		}
+		if !e.backoff() {
+			e.fail()
+			return
+		}
+	}
+}
+
+func (e *exchange) triedHost(h *upstream.Host) bool {
+	for _, t := range e.tried[:e.ntried] {
+		if t == h {
+			return true
+		}
+	}
+	return false
+}
+
+// retriable reports whether the policy retries a failure or status.
+func (e *exchange) retriable(f failure, status int) bool {
+	if e.policy == nil {
+		return false
+	}
+	for _, on := range e.policy.RetryOn {
+		switch on {
+		case "5xx":
+			if f != failStatus || status >= 500 {
+				return true
+			}
+		case "gateway-error":
+			if f != failStatus || status == 502 || status == 503 || status == 504 {
+				return true
+			}
+		case "connect-failure":
+			if f == failConnect {
+				return true
+			}
+		case "reset", "reset-before-request":
+			if f == failReset || f == failTimeout {
+				return true
+			}
+		case "retriable-4xx":
+			if f == failStatus && status == 409 {
+				return true
+			}
+		case "retriable-status-codes":
+			if f == failStatus {
+				for _, c := range e.policy.RetriableStatusCodes {
+					if int(c) == status {
+						return true
+					}
+				}
+			}
+		}
+	}
+	return false
+}
+
+// canRetry reports whether another attempt may be made now, taking a retry
+// from the cluster's budget when it may.
+func (e *exchange) canRetry(f failure, status int) bool {
+	if e.attempts >= e.max || !e.retriable(f, status) || !e.replayable() {
+		return false
+	}
+	if e.retryEnd != nil {
+		e.retryEnd()
+		e.retryEnd = nil
+	}
+	done, ok := e.cl.TryStartRetry()
+	if !ok {
+		e.s.flags |= flagUpstreamOverflow
+		return false
+	}
+	e.retryEnd = done
+	e.s.cm.stats.retry.Inc()
+	return true
+}
+
+// replayable reports whether the request can be sent again.
+func (e *exchange) replayable() bool {
+	p := e.p
+	return p.end || p.body != nil || !e.sentReq || p.replay != nil
+}
+
+// backoff sleeps Envoy's jittered exponential back-off before a retry; false
+// when the route deadline leaves no time.
+func (e *exchange) backoff() bool {
+	base, max := 25*time.Millisecond, 250*time.Millisecond
+	if e.policy != nil && e.policy.BackoffBase > 0 {
+		base = e.policy.BackoffBase
+		max = 10 * base
+		if e.policy.BackoffMax > 0 {
+			max = e.policy.BackoffMax
+		}
+	}
+	d := base << min(e.attempts-1, 16)
+	if d > max || d <= 0 {
+		d = max
+	}
+	d = time.Duration(rand.Int64N(int64(d) + 1))
+	if !e.deadline.IsZero() && time.Now().Add(d).After(e.deadline) {
+		e.last = failTimeout
+		return false
+	}
+	time.Sleep(d)
+	return true
+}
+
+// fail sends the local reply for the last failure.
+func (e *exchange) fail() {
+	s := e.s
+	switch e.last {
+	case failConnect:
+		s.flags |= flagUpstreamConnectFailure
+		s.sendLocal(503, "upstream connect error or disconnect/reset before headers. reset reason: connection failure\n", "upstream_reset_before_response_started{connection_failure}")
+	case failTimeout:
+		s.flags |= flagUpstreamTimeout
+		s.sendLocal(504, "upstream request timeout\n", "upstream_response_timeout")
+	default:
+		s.flags |= flagUpstreamReset
+		s.sendLocal(503, "upstream connect error or disconnect/reset before headers. reset reason: connection termination\n", "upstream_reset_before_response_started{connection_termination}")
+	}
+	if e.attempts > 1 {
+		s.flags |= flagUpstreamRetryLimit
+	}
+	s.finishLocal(s.reached)
+}
+
+// tryDeadline is when the current attempt must have its response.
+func (e *exchange) tryDeadline() time.Time {
+	d := e.deadline
+	if e.policy != nil && e.policy.PerTryTimeout > 0 {
+		t := time.Now().Add(e.policy.PerTryTimeout)
+		if d.IsZero() || t.Before(d) {
+			d = t
+		}
+	}
+	return d
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
+}
+
+// attempt makes one upstream exchange.
+func (e *exchange) attempt(host *upstream.Host) outcome {
+	s := e.s
+	deadline := e.tryDeadline()
+	conn, err := host.Acquire(deadline)
+	if err != nil {
+		if errors.Is(err, upstream.ErrPendingOverflow) || errors.Is(err, upstream.ErrConnectionOverflow) {
+			s.flags |= flagUpstreamOverflow
+			s.cm.stats.overflow.Inc()
+			s.sendLocal(503, "upstream overflow\n", "upstream_overflow")
+			s.finishLocal(s.reached)
+			return outDone
+		}
+		e.last = failConnect
+		if isTimeout(err) && !errors.Is(err, upstream.ErrConnectFailure) {
+			e.last = failTimeout
+		}
+		if e.canRetry(e.last, 0) {
+			return outRetry
+		}
+		e.fail()
+		return outDone
+	}
+	host.RequestStarted()
+	defer host.RequestDone()
+	reusable := false
+	defer func() { conn.Release(reusable) }()
+
+	nc := conn.NetConn()
+	nc.SetDeadline(deadline)
+	cc := conn.ClientConn()
+
+	out, f, status := e.send(cc)
+	if out == outDone {
+		return outDone
+	}
+	if f == failNone {
+		// A response head is in s.resp.
+		return e.respond(conn, cc, &reusable, status)
+	}
+	if f == failStatus {
+		// Retried status: drop the connection rather than read its body.
+		return outRetry
+	}
+	// A reused keep-alive connection the upstream closed as we wrote is not
+	// the upstream failing: try once more on a fresh one.
+	if f == failReset && conn.Reused() && e.replayable() && e.attempts <= e.max {
+		e.attempts--
+		e.max-- // at most once per request
+		return outRetry
+	}
+	e.last = f
+	if e.canRetry(f, 0) {
+		return outRetry
+	}
+	e.fail()
+	return outDone
+}
+
+// send writes the request and reads the response head.
+func (e *exchange) send(cc stream.ClientConn) (outcome, failure, int) {
+	s := e.s
+	p := e.p
+	p.cc = cc
+	switch {
+	case p.end:
+		if err := cc.WriteRequestHeaders(s.req, true); err != nil {
+			return outRetry, failReset, 0
+		}
+	case p.body != nil:
+		if err := cc.WriteRequestHeaders(s.req, false); err != nil {
+			return outRetry, failReset, 0
+		}
+		if !e.sentReq {
+			e.sentReq = true
+			if !p.finishBody(p.body) {
+				return e.bodyFailed()
+			}
+		} else if err := writeReplay(cc, p.body, s.ss.RequestTrailers()); err != nil {
+			return outRetry, failReset, 0
+		}
+	case !e.sentReq:
+		e.sentReq = true
+		if err := cc.WriteRequestHeaders(s.req, false); err != nil {
+			return outRetry, failReset, 0
+		}
+		if !p.pump() {
+			return e.bodyFailed()
+		}
+	default:
+		if err := cc.WriteRequestHeaders(s.req, false); err != nil {
+			return outRetry, failReset, 0
+		}
+		if err := writeReplay(cc, p.replay, s.ss.RequestTrailers()); err != nil {
+			return outRetry, failReset, 0
+		}
+	}
+	if err := cc.Flush(); err != nil {
+		return outRetry, classify(err), 0
+	}
+	for {
+		s.resp.Reset()
+		if err := cc.ReadResponseHeaders(&s.resp); err != nil {
+			return outRetry, classify(err), 0
+		}
+		status := statusOf(&s.resp)
+		if status >= 200 || status == 101 {
+			if e.retriable(failStatus, status) && e.canRetry(failStatus, status) {
+				s.cl().RecordResponse(status, time.Since(s.start))
+				return outRetry, failStatus, status
+			}
+			return outRetry, failNone, status
+		}
+		if status == 100 {
+			continue // the codec answered the downstream's Expect itself
+		}
+		if err := s.ss.WriteInformational(&s.resp); err != nil {
+			s.flags |= flagDownstreamTerminated
+			return outDone, failNone, 0
+		}
+	}
+}
+
+func (s *activeStream) cl() *upstream.Cluster { return s.cluster }
+
+// bodyFailed handles a request body that could not be moved upstream.
+func (e *exchange) bodyFailed() (outcome, failure, int) {
+	s, p := e.s, e.p
+	if s.pending != nil {
+		s.finishLocal(p.stoppedAt)
+		return outDone, failNone, 0
+	}
+	if p.srcErr {
+		if errors.Is(p.err, errBodyTooLarge) {
+			s.sendLocal(413, "payload too large\n", "request_payload_too_large")
+		} else {
+			s.flags |= flagDownstreamTerminated
+			s.sendLocal(400, "bad request body\n", "downstream_body_error")
+		}
+		s.finishLocal(s.reached)
+		return outDone, failNone, 0
+	}
+	if p.replay == nil {
+		// Part of the body is gone: it cannot be sent again.
+		e.max = e.attempts
+	}
+	return outRetry, classify(p.err), 0
+}
+
+func classify(err error) failure {
+	if isTimeout(err) {
+		return failTimeout
+	}
+	return failReset
+}
+
+// writeReplay sends a kept request body again on a retry.
+func writeReplay(cc stream.ClientConn, b *stream.Buffer, trailers *header.Map) error {
+	hasTrailers := trailers != nil && trailers.Len() > 0
+	if err := cc.WriteRequestBody(b.Bytes(), !hasTrailers); err != nil {
+		return err
+	}
+	if hasTrailers {
+		return cc.WriteRequestTrailers(trailers)
+	}
+	return nil
+}
+
+// respond forwards the response whose head is in s.resp.
+func (e *exchange) respond(conn *upstream.Conn, cc stream.ClientConn, reusable *bool, status int) outcome {
+	s := e.s
+	s.firstByte = time.Since(s.start)
+	upgrade := status == 101
+	stripHopByHop(&s.resp, upgrade)
+	s.route.ApplyResponseMutations(&s.resp, e.wc())
+	method := s.req.Value(":method")
+	end := method == "HEAD" || status == 204 || status == 304 || s.resp.Value("content-length") == "0"
+	if upgrade {
+		end = false
+	}
+	rp := phase{s: s, dir: dirResponse, n: s.reached, end: end, src: cc.ResponseBody(), cc: cc}
+	defer rp.release()
+	if !rp.headers(&s.resp) {
+		if s.pending != nil {
+			s.finishLocal(0)
+		} else {
+			e.last = failReset
+			e.fail()
+		}
+		return outDone
+	}
+	s.code = statusOf(&s.resp)
+	e.cl.RecordResponse(s.code, s.firstByte)
+	if err := s.ss.WriteHeaders(&s.resp, rp.end && !upgrade); err != nil {
+		s.flags |= flagDownstreamTerminated
+		return outDone
+	}
+	s.headSent = true
+	if upgrade {
+		e.tunnel(conn, cc)
+		return outDone
+	}
+	if rp.pump() {
+		*reusable = cc.Reusable()
+		return outDone
+	}
+	switch {
+	case s.pending != nil:
+		// A filter replied after the head went out: all we can do is reset.
+		s.pending = nil
+		s.flags |= flagLocalReset
+		s.ss.Reset()
+	case rp.srcErr:
+		s.flags |= flagUpstreamReset
+		s.ss.Reset()
+	default:
+		s.flags |= flagDownstreamTerminated
+	}
+	return outDone
+}
+
+func (e *exchange) wc() *config.WeightedCluster { return e.s.wc }
+
+// tunnel copies bytes both ways after a 101 until either side closes.
+func (e *exchange) tunnel(conn *upstream.Conn, cc stream.ClientConn) {
+	s := e.s
+	down, err := s.ss.Hijack()
+	if err != nil {
+		return
+	}
+	defer down.Close()
+	conn.NetConn().SetDeadline(time.Time{})
+	up, err := cc.Hijack()
+	if err != nil {
+		return
+	}
+	defer up.Close()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		n, _ := io.Copy(up, down)
+		s.reqBytes += n
+		closeWrite(up)
+	}()
+	n, _ := io.Copy(down, up)
+	s.respBytes += n
+	closeWrite(down)
+	wg.Wait()
+}
+
+func closeWrite(c io.ReadWriteCloser) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+		return
+	}
+	c.Close()
+}

@@ -1,0 +1,329 @@
+// Package proxy is the proxy layer: the HTTP connection manager that runs a
+// stream's filter chain, picks its route and cluster, and exchanges it with
+// an upstream (timeouts, retries, circuit breakers), writing the response
+// back through the filters.
+package proxy
+
+import (
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/sluice-proxy/sluice/engine/config"
+	"github.com/sluice-proxy/sluice/engine/observe"
+	"github.com/sluice-proxy/sluice/engine/proxy/route"
+	"github.com/sluice-proxy/sluice/engine/stream"
+	"github.com/sluice-proxy/sluice/engine/upstream"
+)
+
+// Env is what compiling a connection manager needs from the process.
+type Env struct {
+	Registry *stream.Registry
+	Stats    *observe.Store
+	Log      *slog.Logger
+	// AccessLog opens (or shares) an access log file.
+	AccessLog func(path string, f *observe.Format) (*observe.AccessLogger, error)
+}
+
+// defaultBufferLimit bounds a body buffered for a filter or for retries
+// (Envoy's default per-connection buffer limit).
+const defaultBufferLimit = 1 << 20
+
+// retryBufferLimit bounds the request body kept for replaying on retry.
+const retryBufferLimit = 64 << 10
+
+// filterSlot is one compiled HTTP filter of a chain.
+type filterSlot struct {
+	name     string
+	factory  stream.Factory
+	compiler stream.Compiler
+	disabled bool
+}
+
+// override is a filter's per-route setting.
+type override struct {
+	set      bool
+	disabled bool
+	config   any
+}
+
+// ConnectionManager is a compiled HTTP connection manager: it serves the
+// streams of the connections of one filter chain.
+type ConnectionManager struct {
+	cfg      *config.HTTPConnectionManager
+	table    *route.Table
+	clusters *upstream.Set
+	filters  []filterSlot
+	// overrides holds per-route filter settings, indexed like filters; the
+	// route's own entry wins over its virtual host's.
+	overrides   map[*config.Route][]override
+	vhOverrides map[*config.VirtualHost][]override
+	routeStats  map[*config.Route]*routeStats
+	stats       *hcmStats
+	accessLogs  []*observe.AccessLogger
+	opts        stream.ServerOptions
+	codec       stream.ServerCodec
+	log         *slog.Logger
+	bufferLimit int
+	pool        sync.Pool
+}
+
+type hcmStats struct {
+	rqTotal, rq1xx, rq2xx, rq3xx, rq4xx, rq5xx *observe.Counter
+	rqActive                                   *observe.Gauge
+	rqTime                                     *observe.Histogram
+	noRoute, noCluster, overflow, retry        *observe.Counter
+	localReply, filterError                    *observe.Counter
+}
+
+type routeStats struct {
+	rqTotal, rq1xx, rq2xx, rq3xx, rq4xx, rq5xx *observe.Counter
+	rqTime                                     *observe.Histogram
+}
+
+func newHCMStats(s *observe.Store, prefix string) *hcmStats {
+	sc := s.Scope("http."+prefix+".", "http_", observe.Label{Name: "envoy_http_conn_manager_prefix", Value: prefix})
+	return &hcmStats{
+		rqTotal: sc.Counter("downstream_rq_total"),
+		rq1xx:   sc.Counter("downstream_rq_1xx"), rq2xx: sc.Counter("downstream_rq_2xx"),
+		rq3xx: sc.Counter("downstream_rq_3xx"), rq4xx: sc.Counter("downstream_rq_4xx"),
+		rq5xx:       sc.Counter("downstream_rq_5xx"),
+		rqActive:    sc.Gauge("downstream_rq_active"),
+		rqTime:      sc.Histogram("downstream_rq_time"),
+		noRoute:     sc.Counter("no_route"),
+		noCluster:   sc.Counter("no_cluster"),
+		overflow:    sc.Counter("upstream_rq_overflow"),
+		retry:       sc.Counter("upstream_rq_retry"),
+		localReply:  sc.Counter("local_reply"),
+		filterError: sc.Counter("filter_error"),
+	}
+}
+
+func newRouteStats(s *observe.Store, vh, rt string) *routeStats {
+	sc := s.Scope("vhost."+vh+".route."+rt+".", "vhost_route_",
+		observe.Label{Name: "envoy_virtual_host", Value: vh}, observe.Label{Name: "envoy_route", Value: rt})
+	return &routeStats{
+		rqTotal: sc.Counter("rq_total"),
+		rq1xx:   sc.Counter("rq_1xx"), rq2xx: sc.Counter("rq_2xx"), rq3xx: sc.Counter("rq_3xx"),
+		rq4xx: sc.Counter("rq_4xx"), rq5xx: sc.Counter("rq_5xx"),
+		rqTime: sc.Histogram("rq_time"),
+	}
+}
+
+// CompileConnectionManager compiles an HCM against a snapshot's route
+// tables (by name, for RDS) and cluster set. Every filter config is
+// compiled here, never on the request path.
+func CompileConnectionManager(env *Env, cfg *config.HTTPConnectionManager, tables map[string]*route.Table, clusters *upstream.Set) (*ConnectionManager, error) {
+	cm := &ConnectionManager{
+		cfg:         cfg,
+		clusters:    clusters,
+		log:         env.Log,
+		bufferLimit: defaultBufferLimit,
+		overrides:   map[*config.Route][]override{},
+		vhOverrides: map[*config.VirtualHost][]override{},
+		routeStats:  map[*config.Route]*routeStats{},
+	}
+	prefix := cfg.StatPrefix
+	if prefix == "" {
+		prefix = "ingress_http"
+	}
+	cm.stats = newHCMStats(env.Stats, prefix)
+
+	codecName := string(cfg.Codec)
+	if codecName == "" || codecName == string(config.CodecAuto) {
+		// Protocol detection arrives with HTTP/2; until then auto is HTTP/1.
+		codecName = string(config.CodecHTTP1)
+	}
+	codec, err := env.Registry.ServerCodec(codecName)
+	if err != nil {
+		return nil, fmt.Errorf("proxy: codec %q: %w", cfg.Codec, err)
+	}
+	cm.codec = codec
+	cm.opts = stream.ServerOptions{
+		RequestHeadersTimeout:    cfg.RequestHeadersTimeout,
+		IdleTimeout:              cfg.IdleTimeout,
+		RequestTimeout:           cfg.RequestTimeout,
+		MaxRequestsPerConnection: cfg.MaxRequestsPerConnection,
+		MaxConnectionDuration:    cfg.MaxConnectionDuration,
+		MaxHeaderBytes:           cfg.MaxRequestHeadersBytes,
+		MaxHeaders:               cfg.MaxHeadersCount,
+		Scheme:                   "http",
+	}
+
+	switch {
+	case cfg.RouteConfig != nil:
+		t, err := route.Compile(cfg.RouteConfig)
+		if err != nil {
+			return nil, fmt.Errorf("proxy: %w", err)
+		}
+		cm.table = t
+	case cfg.RDSName != "":
+		t, ok := tables[cfg.RDSName]
+		if !ok {
+			return nil, fmt.Errorf("proxy: route configuration %q not found", cfg.RDSName)
+		}
+		cm.table = t
+	default:
+		return nil, fmt.Errorf("proxy: connection manager %q has no route configuration", prefix)
+	}
+
+	names := map[string]int{}
+	for i, f := range cfg.HTTPFilters {
+		c, ok := env.Registry.Filter(f.TypeURL)
+		if !ok {
+			if f.Optional {
+				env.Log.Warn("skipping optional filter of unknown type", "filter", f.Name, "type", f.TypeURL)
+				continue
+			}
+			return nil, fmt.Errorf("proxy: http filter %d (%s): unknown filter type %q", i, f.Name, f.TypeURL)
+		}
+		fac, err := c.Compile(f.Config)
+		if err != nil {
+			return nil, fmt.Errorf("proxy: http filter %d (%s): %w", i, f.Name, err)
+		}
+		if _, dup := names[f.Name]; dup && f.Name != "" {
+			return nil, fmt.Errorf("proxy: http filter %d: duplicate filter name %q", i, f.Name)
+		}
+		names[f.Name] = len(cm.filters)
+		cm.filters = append(cm.filters, filterSlot{name: f.Name, factory: fac, compiler: c, disabled: f.Disabled})
+	}
+
+	if err := cm.compileOverrides(env, names); err != nil {
+		return nil, err
+	}
+	for _, al := range cfg.AccessLogs {
+		f, err := observe.CompileFormat(al.Format)
+		if err != nil {
+			return nil, fmt.Errorf("proxy: access log %q: %w", al.Path, err)
+		}
+		if env.AccessLog == nil {
+			continue
+		}
+		l, err := env.AccessLog(al.Path, f)
+		if err != nil {
+			return nil, fmt.Errorf("proxy: access log: %w", err)
+		}
+		cm.accessLogs = append(cm.accessLogs, l)
+	}
+	cm.pool.New = func() any { return newActiveStream() }
+	return cm, nil
+}
+
+// compileOverrides compiles typed_per_filter_config of every virtual host
+// and route, and the per-route stats.
+func (cm *ConnectionManager) compileOverrides(env *Env, names map[string]int) error {
+	compile := func(where string, m map[string]*config.FilterOverride) ([]override, error) {
+		if len(m) == 0 {
+			return nil, nil
+		}
+		out := make([]override, len(cm.filters))
+		for name, o := range m {
+			idx, ok := names[name]
+			if !ok {
+				// Envoy ignores per-route config for filters that are not in
+				// the chain; so do we, but say so.
+				env.Log.Warn("per-route config names a filter that is not in the chain", "where", where, "filter", name)
+				continue
+			}
+			if o.Disabled {
+				out[idx] = override{set: true, disabled: true}
+				continue
+			}
+			if o.Config == nil {
+				out[idx] = override{set: true}
+				continue
+			}
+			c, err := cm.filters[idx].compiler.CompilePerRoute(o.Config)
+			if err != nil {
+				return nil, fmt.Errorf("proxy: %s: per-route config of filter %q: %w", where, name, err)
+			}
+			out[idx] = override{set: true, config: c}
+		}
+		return out, nil
+	}
+	for _, vh := range cm.table.Config().VirtualHosts {
+		o, err := compile(fmt.Sprintf("virtual host %q", vh.Name), vh.TypedPerFilterConfig)
+		if err != nil {
+			return err
+		}
+		if o != nil {
+			cm.vhOverrides[vh] = o
+		}
+		for i, r := range vh.Routes {
+			rn := r.Name
+			if rn == "" {
+				rn = fmt.Sprintf("route_%d", i)
+			}
+			o, err := compile(fmt.Sprintf("virtual host %q route %q", vh.Name, rn), r.TypedPerFilterConfig)
+			if err != nil {
+				return err
+			}
+			if o != nil {
+				cm.overrides[r] = o
+			}
+			cm.routeStats[r] = newRouteStats(env.Stats, vh.Name, rn)
+		}
+	}
+	return nil
+}
+
+// Codec is the server codec that serves this manager's connections.
+func (cm *ConnectionManager) Codec() stream.ServerCodec { return cm.codec }
+
+// Options are the server codec limits of this manager.
+func (cm *ConnectionManager) Options() *stream.ServerOptions { return &cm.opts }
+
+// Config returns the manager's config.
+func (cm *ConnectionManager) Config() *config.HTTPConnectionManager { return cm.cfg }
+
+// ServeStream implements stream.Handler.
+func (cm *ConnectionManager) ServeStream(ss stream.ServerStream) {
+	s := cm.pool.Get().(*activeStream)
+	s.init(cm, ss)
+	s.serve()
+	s.finish()
+	s.reset()
+	cm.pool.Put(s)
+}
+
+func statusClass(code int) int {
+	if code < 100 || code > 599 {
+		return 5
+	}
+	return code / 100
+}
+
+func (st *hcmStats) record(code int, d time.Duration) {
+	st.rqTotal.Inc()
+	switch statusClass(code) {
+	case 1:
+		st.rq1xx.Inc()
+	case 2:
+		st.rq2xx.Inc()
+	case 3:
+		st.rq3xx.Inc()
+	case 4:
+		st.rq4xx.Inc()
+	default:
+		st.rq5xx.Inc()
+	}
+	st.rqTime.Record(float64(d.Microseconds()) / 1000)
+}
+
+func (st *routeStats) record(code int, d time.Duration) {
+	st.rqTotal.Inc()
+	switch statusClass(code) {
+	case 1:
+		st.rq1xx.Inc()
+	case 2:
+		st.rq2xx.Inc()
+	case 3:
+		st.rq3xx.Inc()
+	case 4:
+		st.rq4xx.Inc()
+	default:
+		st.rq5xx.Inc()
+	}
+	st.rqTime.Record(float64(d.Microseconds()) / 1000)
+}

@@ -1,0 +1,408 @@
+// Package server runs a Sluice instance: it compiles config snapshots into
+// a serving graph (listeners → filter chains → connection managers, route
+// tables, clusters), swaps the graph in atomically, keeps unchanged
+// listeners and connection pools across swaps, drains what was removed, and
+// serves the admin endpoints.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sluice-proxy/sluice/engine/config"
+	"github.com/sluice-proxy/sluice/engine/header"
+	"github.com/sluice-proxy/sluice/engine/netio"
+	"github.com/sluice-proxy/sluice/engine/observe"
+	"github.com/sluice-proxy/sluice/engine/proxy"
+	"github.com/sluice-proxy/sluice/engine/proxy/route"
+	"github.com/sluice-proxy/sluice/engine/stream"
+	"github.com/sluice-proxy/sluice/engine/upstream"
+)
+
+// Options configure a Server.
+type Options struct {
+	Registry *stream.Registry
+	Log      *slog.Logger
+	Version  string
+	// AdminAddress overrides the snapshot's admin address when set.
+	AdminAddress string
+	// DrainTimeout bounds a graceful drain (default 10s).
+	DrainTimeout time.Duration
+}
+
+// State of the server, as /ready reports it.
+const (
+	StatePreInitializing = "PRE_INITIALIZING"
+	StateLive            = "LIVE"
+	StateDraining        = "DRAINING"
+)
+
+// Server is one running proxy.
+type Server struct {
+	opts      Options
+	log       *slog.Logger
+	stats     *observe.Store
+	upstreams *upstream.Manager
+	env       *proxy.Env
+
+	applyMu   sync.Mutex
+	current   atomic.Pointer[graph]
+	listeners map[string]*netio.Listener // by listener name
+	state     atomic.Value               // string
+	started   time.Time
+
+	admin      adminServer
+	logsMu     sync.Mutex
+	accessLogs map[string]*observe.AccessLogger
+
+	applied, rejected *observe.Counter
+	lastError         atomic.Pointer[string]
+	quit              chan struct{}
+	quitOnce          sync.Once
+}
+
+// graph is one compiled snapshot.
+type graph struct {
+	snap      *config.Snapshot
+	clusters  *upstream.Set
+	listeners map[string]*listenerGraph
+	applied   time.Time
+}
+
+type listenerGraph struct {
+	cfg    *config.Listener
+	chains []*proxy.ConnectionManager // parallel to cfg.FilterChains
+	def    *proxy.ConnectionManager
+}
+
+func (lg *listenerGraph) match(info *stream.ConnInfo) *proxy.ConnectionManager {
+	if i := netio.MatchChain(lg.cfg.FilterChains, info); i >= 0 {
+		return lg.chains[i]
+	}
+	return lg.def
+}
+
+// New returns a server with no config.
+func New(opts Options) *Server {
+	if opts.Log == nil {
+		opts.Log = slog.Default()
+	}
+	if opts.DrainTimeout == 0 {
+		opts.DrainTimeout = 10 * time.Second
+	}
+	stats := observe.NewStore()
+	s := &Server{
+		opts:       opts,
+		log:        opts.Log,
+		stats:      stats,
+		upstreams:  upstream.NewManager(stats, opts.Registry, opts.Log),
+		listeners:  map[string]*netio.Listener{},
+		started:    time.Now(),
+		accessLogs: map[string]*observe.AccessLogger{},
+		quit:       make(chan struct{}),
+	}
+	sc := stats.Scope("server.", "server_")
+	s.applied = sc.Counter("config_applied")
+	s.rejected = sc.Counter("config_rejected")
+	s.state.Store(StatePreInitializing)
+	s.env = &proxy.Env{Registry: opts.Registry, Stats: stats, Log: opts.Log, AccessLog: s.openAccessLog}
+	return s
+}
+
+// Stats returns the metric store.
+func (s *Server) Stats() *observe.Store { return s.stats }
+
+// State returns PRE_INITIALIZING, LIVE or DRAINING.
+func (s *Server) State() string { return s.state.Load().(string) }
+
+// Done is closed when /quitquitquit asked the server to stop.
+func (s *Server) Done() <-chan struct{} { return s.quit }
+
+func (s *Server) openAccessLog(path string, f *observe.Format) (*observe.AccessLogger, error) {
+	return observe.OpenAccessLog(path, f)
+}
+
+// Apply validates and compiles a snapshot and swaps it in. On any error the
+// running config is untouched and keeps serving.
+func (s *Server) Apply(snap *config.Snapshot) (err error) {
+	s.applyMu.Lock()
+	defer s.applyMu.Unlock()
+	defer func() {
+		if err != nil {
+			s.rejected.Inc()
+			msg := err.Error()
+			s.lastError.Store(&msg)
+			return
+		}
+		s.applied.Inc()
+		s.lastError.Store(nil)
+	}()
+	g, err := s.compile(snap, s.env)
+	if err != nil {
+		return err
+	}
+	set := g.clusters
+
+	// Bind what is new before committing anything, so a port in use
+	// rejects the snapshot instead of half-applying it.
+	old := s.current.Load()
+	fresh := map[string]*netio.Listener{}
+	for _, l := range snap.Listeners {
+		if running, ok := s.listeners[l.Name]; ok && sameAddress(old, l) && !running.Draining() {
+			continue
+		}
+		name := l.Name
+		ln, err := netio.Listen(name, l.Address, func(ctx context.Context, c net.Conn, info *stream.ConnInfo) {
+			s.serveConn(name, ctx, c, info)
+		}, s.stats, s.log)
+		if err != nil {
+			for _, f := range fresh {
+				f.Close()
+			}
+			return fmt.Errorf("server: %w", err)
+		}
+		fresh[name] = ln
+	}
+
+	// Commit.
+	s.current.Store(g)
+	s.upstreams.Commit(set)
+	for _, l := range snap.Listeners {
+		if ln, ok := fresh[l.Name]; ok {
+			if prev, ok := s.listeners[l.Name]; ok {
+				go s.drainListener(prev)
+			}
+			s.listeners[l.Name] = ln
+			ln.Start()
+			s.log.Info("listening", "listener", l.Name, "address", ln.Addr().String())
+		}
+		s.listeners[l.Name].SetMaxConnections(l.MaxConnections)
+	}
+	for name, ln := range s.listeners {
+		if _, ok := g.listeners[name]; !ok {
+			delete(s.listeners, name)
+			go s.drainListener(ln)
+		}
+	}
+	if s.State() == StatePreInitializing {
+		s.state.Store(StateLive)
+	}
+	if err := s.startAdmin(snap); err != nil {
+		s.log.Error("admin server", "err", err)
+	}
+	s.log.Info("config applied", "version", snap.Version, "source", snap.Source, "listeners", len(snap.Listeners), "clusters", len(snap.Clusters))
+	return nil
+}
+
+// compile builds the serving graph of a snapshot without touching what is
+// running.
+func (s *Server) compile(snap *config.Snapshot, env *proxy.Env) (*graph, error) {
+	if err := Validate(snap); err != nil {
+		return nil, err
+	}
+	set, err := s.upstreams.Build(snap.Clusters)
+	if err != nil {
+		return nil, err
+	}
+	g := &graph{snap: snap, clusters: set, listeners: map[string]*listenerGraph{}, applied: time.Now()}
+	tables := map[string]*route.Table{}
+	for _, rc := range snap.RouteConfigs {
+		t, err := route.Compile(rc)
+		if err != nil {
+			return nil, fmt.Errorf("server: route configuration %q: %w", rc.Name, err)
+		}
+		tables[rc.Name] = t
+	}
+	for _, l := range snap.Listeners {
+		lg := &listenerGraph{cfg: l, chains: make([]*proxy.ConnectionManager, len(l.FilterChains))}
+		for i, fc := range l.FilterChains {
+			cm, err := compileChain(env, fc, tables, set)
+			if err != nil {
+				return nil, fmt.Errorf("server: listener %q: filter chain %d: %w", l.Name, i, err)
+			}
+			lg.chains[i] = cm
+		}
+		if l.DefaultFilterChain != nil {
+			cm, err := compileChain(env, l.DefaultFilterChain, tables, set)
+			if err != nil {
+				return nil, fmt.Errorf("server: listener %q: default filter chain: %w", l.Name, err)
+			}
+			lg.def = cm
+		}
+		g.listeners[l.Name] = lg
+	}
+	return g, nil
+}
+
+// Check compiles a snapshot as Apply would, without binding ports or
+// opening log files: what 'sluice validate' runs.
+func Check(snap *config.Snapshot, reg *stream.Registry) error {
+	s := New(Options{Registry: reg, Log: slog.New(slog.DiscardHandler)})
+	env := *s.env
+	env.AccessLog = nil
+	_, err := s.compile(snap, &env)
+	return err
+}
+
+func sameAddress(old *graph, l *config.Listener) bool {
+	if old == nil {
+		return false
+	}
+	prev, ok := old.listeners[l.Name]
+	return ok && prev.cfg.Address == l.Address
+}
+
+func compileChain(env *proxy.Env, fc *config.FilterChain, tables map[string]*route.Table, set *upstream.Set) (*proxy.ConnectionManager, error) {
+	if fc.HTTP == nil {
+		return nil, errors.New("no network filter (only the HTTP connection manager is supported so far)")
+	}
+	return proxy.CompileConnectionManager(env, fc.HTTP, tables, set)
+}
+
+func (s *Server) drainListener(ln *netio.Listener) {
+	ln.Drain()
+	ctx, cancel := context.WithTimeout(context.Background(), s.opts.DrainTimeout)
+	defer cancel()
+	if !ln.Wait(ctx) {
+		s.log.Warn("drain timeout: closed remaining connections", "listener", ln.Name())
+	}
+}
+
+// serveConn serves one connection with the current graph. Each stream looks
+// the graph up again, so a swap applies to the next request even on
+// long-lived keep-alive connections, while a stream in flight finishes on
+// the graph it started with.
+func (s *Server) serveConn(listener string, ctx context.Context, c net.Conn, info *stream.ConnInfo) {
+	h := &connHandler{s: s, listener: listener, info: info}
+	cm := h.resolve()
+	if cm == nil {
+		return
+	}
+	if err := cm.Codec().ServeConn(ctx, c, info, h, cm.Options()); err != nil && !errors.Is(err, net.ErrClosed) {
+		s.log.Debug("connection ended", "listener", listener, "err", err)
+	}
+}
+
+type connHandler struct {
+	s        *Server
+	listener string
+	info     *stream.ConnInfo
+	g        *graph
+	cm       *proxy.ConnectionManager
+}
+
+func (h *connHandler) resolve() *proxy.ConnectionManager {
+	g := h.s.current.Load()
+	if g == h.g && h.cm != nil {
+		return h.cm
+	}
+	h.g = g
+	h.cm = nil
+	if lg := g.listeners[h.listener]; lg != nil {
+		h.cm = lg.match(h.info)
+	}
+	return h.cm
+}
+
+func (h *connHandler) ServeStream(ss stream.ServerStream) {
+	cm := h.resolve()
+	if cm == nil {
+		// The listener or its chain went away: refuse politely; the
+		// connection is being drained.
+		var rh header.Map
+		rh.Add(":status", "503")
+		rh.Add("content-length", "0")
+		rh.Add("connection", "close")
+		ss.WriteHeaders(&rh, true)
+		return
+	}
+	cm.ServeStream(ss)
+}
+
+// Drain stops accepting on every listener, lets streams in flight finish
+// (bounded by the drain timeout) and reports when done.
+func (s *Server) Drain() {
+	s.state.Store(StateDraining)
+	s.applyMu.Lock()
+	lns := make([]*netio.Listener, 0, len(s.listeners))
+	for _, ln := range s.listeners {
+		lns = append(lns, ln)
+	}
+	s.applyMu.Unlock()
+	var wg sync.WaitGroup
+	for _, ln := range lns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.drainListener(ln)
+		}()
+	}
+	wg.Wait()
+}
+
+// Shutdown drains and then closes everything, the admin server last.
+func (s *Server) Shutdown() {
+	s.Drain()
+	s.closeAdmin()
+	s.logsMu.Lock()
+	for _, l := range s.accessLogs {
+		l.Close()
+	}
+	s.logsMu.Unlock()
+}
+
+// Quit asks the process to stop (the admin's /quitquitquit).
+func (s *Server) Quit() { s.quitOnce.Do(func() { close(s.quit) }) }
+
+// ListenerAddr returns the bound address of a listener, for tests and the
+// admin's /listeners.
+func (s *Server) ListenerAddr(name string) net.Addr {
+	s.applyMu.Lock()
+	defer s.applyMu.Unlock()
+	if ln, ok := s.listeners[name]; ok {
+		return ln.Addr()
+	}
+	return nil
+}
+
+// ListenerNames returns the running listeners, sorted.
+func (s *Server) ListenerNames() []string {
+	s.applyMu.Lock()
+	defer s.applyMu.Unlock()
+	out := make([]string, 0, len(s.listeners))
+	for n := range s.listeners {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Snapshot returns the config being served, or nil.
+func (s *Server) Snapshot() *config.Snapshot {
+	if g := s.current.Load(); g != nil {
+		return g.snap
+	}
+	return nil
+}
+
+// LastError returns the error of the last rejected snapshot, if the last
+// attempt was rejected.
+func (s *Server) LastError() string {
+	if p := s.lastError.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+func hostname() string {
+	h, _ := os.Hostname()
+	return h
+}

@@ -1,0 +1,67 @@
+package upstream
+
+import "sync/atomic"
+
+// Host is one endpoint of a cluster with its connection pool.
+type Host struct {
+	cluster  *Cluster
+	addr     string
+	weight   uint32
+	priority uint32
+	healthy  bool
+
+	// Stats are the host's counters for /clusters.
+	Stats *HostStats
+
+	pool pool
+	// next is the host with the same address in the cluster that replaced
+	// this one, set when this host's cluster is retired.
+	next atomic.Pointer[Host]
+}
+
+// Address is the host's "host:port".
+func (h *Host) Address() string { return h.addr }
+
+// Weight is the load balancing weight (at least 1).
+func (h *Host) Weight() uint32 { return h.weight }
+
+// Priority is the endpoint's priority level (0 is the most preferred).
+func (h *Host) Priority() uint32 { return h.priority }
+
+// Healthy reports the endpoint's configured health.
+func (h *Host) Healthy() bool { return h.healthy }
+
+// Cluster returns the host's cluster.
+func (h *Host) Cluster() *Cluster { return h.cluster }
+
+// ActiveRequests is the number of requests in flight to this host, as
+// counted by RequestStarted and RequestDone.
+func (h *Host) ActiveRequests() int64 { return h.Stats.RqActive.Load() }
+
+// RequestStarted counts a request sent to this host (rq_total, rq_active).
+func (h *Host) RequestStarted() {
+	h.Stats.RqTotal.Add(1)
+	h.Stats.RqActive.Add(1)
+}
+
+// RequestDone ends a request counted by RequestStarted.
+func (h *Host) RequestDone() { h.Stats.RqActive.Add(-1) }
+
+// IdleConns is the number of idle pooled connections.
+func (h *Host) IdleConns() int {
+	h.pool.mu.Lock()
+	defer h.pool.mu.Unlock()
+	return len(h.pool.idle)
+}
+
+// successor follows the replacement chain to a live host, or nil.
+func (h *Host) successor() *Host {
+	n := h.next.Load()
+	for i := 0; n != nil && i < 16; i++ {
+		if !n.cluster.retired.Load() {
+			return n
+		}
+		n = n.next.Load()
+	}
+	return nil
+}

@@ -1,0 +1,228 @@
+package xds
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	headermutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/header_mutation/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+
+	"github.com/sluice-proxy/sluice/engine/config"
+)
+
+// Defaults of the HTTP connection manager. They are Envoy's, except
+// RequestHeadersTimeout.
+const (
+	defaultStreamIdleTimeout = 5 * time.Minute
+	// Envoy disables request_headers_timeout when unset, which leaves a
+	// slowloris hole; Sluice bounds the header block to 10s unless the
+	// config sets it (an explicit 0s disables it, as in Envoy).
+	defaultRequestHeadersTimeout = 10 * time.Second
+	defaultHTTPIdleTimeout       = time.Hour
+	defaultDrainTimeout          = 5 * time.Second
+	defaultMaxRequestHeadersKB   = 60
+	defaultMaxHeadersCount       = 100
+)
+
+var (
+	hcmFields = knownFields(&hcmv3.HttpConnectionManager{},
+		"codec_type", "stat_prefix", "rds", "route_config", "http_filters", "common_http_protocol_options",
+		"server_name", "max_request_headers_kb", "stream_idle_timeout", "request_timeout",
+		"request_headers_timeout", "drain_timeout", "access_log", "use_remote_address", "xff_num_trusted_hops",
+		"skip_xff_append", "generate_request_id", "preserve_external_request_id",
+		// Checked below: only their default or no-op values are accepted.
+		"add_user_agent", "normalize_path", "path_with_escaped_slashes_action",
+		// Ignored: tracing and access log flushing (observability), codec
+		// and connection tuning.
+		"tracing", "access_log_flush_interval", "flush_access_log_on_new_request", "access_log_options",
+		"record_route_resolution_stats", "http_protocol_options", "http2_protocol_options",
+		"delayed_close_timeout", "stream_flush_timeout", "drain_timeout_jitter",
+		"http1_safe_max_connection_duration", "stream_error_on_invalid_http_message",
+		"internal_address_config")
+	// max_connection_duration_jitter and max_response_headers_kb (upstream
+	// only) are ignored.
+	hcmProtocolFields = knownFields(&corev3.HttpProtocolOptions{},
+		"idle_timeout", "max_connection_duration", "max_headers_count", "max_requests_per_connection",
+		"max_connection_duration_jitter", "max_response_headers_kb")
+	rdsFields        = knownFields(&hcmv3.Rds{}, "config_source", "route_config_name")
+	httpFilterFields = knownFields(&hcmv3.HttpFilter{}, "name", "typed_config", "is_optional", "disabled")
+	// Router: its options tune stats, tracing, upstream logs and Envoy's
+	// own headers, and are ignored; upstream HTTP filters are not supported.
+	routerFields = knownFields(&routerv3.Router{}, "dynamic_stats", "start_child_span", "upstream_log",
+		"upstream_log_options", "suppress_envoy_headers", "strict_check_headers", "respect_expected_rq_timeout",
+		"suppress_grpc_request_failure_code_stats", "reject_connect_request_early_data")
+)
+
+func translateHCM(m *hcmv3.HttpConnectionManager) (*config.HTTPConnectionManager, error) {
+	if err := hcmFields.check(m); err != nil {
+		return nil, err
+	}
+	if boolean(m.GetAddUserAgent(), false) {
+		return nil, unsupportedValue("add_user_agent", true)
+	}
+	if boolean(m.GetNormalizePath(), false) {
+		return nil, unsupportedValue("normalize_path", true)
+	}
+	if a := m.GetPathWithEscapedSlashesAction(); a != hcmv3.HttpConnectionManager_IMPLEMENTATION_SPECIFIC_DEFAULT &&
+		a != hcmv3.HttpConnectionManager_KEEP_UNCHANGED {
+		return nil, unsupportedValue("path_with_escaped_slashes_action", a)
+	}
+	out := &config.HTTPConnectionManager{
+		StatPrefix:                m.GetStatPrefix(),
+		ServerName:                m.GetServerName(),
+		UseRemoteAddress:          boolean(m.GetUseRemoteAddress(), false),
+		XFFNumTrustedHops:         m.GetXffNumTrustedHops(),
+		SkipXFFAppend:             m.GetSkipXffAppend(),
+		GenerateRequestID:         boolean(m.GetGenerateRequestId(), true),
+		PreserveExternalRequestID: m.GetPreserveExternalRequestId(),
+		MaxRequestHeadersBytes:    int(u32(m.GetMaxRequestHeadersKb(), defaultMaxRequestHeadersKB)) * 1024,
+		MaxHeadersCount:           defaultMaxHeadersCount,
+	}
+	switch c := m.GetCodecType(); c {
+	case hcmv3.HttpConnectionManager_AUTO:
+		out.Codec = config.CodecAuto
+	case hcmv3.HttpConnectionManager_HTTP1:
+		out.Codec = config.CodecHTTP1
+	case hcmv3.HttpConnectionManager_HTTP2:
+		out.Codec = config.CodecHTTP2
+	default:
+		return nil, unsupportedValue("codec_type", c)
+	}
+	if err := hcmTimeouts(m, out); err != nil {
+		return nil, err
+	}
+
+	switch rs := m.GetRouteSpecifier().(type) {
+	case *hcmv3.HttpConnectionManager_Rds:
+		if err := rdsFields.check(rs.Rds); err != nil {
+			return nil, inField(err, "rds")
+		}
+		// The config source is the xDS client's business.
+		out.RDSName = rs.Rds.GetRouteConfigName()
+	case *hcmv3.HttpConnectionManager_RouteConfig:
+		rc, err := translateRouteConfiguration(rs.RouteConfig)
+		if err != nil {
+			return nil, inField(err, "route_config")
+		}
+		out.RouteConfig = rc
+	case *hcmv3.HttpConnectionManager_ScopedRoutes:
+		return nil, unsupported("scoped_routes")
+	default:
+		return nil, errors.New("one of rds or route_config is required")
+	}
+
+	filters, err := translateHTTPFilters(m.GetHttpFilters())
+	if err != nil {
+		return nil, err
+	}
+	out.HTTPFilters = filters
+	if out.AccessLogs, err = translateAccessLogs(m.GetAccessLog()); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func hcmTimeouts(m *hcmv3.HttpConnectionManager, out *config.HTTPConnectionManager) error {
+	var err error
+	if out.StreamIdleTimeout, err = durationField(m.GetStreamIdleTimeout(), defaultStreamIdleTimeout, "stream_idle_timeout"); err != nil {
+		return err
+	}
+	if out.RequestTimeout, err = durationField(m.GetRequestTimeout(), 0, "request_timeout"); err != nil {
+		return err
+	}
+	if out.RequestHeadersTimeout, err = durationField(m.GetRequestHeadersTimeout(), defaultRequestHeadersTimeout, "request_headers_timeout"); err != nil {
+		return err
+	}
+	if out.DrainTimeout, err = durationField(m.GetDrainTimeout(), defaultDrainTimeout, "drain_timeout"); err != nil {
+		return err
+	}
+	out.IdleTimeout = defaultHTTPIdleTimeout
+	po := m.GetCommonHttpProtocolOptions()
+	if po == nil {
+		return nil
+	}
+	if err := hcmProtocolFields.check(po); err != nil {
+		return inField(err, "common_http_protocol_options")
+	}
+	if out.IdleTimeout, err = durationField(po.GetIdleTimeout(), defaultHTTPIdleTimeout, "idle_timeout"); err != nil {
+		return inField(err, "common_http_protocol_options")
+	}
+	if out.MaxConnectionDuration, err = durationField(po.GetMaxConnectionDuration(), 0, "max_connection_duration"); err != nil {
+		return inField(err, "common_http_protocol_options")
+	}
+	out.MaxHeadersCount = int(u32(po.GetMaxHeadersCount(), defaultMaxHeadersCount))
+	out.MaxRequestsPerConnection = int(u32(po.GetMaxRequestsPerConnection(), 0))
+	return nil
+}
+
+// translateHTTPFilters translates an HCM's http_filters. The router must be
+// last and is dropped (the proxy layer is the router); header_mutation
+// becomes the native *config.HeaderMutationConfig; any other filter keeps
+// its unpacked proto for the compiler registered under its type URL.
+func translateHTTPFilters(fs []*hcmv3.HttpFilter) ([]*config.HTTPFilter, error) {
+	var out []*config.HTTPFilter
+	router := false
+	for i, f := range fs {
+		hf, isRouter, err := translateHTTPFilter(f)
+		if err == nil && isRouter && i != len(fs)-1 {
+			err = errors.New("the router filter must be the last HTTP filter")
+		}
+		if err != nil {
+			return nil, at(err, segFieldEnd, fmt.Sprintf("http_filters[%d] (%s)", i, f.GetName()))
+		}
+		if isRouter {
+			router = true
+			continue
+		}
+		out = append(out, hf)
+	}
+	if !router {
+		return nil, inField(errors.New("the router filter (envoy.filters.http.router) is required as the last HTTP filter"), "http_filters")
+	}
+	return out, nil
+}
+
+func translateHTTPFilter(f *hcmv3.HttpFilter) (_ *config.HTTPFilter, isRouter bool, _ error) {
+	if err := httpFilterFields.check(f); err != nil {
+		return nil, false, err
+	}
+	if f.GetTypedConfig() == nil {
+		// Envoy still resolves a config-less router by its name.
+		if f.GetName() == "envoy.filters.http.router" {
+			return nil, true, nil
+		}
+		return nil, false, errors.New("typed_config is required")
+	}
+	t, err := unpack(f.GetTypedConfig())
+	if err != nil {
+		if errors.Is(err, errUnknownType) && f.GetIsOptional() {
+			// An optional filter this build does not know is skipped by the
+			// engine, as Envoy does.
+			return &config.HTTPFilter{Name: f.GetName(), TypeURL: typePrefix + string(f.GetTypedConfig().MessageName()),
+				Disabled: f.GetDisabled(), Optional: true}, false, nil
+		}
+		return nil, false, inField(err, "typed_config")
+	}
+	hf := &config.HTTPFilter{Name: f.GetName(), TypeURL: t.url, Config: t.msg, Disabled: f.GetDisabled(), Optional: f.GetIsOptional()}
+	switch m := t.msg.(type) {
+	case *routerv3.Router:
+		if err := routerFields.check(m); err != nil {
+			return nil, false, inField(err, "typed_config")
+		}
+		return nil, true, nil
+	case *headermutationv3.HeaderMutation:
+		hm, err := headerMutationFilter(m.GetMutations())
+		if err != nil {
+			return nil, false, inField(err, "typed_config")
+		}
+		if m.GetMostSpecificHeaderMutationsWins() {
+			return nil, false, inField(unsupportedValue("most_specific_header_mutations_wins", true), "typed_config")
+		}
+		hf.TypeURL = config.TypeHeaderMutation
+		hf.Config = hm
+	}
+	return hf, false, nil
+}

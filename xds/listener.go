@@ -1,0 +1,252 @@
+package xds
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+
+	"github.com/sluice-proxy/sluice/engine/config"
+)
+
+var (
+	listenerFields = knownFields(&listenerv3.Listener{},
+		"name", "address", "filter_chains", "default_filter_chain", "per_connection_buffer_limit_bytes",
+		"listener_filters", "bind_to_port",
+		// Ignored: observability (stat_prefix, metadata, traffic_direction,
+		// the access log of connections no filter chain took) and socket or
+		// accept-loop tuning.
+		"stat_prefix", "metadata", "traffic_direction", "access_log", "listener_filters_timeout",
+		"continue_on_listener_filters_timeout", "drain_type", "reuse_port", "enable_reuse_port",
+		"tcp_backlog_size", "connection_balance_config", "max_connections_to_accept_per_socket_event",
+		"ignore_global_conn_limit", "bypass_overload_manager", "tcp_keepalive", "tcp_fast_open_queue_length",
+		"per_connection_buffer_high_watermark_timeout")
+	filterChainFields = knownFields(&listenerv3.FilterChain{},
+		"filter_chain_match", "filters", "transport_socket", "name",
+		// Ignored: metadata, and a TLS handshake timeout (TLS is rejected).
+		"metadata", "transport_socket_connect_timeout")
+	filterChainMatchFields = knownFields(&listenerv3.FilterChainMatch{},
+		"destination_port", "prefix_ranges", "source_prefix_ranges", "server_names", "transport_protocol",
+		"application_protocols")
+	networkFilterFields  = knownFields(&listenerv3.Filter{}, "name", "typed_config")
+	listenerFilterFields = knownFields(&listenerv3.ListenerFilter{}, "name", "typed_config")
+	transportSocketField = knownFields(&corev3.TransportSocket{}, "name", "typed_config")
+)
+
+// TranslateListener checks a Listener's validation rules and translates it.
+func TranslateListener(l *listenerv3.Listener) (*config.Listener, error) {
+	if l == nil {
+		return nil, prefixed(errors.New("nil listener"))
+	}
+	if err := validateMsg(l); err != nil {
+		return nil, prefixed(inNamed(err, "listener", l.GetName()))
+	}
+	out, err := translateListener(l)
+	if err != nil {
+		return nil, prefixed(inNamed(err, "listener", l.GetName()))
+	}
+	return out, nil
+}
+
+func translateListener(l *listenerv3.Listener) (*config.Listener, error) {
+	if err := listenerFields.check(l); err != nil {
+		return nil, err
+	}
+	if !boolean(l.GetBindToPort(), true) {
+		return nil, unsupportedValue("bind_to_port", false)
+	}
+	addr, err := hostPort(l.GetAddress())
+	if err != nil {
+		return nil, inField(err, "address")
+	}
+	out := &config.Listener{
+		Name:                     l.GetName(),
+		Address:                  addr,
+		PerConnectionBufferLimit: int(u32(l.GetPerConnectionBufferLimitBytes(), 0)),
+	}
+	for i, lf := range l.GetListenerFilters() {
+		if err := checkListenerFilter(lf); err != nil {
+			return nil, at(err, segFieldEnd, fmt.Sprintf("listener_filters[%d] (%s)", i, lf.GetName()))
+		}
+	}
+	seen := map[string]int{}
+	for i, fc := range l.GetFilterChains() {
+		c, err := translateFilterChain(fc)
+		if err != nil {
+			return nil, inIndex(err, "filter_chains", i)
+		}
+		key := matchKey(&c.Match)
+		if j, dup := seen[key]; dup {
+			return nil, inIndex(fmt.Errorf("filter_chain_match is the same as filter_chains[%d]'s", j), "filter_chains", i)
+		}
+		seen[key] = i
+		out.FilterChains = append(out.FilterChains, c)
+	}
+	if dc := l.GetDefaultFilterChain(); dc != nil {
+		c, err := translateFilterChain(dc)
+		if err != nil {
+			return nil, inField(err, "default_filter_chain")
+		}
+		out.DefaultFilterChain = c
+	}
+	if len(out.FilterChains) == 0 && out.DefaultFilterChain == nil {
+		return nil, errors.New("no filter chains: filter_chains or default_filter_chain is required")
+	}
+	return out, nil
+}
+
+// checkListenerFilter accepts the inspectors whose results filter chain
+// matching uses (the listener inspects TLS ClientHello and the first HTTP
+// bytes on its own when a chain matches on server_names,
+// transport_protocol or application_protocols); any other listener filter
+// is rejected.
+func checkListenerFilter(lf *listenerv3.ListenerFilter) error {
+	if err := listenerFilterFields.check(lf); err != nil {
+		return err
+	}
+	t, err := unpack(lf.GetTypedConfig())
+	if err != nil {
+		return inField(err, "typed_config")
+	}
+	switch t.name() {
+	case nameTLSInspector, nameHTTPInspector:
+		return nil
+	}
+	return fmt.Errorf("listener filter type %q: %w", t.url, ErrUnsupported)
+}
+
+func translateFilterChain(fc *listenerv3.FilterChain) (*config.FilterChain, error) {
+	if err := filterChainFields.check(fc); err != nil {
+		return nil, err
+	}
+	if ts := fc.GetTransportSocket(); ts != nil {
+		if err := checkTransportSocket(ts); err != nil {
+			return nil, inField(err, "transport_socket")
+		}
+	}
+	out := &config.FilterChain{Name: fc.GetName()}
+	if m := fc.GetFilterChainMatch(); m != nil {
+		match, err := translateFilterChainMatch(m)
+		if err != nil {
+			return nil, inField(err, "filter_chain_match")
+		}
+		out.Match = match
+	}
+	filters := fc.GetFilters()
+	for i, f := range filters {
+		hcm, err := translateNetworkFilter(f)
+		if err == nil && i != len(filters)-1 {
+			err = errors.New("http_connection_manager is a terminal filter and must be the last network filter")
+		}
+		if err != nil {
+			return nil, at(err, segFieldEnd, fmt.Sprintf("filters[%d] (%s)", i, f.GetName()))
+		}
+		out.HTTP = hcm
+	}
+	if out.HTTP == nil {
+		return nil, errors.New("filters: an http_connection_manager network filter is required")
+	}
+	return out, nil
+}
+
+// translateNetworkFilter translates the HTTP connection manager and rejects
+// every other network filter.
+func translateNetworkFilter(f *listenerv3.Filter) (*config.HTTPConnectionManager, error) {
+	if err := networkFilterFields.check(f); err != nil {
+		return nil, err
+	}
+	t, err := unpack(f.GetTypedConfig())
+	if err != nil {
+		return nil, inField(err, "typed_config")
+	}
+	hcm, ok := t.msg.(*hcmv3.HttpConnectionManager)
+	if !ok {
+		return nil, fmt.Errorf("network filter type %q: %w", t.url, ErrUnsupported)
+	}
+	return translateHCM(hcm)
+}
+
+// checkTransportSocket accepts plaintext (raw_buffer) only: TLS is not in the
+// config model yet, and serving plaintext where TLS was configured would be
+// a security bug.
+func checkTransportSocket(ts *corev3.TransportSocket) error {
+	if err := transportSocketField.check(ts); err != nil {
+		return err
+	}
+	t, err := unpack(ts.GetTypedConfig())
+	if err != nil {
+		return inField(err, "typed_config")
+	}
+	if t.name() != nameRawBuffer {
+		return fmt.Errorf("%s (%s): %w", ts.GetName(), t.url, ErrUnsupported)
+	}
+	return nil
+}
+
+func translateFilterChainMatch(m *listenerv3.FilterChainMatch) (config.FilterChainMatch, error) {
+	var out config.FilterChainMatch
+	if err := filterChainMatchFields.check(m); err != nil {
+		return out, err
+	}
+	out.DestinationPort = u32(m.GetDestinationPort(), 0)
+	out.ServerNames = slices.Clone(m.GetServerNames())
+	out.TransportProtocol = m.GetTransportProtocol()
+	out.ApplicationProtocols = slices.Clone(m.GetApplicationProtocols())
+	var err error
+	if out.PrefixRanges, err = cidrs(m.GetPrefixRanges(), "prefix_ranges"); err != nil {
+		return out, err
+	}
+	if out.SourcePrefixRanges, err = cidrs(m.GetSourcePrefixRanges(), "source_prefix_ranges"); err != nil {
+		return out, err
+	}
+	return out, nil
+}
+
+func cidrs(rs []*corev3.CidrRange, field string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for i, r := range rs {
+		p, err := cidr(r)
+		if err != nil {
+			return nil, inIndex(err, field, i)
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// cidr translates a CidrRange; an unset prefix_len is 0, like Envoy.
+func cidr(r *corev3.CidrRange) (netip.Prefix, error) {
+	addr, err := netip.ParseAddr(r.GetAddressPrefix())
+	if err != nil || addr.Zone() != "" {
+		return netip.Prefix{}, inField(fmt.Errorf("%q is not an IP address", r.GetAddressPrefix()), "address_prefix")
+	}
+	bits := u32(r.GetPrefixLen(), 0)
+	if bits > uint32(addr.BitLen()) {
+		return netip.Prefix{}, inField(fmt.Errorf("%d is more than %d bits", bits, addr.BitLen()), "prefix_len")
+	}
+	return netip.PrefixFrom(addr, int(bits)).Masked(), nil
+}
+
+// matchKey is a canonical form of a filter chain match, to find chains that
+// match exactly the same connections.
+func matchKey(m *config.FilterChainMatch) string {
+	sorted := func(in []string) string {
+		s := slices.Clone(in)
+		slices.Sort(s)
+		return strings.Join(slices.Compact(s), ",")
+	}
+	prefixes := func(in []netip.Prefix) string {
+		s := make([]string, len(in))
+		for i, p := range in {
+			s[i] = p.String()
+		}
+		return sorted(s)
+	}
+	return fmt.Sprintf("%d|%s|%s|%s|%s|%s", m.DestinationPort, sorted(m.ServerNames), m.TransportProtocol,
+		sorted(m.ApplicationProtocols), prefixes(m.PrefixRanges), prefixes(m.SourcePrefixRanges))
+}
