@@ -87,7 +87,7 @@ func decodeError(name string, js []byte, isJSON bool, err error) error {
 	msg = strings.TrimLeft(strings.TrimPrefix(msg, "proto:"), " \u00a0")
 	loc := protojsonPos.FindStringSubmatchIndex(msg)
 	if loc == nil {
-		return fmt.Errorf("xds: %s: %s", name, msg)
+		return &rewrittenError{msg: fmt.Sprintf("xds: %s: %s", name, msg), err: err}
 	}
 	line, _ := strconv.Atoi(msg[loc[2]:loc[3]])
 	col, _ := strconv.Atoi(msg[loc[4]:loc[5]])
@@ -111,10 +111,20 @@ func decodeError(name string, js []byte, isJSON bool, err error) error {
 		where = fmt.Sprintf("%s:%d:%d", name, line, col)
 	}
 	if p := strings.TrimPrefix(strings.Join(path, ""), "."); p != "" {
-		return fmt.Errorf("xds: %s: %s: %s", where, p, msg)
+		msg = p + ": " + msg
 	}
-	return fmt.Errorf("xds: %s: %s", where, msg)
+	return &rewrittenError{msg: fmt.Sprintf("xds: %s: %s", where, msg), err: err}
 }
+
+// rewrittenError is a decoding error reworded with its location; the
+// original error stays reachable through errors.Unwrap.
+type rewrittenError struct {
+	msg string
+	err error
+}
+
+func (e *rewrittenError) Error() string { return e.msg }
+func (e *rewrittenError) Unwrap() error { return e.err }
 
 // byteOffset converts protojson's 1-based line and rune column into a byte
 // offset in b.

@@ -6,8 +6,8 @@ import (
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	headermutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/header_mutation/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 
 	"github.com/sluice-proxy/sluice/engine/config"
@@ -102,6 +102,9 @@ func translateHCM(m *hcmv3.HttpConnectionManager) (*config.HTTPConnectionManager
 		}
 		// The config source is the xDS client's business.
 		out.RDSName = rs.Rds.GetRouteConfigName()
+		if out.RDSName == "" {
+			return nil, inField(errors.New("route_config_name is required"), "rds")
+		}
 	case *hcmv3.HttpConnectionManager_RouteConfig:
 		rc, err := translateRouteConfiguration(rs.RouteConfig)
 		if err != nil {

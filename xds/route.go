@@ -7,7 +7,6 @@ import (
 	"strings"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 
 	"github.com/sluice-proxy/sluice/engine/config"
@@ -550,6 +549,3 @@ func redirect(r *routev3.RedirectAction) (*config.Redirect, error) {
 	}
 	return out, nil
 }
-
-// keep corev3 referenced for headerSource users in this file's callers.
-var _ = corev3.HeaderValueOption{}

@@ -44,7 +44,16 @@ func TestAdminEndpoints(t *testing.T) {
 	if code, body := get(t, admin+"/ready"); code != 200 || strings.TrimSpace(body) != "LIVE" {
 		t.Errorf("/ready: %d %q", code, body)
 	}
-	_, prom := get(t, admin+"/stats/prometheus")
+	// Stats are recorded after the response is written: give the last
+	// request a moment to be counted.
+	var prom string
+	for deadline := time.Now().Add(2 * time.Second); ; {
+		_, prom = get(t, admin+"/stats/prometheus")
+		if strings.Contains(prom, `envoy_http_downstream_rq_total{envoy_http_conn_manager_prefix="test"} 3`) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	for _, want := range []string{
 		`envoy_http_downstream_rq_2xx{envoy_http_conn_manager_prefix="test"} 3`,
 		`envoy_cluster_upstream_rq_total{envoy_cluster_name="up"} 3`,

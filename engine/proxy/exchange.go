@@ -249,7 +249,7 @@ func isTimeout(err error) bool {
 func (e *exchange) attempt(host *upstream.Host) outcome {
 	s := e.s
 	deadline := e.tryDeadline()
-	conn, err := host.Acquire(deadline)
+	conn, err := host.AcquireDeadline(deadline)
 	if err != nil {
 		if errors.Is(err, upstream.ErrPendingOverflow) || errors.Is(err, upstream.ErrConnectionOverflow) {
 			s.flags |= flagUpstreamOverflow
@@ -270,6 +270,7 @@ func (e *exchange) attempt(host *upstream.Host) outcome {
 	}
 	host.RequestStarted()
 	defer host.RequestDone()
+	e.cl.Stats.RqTotal.Inc()
 	reusable := false
 	defer func() { conn.Release(reusable) }()
 
@@ -283,7 +284,21 @@ func (e *exchange) attempt(host *upstream.Host) outcome {
 	}
 	if f == failNone {
 		// A response head is in s.resp.
+		if status >= 500 {
+			host.Stats.RqError.Add(1)
+		} else {
+			host.Stats.RqSuccess.Add(1)
+		}
 		return e.respond(conn, cc, &reusable, status)
+	}
+	host.Stats.RqError.Add(1)
+	if f == failTimeout {
+		host.Stats.RqTimeout.Add(1)
+		if !e.deadline.IsZero() && !time.Now().Before(e.deadline) {
+			e.cl.Stats.RqTimeout.Inc()
+		} else {
+			e.cl.Stats.RqPerTryTimeout.Inc()
+		}
 	}
 	if f == failStatus {
 		// Retried status: drop the connection rather than read its body.

@@ -156,7 +156,7 @@ func (s *Server) Apply(snap *config.Snapshot) (err error) {
 	old := s.current.Load()
 	fresh := map[string]*netio.Listener{}
 	for _, l := range snap.Listeners {
-		if running, ok := s.listeners[l.Name]; ok && sameAddress(old, l) && !running.Draining() {
+		if running, ok := s.listeners[l.Name]; ok && (sameAddress(old, l) || running.Addr().String() == l.Address) && !running.Draining() {
 			continue
 		}
 		name := l.Name

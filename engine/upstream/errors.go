@@ -13,6 +13,10 @@ var (
 	// ErrPendingOverflow means the cluster is at max_connections and
 	// max_pending_requests requests are already waiting for a connection.
 	ErrPendingOverflow = errors.New("upstream: pending request overflow")
+	// ErrConnectionOverflow means the cluster is at max_connections. Acquire
+	// returns it only together with ErrPendingOverflow (the request could
+	// neither open a connection nor wait for one).
+	ErrConnectionOverflow = errors.New("upstream: connection overflow")
 	// ErrPoolTimeout means the request gave up (its context was cancelled or
 	// hit its deadline) while waiting for a connection; the error also wraps
 	// the context's error.
@@ -49,3 +53,17 @@ type poolWaitError struct{ cause error }
 
 func (e *poolWaitError) Error() string   { return ErrPoolTimeout.Error() + ": " + e.cause.Error() }
 func (e *poolWaitError) Unwrap() []error { return []error{ErrPoolTimeout, e.cause} }
+
+// overflowError is Acquire's overflow: no connection could be opened and no
+// more requests may wait. A value, so returning it does not allocate.
+type overflowError struct{}
+
+var errOverflow error = overflowError{}
+
+func (overflowError) Error() string {
+	return "upstream: overflow: max_connections and max_pending_requests reached"
+}
+
+func (overflowError) Is(target error) bool {
+	return target == ErrPendingOverflow || target == ErrConnectionOverflow
+}

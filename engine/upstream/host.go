@@ -65,3 +65,30 @@ func (h *Host) successor() *Host {
 	}
 	return nil
 }
+
+// HostSnapshot is a point-in-time copy of a host's counters.
+type HostSnapshot struct {
+	CxActive      int64
+	CxTotal       uint64
+	CxConnectFail uint64
+	RqActive      int64
+	RqTotal       uint64
+	RqError       uint64
+	RqSuccess     uint64
+	RqTimeout     uint64
+}
+
+// Snapshot copies the host's counters (for /clusters).
+func (h *Host) Snapshot() HostSnapshot {
+	s := h.Stats
+	return HostSnapshot{
+		CxActive:      s.CxActive.Load(),
+		CxTotal:       s.CxTotal.Load(),
+		CxConnectFail: s.CxConnectFail.Load(),
+		RqActive:      s.RqActive.Load(),
+		RqTotal:       s.RqTotal.Load(),
+		RqError:       s.RqError.Load(),
+		RqSuccess:     s.RqSuccess.Load(),
+		RqTimeout:     s.RqTimeout.Load(),
+	}
+}

@@ -43,7 +43,7 @@ func (c *Cluster) Pick(ctx *LBContext) *Host {
 	if b == nil {
 		return nil
 	}
-	if c.panic {
+	if c.panicMode {
 		c.Stats.LBHealthyPanic.Inc()
 	}
 	if ctx == nil || ctx.Exclude == nil {

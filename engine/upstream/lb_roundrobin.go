@@ -13,8 +13,11 @@ const maxRRSchedule = 1 << 16
 
 // roundRobin is weighted round robin without locks: the cycle of one full
 // round (sum of weights / gcd slots) is computed at Build by earliest
-// deadline first with deadlines (k+½)/w, which interleaves hosts smoothly and
-// gives host i exactly w_i slots per cycle. A pick is one atomic add.
+// deadline first, host i's k-th deadline being (k+φ_i)/w_i with phases
+// φ_i = (2i+1)/2n spread over (0,1). That gives host i exactly w_i slots per
+// cycle and interleaves hosts smoothly, across cycle boundaries too (5,1,1
+// never sends more than 3 picks in a row to the heavy host). A pick is one
+// atomic add.
 type roundRobin struct {
 	hosts []*Host
 	sched []uint32
@@ -44,7 +47,7 @@ func newRoundRobin(hosts []*Host) *roundRobin {
 	rr := &roundRobin{hosts: hosts, sched: make([]uint32, 0, total)}
 	q := make(edfQueue, len(w))
 	for i := range w {
-		q[i] = edfEntry{idx: uint32(i), w: w[i]}
+		q[i] = edfEntry{idx: uint32(i), w: w[i], phase: 2*uint64(i) + 1, span: 2 * uint64(len(w))}
 	}
 	heap.Init(&q)
 	for uint64(len(rr.sched)) < total {
@@ -70,19 +73,21 @@ func gcd(a, b uint64) uint64 {
 }
 
 // edfEntry is a host in the schedule builder: its next deadline is
-// (2k+1)/(2w).
+// (span*k + phase) / (span*w), span = 2n and phase = 2i+1.
 type edfEntry struct {
-	idx uint32
-	w   uint64
-	k   uint64
+	idx         uint32
+	w, k        uint64
+	phase, span uint64
 }
+
+func (e *edfEntry) num() uint64 { return e.span*e.k + e.phase }
 
 type edfQueue []edfEntry
 
 func (q edfQueue) Len() int { return len(q) }
 func (q edfQueue) Less(i, j int) bool {
-	a := (2*q[i].k + 1) * q[j].w
-	b := (2*q[j].k + 1) * q[i].w
+	a := q[i].num() * q[j].w
+	b := q[j].num() * q[i].w
 	if a != b {
 		return a < b
 	}

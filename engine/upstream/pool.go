@@ -29,6 +29,7 @@ const (
 // Acquire and Release.
 type Conn struct {
 	host      *Host
+	nc        net.Conn
 	cc        stream.ClientConn
 	rc        syscall.RawConn // for the stale check; nil if unavailable
 	peekFn    func(fd uintptr)
@@ -42,6 +43,10 @@ type Conn struct {
 
 // ClientConn is the protocol connection to run the exchange on.
 func (conn *Conn) ClientConn() stream.ClientConn { return conn.cc }
+
+// NetConn is the underlying network connection, for I/O deadlines. Reads
+// and writes go through ClientConn.
+func (conn *Conn) NetConn() net.Conn { return conn.nc }
 
 // Reused reports whether the connection carried an earlier request (so a
 // failure before any response byte may be a stale keep-alive race, safe to
@@ -100,10 +105,25 @@ func monoNow() int64 { return int64(time.Since(epoch)) }
 // host with no connection at all may always open one, as in Envoy.
 //
 // Errors: a *ConnectError (errors.Is ErrConnectFailure, and
-// ErrConnectTimeout for a connect timeout), ErrPendingOverflow, or an
-// error matching ErrPoolTimeout and the context's error when ctx ends
-// first.
+// ErrConnectTimeout for a connect timeout), an overflow error matching
+// ErrPendingOverflow and ErrConnectionOverflow, or an error matching
+// ErrPoolTimeout and the context's error when ctx ends first (while
+// waiting or while connecting).
 func (h *Host) Acquire(ctx context.Context) (*Conn, error) {
+	return h.acquire(ctx, time.Time{})
+}
+
+// AcquireDeadline is Acquire bounded by a deadline (zero: none) instead of
+// a context, so the proxy needs no context per try; a request that runs out
+// of time gets an error matching ErrPoolTimeout and
+// context.DeadlineExceeded.
+func (h *Host) AcquireDeadline(deadline time.Time) (*Conn, error) {
+	return h.acquire(nil, deadline)
+}
+
+// acquire is Acquire with an optional ctx (nil: none) and deadline (zero:
+// none).
+func (h *Host) acquire(ctx context.Context, deadline time.Time) (*Conn, error) {
 	c := h.cluster
 	p := &h.pool
 	for {
@@ -133,23 +153,23 @@ func (h *Host) Acquire(ctx context.Context) (*Conn, error) {
 	if !c.cx.tryInc(c.cx.max) {
 		c.Stats.CxOverflow.Inc()
 		if p.total > 0 {
-			return h.wait(ctx)
+			return h.wait(ctx, deadline)
 		}
 		c.cx.forceInc()
 	}
 	p.total++
 	p.mu.Unlock()
-	return h.dial(ctx)
+	return h.dial(ctx, deadline)
 }
 
 // wait queues the request for a released connection; p.mu is held.
-func (h *Host) wait(ctx context.Context) (*Conn, error) {
+func (h *Host) wait(ctx context.Context, deadline time.Time) (*Conn, error) {
 	c := h.cluster
 	p := &h.pool
 	if !c.pending.tryInc(c.pending.max) {
 		p.mu.Unlock()
 		c.Stats.RqPendingOverflow.Inc()
-		return nil, ErrPendingOverflow
+		return nil, errOverflow
 	}
 	w := &waiter{ch: make(chan struct{}, 1)}
 	p.waiters = append(p.waiters, w)
@@ -157,10 +177,26 @@ func (h *Host) wait(ctx context.Context) (*Conn, error) {
 	c.Stats.RqPendingTotal.Inc()
 	c.Stats.RqPendingActive.Inc()
 
-	var err error
+	var done <-chan struct{}
+	if ctx != nil {
+		done = ctx.Done()
+	}
+	var expired <-chan time.Time
+	if !deadline.IsZero() {
+		t := time.NewTimer(time.Until(deadline))
+		defer t.Stop()
+		expired = t.C
+	}
+	var cause error
 	select {
 	case <-w.ch:
-	case <-ctx.Done():
+	case <-done:
+		cause = context.Cause(ctx)
+	case <-expired:
+		cause = context.DeadlineExceeded
+	}
+	var err error
+	if cause != nil {
 		p.mu.Lock()
 		removed := p.removeWaiter(w)
 		p.mu.Unlock()
@@ -172,7 +208,7 @@ func (h *Host) wait(ctx context.Context) (*Conn, error) {
 				h.freeSlot(nil)
 			}
 		}
-		err = &poolWaitError{cause: context.Cause(ctx)}
+		err = &poolWaitError{cause: cause}
 	}
 	c.pending.dec(c.pending.max)
 	c.Stats.RqPendingActive.Dec()
@@ -184,28 +220,45 @@ func (h *Host) wait(ctx context.Context) (*Conn, error) {
 		conn.requests++
 		return conn, nil
 	}
-	return h.dial(ctx)
+	return h.dial(ctx, deadline)
 }
 
 // dial opens a connection in a slot already counted in p.total and the
 // cluster's connection count.
-func (h *Host) dial(ctx context.Context) (*Conn, error) {
+func (h *Host) dial(ctx context.Context, deadline time.Time) (*Conn, error) {
 	c := h.cluster
 	c.Stats.CxTotal.Inc()
 	c.Stats.CxActive.Inc()
 	h.Stats.CxTotal.Add(1)
 	h.Stats.CxActive.Add(1)
-	nc, err := c.dialer.DialContext(ctx, "tcp", h.addr)
+	d := &c.dialer
+	if !deadline.IsZero() {
+		local := c.dialer
+		local.Deadline = deadline
+		d = &local
+	}
+	if ctx == nil {
+		ctx = context.Background()
+	} else if cd, ok := ctx.Deadline(); ok && (deadline.IsZero() || cd.Before(deadline)) {
+		deadline = cd
+	}
+	start := time.Now()
+	nc, err := d.DialContext(ctx, "tcp", h.addr)
 	if err != nil {
 		c.Stats.CxDestroy.Inc()
 		c.Stats.CxActive.Dec()
 		h.Stats.CxActive.Add(-1)
 		h.freeSlot(nil)
-		if ctx.Err() != nil {
-			return nil, &poolWaitError{cause: context.Cause(ctx)}
-		}
 		var ne net.Error
 		timeout := errors.As(err, &ne) && ne.Timeout()
+		// The request's own cancellation or deadline (when it came before
+		// the connect timeout) is not an upstream failure.
+		if cause := context.Cause(ctx); cause != nil {
+			return nil, &poolWaitError{cause: cause}
+		}
+		if timeout && !deadline.IsZero() && deadline.Before(start.Add(c.dialer.Timeout)) {
+			return nil, &poolWaitError{cause: context.DeadlineExceeded}
+		}
 		c.Stats.CxConnectFail.Inc()
 		h.Stats.CxConnectFail.Add(1)
 		if timeout {
@@ -213,7 +266,7 @@ func (h *Host) dial(ctx context.Context) (*Conn, error) {
 		}
 		return nil, &ConnectError{Addr: h.addr, Timeout: timeout, Err: err}
 	}
-	conn := &Conn{host: h, cc: c.codec.NewClientConn(nc), requests: 1}
+	conn := &Conn{host: h, nc: nc, cc: c.codec.NewClientConn(nc), requests: 1}
 	conn.peekFn = conn.peek
 	if sc, ok := nc.(syscall.Conn); ok {
 		if rc, err := sc.SyscallConn(); err == nil {

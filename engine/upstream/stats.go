@@ -28,17 +28,17 @@ type ClusterStats struct {
 	CxIdleTimeout    *observe.Counter // upstream_cx_idle_timeout
 	CxMaxRequests    *observe.Counter // upstream_cx_max_requests
 
-	RqTotal            *observe.Counter // upstream_rq_total (proxy)
-	RqActive           *observe.Gauge   // upstream_rq_active (TryStartRequest)
-	RqPendingTotal     *observe.Counter // upstream_rq_pending_total: requests that waited for a connection
-	RqPendingActive    *observe.Gauge   // upstream_rq_pending_active
-	RqPendingOverflow  *observe.Counter // upstream_rq_pending_overflow: max_pending_requests or max_requests reached
-	RqRetry            *observe.Counter // upstream_rq_retry (TryStartRetry)
-	RqRetryOverflow    *observe.Counter // upstream_rq_retry_overflow
-	RqTimeout          *observe.Counter // upstream_rq_timeout (proxy)
-	RqPerTryTimeout    *observe.Counter // upstream_rq_per_try_timeout (proxy)
-	Rq1xx, Rq2xx, Rq3xx, Rq4xx, Rq5xx *observe.Counter // upstream_rq_<n>xx (RecordResponse)
-	RqTime             *observe.Histogram               // upstream_rq_time, ms (RecordResponse)
+	RqTotal                           *observe.Counter   // upstream_rq_total (proxy)
+	RqActive                          *observe.Gauge     // upstream_rq_active (TryStartRequest)
+	RqPendingTotal                    *observe.Counter   // upstream_rq_pending_total: requests that waited for a connection
+	RqPendingActive                   *observe.Gauge     // upstream_rq_pending_active
+	RqPendingOverflow                 *observe.Counter   // upstream_rq_pending_overflow: max_pending_requests or max_requests reached
+	RqRetry                           *observe.Counter   // upstream_rq_retry (TryStartRetry)
+	RqRetryOverflow                   *observe.Counter   // upstream_rq_retry_overflow
+	RqTimeout                         *observe.Counter   // upstream_rq_timeout (proxy)
+	RqPerTryTimeout                   *observe.Counter   // upstream_rq_per_try_timeout (proxy)
+	Rq1xx, Rq2xx, Rq3xx, Rq4xx, Rq5xx *observe.Counter   // upstream_rq_<n>xx (RecordResponse)
+	RqTime                            *observe.Histogram // upstream_rq_time, ms (RecordResponse)
 
 	CxOpen        *observe.Gauge // circuit_breakers.default.cx_open
 	RqPendingOpen *observe.Gauge // circuit_breakers.default.rq_pending_open

@@ -294,3 +294,33 @@ func TestLevelMutationErrors(t *testing.T) {
 		t.Errorf("virtual host level: %v", err)
 	}
 }
+
+// TestQuickCheckAgreesWithFullMatch checks that the per-route pre-check
+// never rejects a route the full match accepts.
+func TestQuickCheckAgreesWithFullMatch(t *testing.T) {
+	var routes []*config.Route
+	for _, m := range []config.RouteMatch{
+		{Prefix: "/"}, {Prefix: "/a"}, {Prefix: "/abcdefgh"}, {Prefix: "/abcdefghij"}, {Prefix: "/ABC", CaseInsensitive: true},
+		{Path: "/a"}, {Path: "/abcdefgh"}, {Path: "/abcdefghi"}, {Path: "/A", CaseInsensitive: true},
+		{PathSeparatedPrefix: "/ab"}, {PathSeparatedPrefix: "/abcdefgh"},
+		{SafeRegex: "/a.*"}, {SafeRegex: "/abcdefghi[0-9]"}, {SafeRegex: "(?i)/ab"}, {SafeRegex: "/a|/b"}, {SafeRegex: ".*"},
+		{},
+	} {
+		routes = append(routes, &config.Route{Match: m, Action: toCluster("c")})
+	}
+	tb := mustCompile(t, &config.RouteConfiguration{VirtualHosts: []*config.VirtualHost{{Name: "vh", Domains: []string{"*"}, Routes: routes}}})
+	vh := tb.vhosts[0]
+	paths := []string{"", "/", "/a", "/A", "/ab", "/ab/", "/abc", "/ABC", "/abcdefg", "/abcdefgh", "/abcdefgh/",
+		"/abcdefghi", "/abcdefghi1", "/abcdefghij", "/b", "/x", "/a?q", "/abcdefgh?x", "a"}
+	for _, p := range paths {
+		for i, r := range vh.Routes {
+			// Single-route virtual host view: the i-th pre-check, then the full match.
+			one := &VirtualHost{Routes: []*Route{r}, quick: vh.quick[i : i+1]}
+			got := one.match(req("h", p), p) != nil
+			want := r.matches(req("h", p), p, pathOnly(p))
+			if got != want {
+				t.Errorf("route %d %+v, path %q: with pre-check %v, full match %v", i, r.Config.Match, p, got, want)
+			}
+		}
+	}
+}

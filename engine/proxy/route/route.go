@@ -50,8 +50,19 @@ type VirtualHost struct {
 	Config *config.VirtualHost
 	Routes []*Route
 
-	table     *Table
+	table *Table
+	// quick holds a cheap pre-check per route, in route order, contiguous
+	// so that scanning many routes stays in cache.
+	quick     []quickCheck
 	req, resp *mutations
+}
+
+// quickCheck rejects most non-matching prefix and exact routes with one
+// length test and one word compare of the path's first 8 bytes.
+type quickCheck struct {
+	minLen int
+	mask   uint64 // 0: no quick check
+	word   uint64
 }
 
 // Name returns the virtual host's name.
@@ -208,6 +219,7 @@ func compileVirtualHost(t *Table, vc *config.VirtualHost) (*VirtualHost, error) 
 			return nil, fmt.Errorf("%s: %w", where, err)
 		}
 		vh.Routes = append(vh.Routes, r)
+		vh.quick = append(vh.quick, r.quickCheck())
 	}
 	return vh, nil
 }
@@ -248,12 +260,52 @@ func (v *VirtualHost) Match(h *header.Map) *Route {
 
 func (v *VirtualHost) match(h *header.Map, path string) *Route {
 	p := pathOnly(path)
-	for _, r := range v.Routes {
-		if r.matches(h, path, p) {
+	pw := firstWord(p)
+	for i := range v.quick {
+		q := &v.quick[i]
+		if len(p) < q.minLen || pw&q.mask != q.word {
+			continue
+		}
+		if r := v.Routes[i]; r.matches(h, path, p) {
 			return r
 		}
 	}
 	return nil
+}
+
+// quickCheck builds the route's pre-check: the path must be at least as
+// long as the literal every match starts with, and start with its first (up
+// to) 8 bytes. The literal is the pattern of case-sensitive prefix, exact
+// and path-separated routes, and the literal prefix of a regex.
+func (r *Route) quickCheck() quickCheck {
+	var lit string
+	switch r.kind {
+	case pathPrefix, pathExact, pathSeparated:
+		if !r.fold {
+			lit = r.path
+		}
+	case pathRegex:
+		// The pattern is anchored, so every match starts at the path's
+		// first byte.
+		lit, _ = r.pathRe.LiteralPrefix()
+	}
+	if lit == "" {
+		return quickCheck{}
+	}
+	n := min(len(lit), 8)
+	return quickCheck{minLen: len(lit), mask: ^uint64(0) >> (64 - 8*n), word: firstWord(lit[:n])}
+}
+
+// firstWord loads up to the first 8 bytes of s, little-endian, zero padded.
+func firstWord(s string) uint64 {
+	if len(s) >= 8 {
+		return le64(s)
+	}
+	var w uint64
+	for i := len(s) - 1; i >= 0; i-- {
+		w = w<<8 | uint64(s[i])
+	}
+	return w
 }
 
 // selectVirtualHost follows Envoy's RouteMatcher::findVirtualHost: exact

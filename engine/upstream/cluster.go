@@ -1,0 +1,377 @@
+package upstream
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/sluice-proxy/sluice/engine/config"
+	"github.com/sluice-proxy/sluice/engine/stream"
+)
+
+// Defaults applied to zero config fields (Envoy's, where Envoy has one).
+const (
+	DefaultProtocol            = "http1"
+	DefaultConnectTimeout      = 5 * time.Second
+	DefaultIdleTimeout         = time.Hour // Envoy's upstream idle_timeout
+	DefaultRingHashMinSize     = 1024
+	DefaultRingHashMaxSize     = 8 << 20
+	DefaultMaglevTableSize     = 65537
+	DefaultLeastRequestChoices = 2
+	DefaultMinRetryConcurrency = 3
+
+	maxMaglevTableSize = 5000011 // Envoy's limit
+	maxIdlePerHost     = 1024
+)
+
+// Cluster is a running upstream cluster: hosts, load balancer, pools,
+// circuit breakers and stats. It is immutable apart from its counters and
+// pools, and shared by every Set that carries it.
+type Cluster struct {
+	name     string
+	cfg      *config.Cluster // private copy
+	protocol string
+	policy   config.LBPolicy
+	codec    stream.ClientCodec
+	dialer   net.Dialer
+
+	idleTimeout        int64 // ns; 0: none
+	maxRequestsPerConn int
+	maxIdle            int
+
+	hosts     []*Host
+	eligible  []*Host // the hosts the load balancer picks from
+	panicMode bool    // no healthy host: eligible is every host of the first level
+	healthy   int
+	lb        balancer
+
+	// Stats are the cluster's statistics; see ClusterStats.
+	Stats ClusterStats
+
+	cx, pending, rq, retries resource
+	budgetPercent            float64
+	minRetryConcurrency      int64
+	requestDone, retryDone   func() // bound once, so TryStart* don't allocate
+
+	retired atomic.Bool
+}
+
+type clusterOptions struct {
+	choiceCount      int
+	ringMin, ringMax uint64
+	maglevSize       uint64
+}
+
+// Name is the cluster's name.
+func (c *Cluster) Name() string { return c.name }
+
+// Config is the cluster's config (a private copy; do not modify it).
+func (c *Cluster) Config() *config.Cluster { return c.cfg }
+
+// Protocol is the upstream codec name ("http1" by default).
+func (c *Cluster) Protocol() string { return c.protocol }
+
+// LBPolicy is the effective load balancing policy.
+func (c *Cluster) LBPolicy() config.LBPolicy { return c.policy }
+
+// Hosts returns every host in config order (shared; do not modify).
+func (c *Cluster) Hosts() []*Host { return c.hosts }
+
+// PanicMode reports whether no host is healthy, so every host of the first
+// priority level takes traffic.
+func (c *Cluster) PanicMode() bool { return c.panicMode }
+
+// Removed reports whether the cluster was retired by a Commit.
+func (c *Cluster) Removed() bool { return c.retired.Load() }
+
+// CloseIdle closes every idle pooled connection of the cluster.
+func (c *Cluster) CloseIdle() {
+	for _, h := range c.hosts {
+		h.drainIdle(false)
+	}
+}
+
+// newCluster validates one cluster config and builds it. prev, if not nil,
+// is the current cluster of the same name: hosts keeping their address keep
+// their HostStats.
+func (m *Manager) newCluster(in *config.Cluster, prev *Cluster) (*Cluster, error) {
+	cfg := cloneCluster(in)
+	fail := func(format string, args ...any) error {
+		return fmt.Errorf("upstream: cluster %q: "+format, append([]any{cfg.Name}, args...)...)
+	}
+
+	c := &Cluster{name: cfg.Name, cfg: cfg}
+
+	c.protocol = cfg.Protocol
+	if c.protocol == "" {
+		c.protocol = DefaultProtocol
+	}
+	if m.codecs == nil {
+		return nil, fail("protocol %q: no codec registry", c.protocol)
+	}
+	codec, err := m.codecs.ClientCodec(c.protocol)
+	if err != nil {
+		return nil, fail("%w", err)
+	}
+	c.codec = codec
+
+	var o clusterOptions
+	c.policy = cfg.LBPolicy
+	switch c.policy {
+	case "":
+		c.policy = config.LBRoundRobin
+	case config.LBRoundRobin, config.LBLeastRequest, config.LBRandom, config.LBRingHash, config.LBMaglev:
+	default:
+		return nil, fail("unknown lb_policy %q", cfg.LBPolicy)
+	}
+	switch n := cfg.LeastRequestCount; {
+	case n == 0:
+		o.choiceCount = DefaultLeastRequestChoices
+	case n < 2:
+		return nil, fail("least_request choice_count %d: must be at least 2", n)
+	default:
+		o.choiceCount = n
+	}
+	o.ringMin, o.ringMax = cfg.RingHashMinSize, cfg.RingHashMaxSize
+	if o.ringMin == 0 {
+		o.ringMin = DefaultRingHashMinSize
+	}
+	if o.ringMax == 0 {
+		o.ringMax = DefaultRingHashMaxSize
+	}
+	if o.ringMax > DefaultRingHashMaxSize {
+		return nil, fail("ring_hash maximum_ring_size %d: over %d", o.ringMax, DefaultRingHashMaxSize)
+	}
+	if o.ringMin > o.ringMax {
+		return nil, fail("ring_hash minimum_ring_size %d is over maximum_ring_size %d", o.ringMin, o.ringMax)
+	}
+	o.maglevSize = cfg.MaglevTableSize
+	if o.maglevSize == 0 {
+		o.maglevSize = DefaultMaglevTableSize
+	}
+	if o.maglevSize > maxMaglevTableSize || !isPrime(o.maglevSize) {
+		return nil, fail("maglev table_size %d: must be a prime up to %d", o.maglevSize, maxMaglevTableSize)
+	}
+
+	connectTimeout := cfg.ConnectTimeout
+	switch {
+	case connectTimeout < 0:
+		return nil, fail("negative connect_timeout %v", cfg.ConnectTimeout)
+	case connectTimeout == 0:
+		connectTimeout = DefaultConnectTimeout
+	}
+	c.dialer = net.Dialer{Timeout: connectTimeout} // KeepAlive 0: TCP keep-alive with Go's defaults
+	switch {
+	case cfg.IdleTimeout < 0:
+		return nil, fail("negative idle_timeout %v", cfg.IdleTimeout)
+	case cfg.IdleTimeout == 0:
+		c.idleTimeout = int64(DefaultIdleTimeout)
+	default:
+		c.idleTimeout = int64(cfg.IdleTimeout)
+	}
+	if cfg.MaxRequestsPerConnection < 0 {
+		return nil, fail("negative max_requests_per_connection %d", cfg.MaxRequestsPerConnection)
+	}
+	c.maxRequestsPerConn = cfg.MaxRequestsPerConnection
+
+	// Circuit breakers: a zero field takes Envoy's default.
+	cb, def := cfg.CircuitBreakers, config.DefaultCircuitBreakers()
+	limit := func(what string, v, d int) (int64, error) {
+		switch {
+		case v < 0:
+			return 0, fail("circuit_breakers: negative %s %d", what, v)
+		case v == 0:
+			return int64(d), nil
+		}
+		return int64(v), nil
+	}
+	if c.cx.max, err = limit("max_connections", cb.MaxConnections, def.MaxConnections); err != nil {
+		return nil, err
+	}
+	if c.pending.max, err = limit("max_pending_requests", cb.MaxPendingRequests, def.MaxPendingRequests); err != nil {
+		return nil, err
+	}
+	if c.rq.max, err = limit("max_requests", cb.MaxRequests, def.MaxRequests); err != nil {
+		return nil, err
+	}
+	if c.retries.max, err = limit("max_retries", cb.MaxRetries, def.MaxRetries); err != nil {
+		return nil, err
+	}
+	if p := cb.RetryBudgetPercent; p < 0 || p > 100 || math.IsNaN(p) {
+		return nil, fail("circuit_breakers: retry budget_percent %v: must be within 0..100", p)
+	}
+	c.budgetPercent = cb.RetryBudgetPercent
+	if c.minRetryConcurrency, err = limit("min_retry_concurrency", cb.MinRetryConcurrency, DefaultMinRetryConcurrency); err != nil {
+		return nil, err
+	}
+	c.maxIdle = int(min(c.cx.max, maxIdlePerHost))
+	if c.maxIdle < 1 {
+		c.maxIdle = 1
+	}
+
+	// Hosts.
+	static := strings.EqualFold(cfg.Type, "STATIC")
+	var prevByAddr map[string]*Host
+	if prev != nil {
+		prevByAddr = make(map[string]*Host, len(prev.hosts))
+		for _, h := range prev.hosts {
+			if _, dup := prevByAddr[h.addr]; !dup {
+				prevByAddr[h.addr] = h
+			}
+		}
+	}
+	c.hosts = make([]*Host, 0, len(cfg.Endpoints))
+	for i, ep := range cfg.Endpoints {
+		if ep == nil {
+			return nil, fail("endpoint %d: nil", i)
+		}
+		if err := checkAddress(ep.Address, static); err != nil {
+			return nil, fail("endpoint %d: bad address %q: %v", i, ep.Address, err)
+		}
+		h := &Host{cluster: c, addr: ep.Address, weight: max(ep.Weight, 1), priority: ep.Priority, healthy: ep.Healthy}
+		if ph := prevByAddr[ep.Address]; ph != nil {
+			h.Stats = ph.Stats
+			delete(prevByAddr, ep.Address)
+		} else {
+			h.Stats = new(HostStats)
+		}
+		if h.healthy {
+			c.healthy++
+		}
+		c.hosts = append(c.hosts, h)
+	}
+	c.eligible, c.panicMode = eligibleHosts(c.hosts)
+	if len(c.eligible) > 0 {
+		c.lb = newBalancer(c.policy, c.eligible, &o)
+	}
+
+	c.Stats = newClusterStats(m.stats, c.name)
+	c.cx.open = c.Stats.CxOpen
+	c.pending.open = c.Stats.RqPendingOpen
+	c.rq.open = c.Stats.RqOpen
+	c.retries.open = c.Stats.RqRetryOpen
+	c.requestDone = c.endRequest
+	c.retryDone = c.endRetry
+	return c, nil
+}
+
+// eligibleHosts returns the healthy hosts of the most preferred priority
+// level that has one, or, when no host is healthy, every host of the most
+// preferred level (panic).
+func eligibleHosts(hosts []*Host) (eligible []*Host, inPanic bool) {
+	if len(hosts) == 0 {
+		return nil, false
+	}
+	best, found := uint32(math.MaxUint32), false
+	for _, h := range hosts {
+		if h.healthy && h.priority <= best {
+			best, found = h.priority, true
+		}
+	}
+	if !found {
+		inPanic = true
+		for _, h := range hosts {
+			best = min(best, h.priority)
+		}
+	}
+	for _, h := range hosts {
+		if h.priority == best && (h.healthy || inPanic) {
+			eligible = append(eligible, h)
+		}
+	}
+	return eligible, inPanic
+}
+
+// checkAddress validates "host:port"; a STATIC cluster needs an IP.
+func checkAddress(addr string, needIP bool) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		var ae *net.AddrError
+		if errors.As(err, &ae) {
+			return errors.New(ae.Err)
+		}
+		return err
+	}
+	if host == "" {
+		return errors.New("missing host")
+	}
+	if p, err := strconv.ParseUint(port, 10, 16); err != nil || p == 0 {
+		return fmt.Errorf("bad port %q", port)
+	}
+	if needIP {
+		if _, err := netip.ParseAddr(host); err != nil {
+			return errors.New("a STATIC cluster needs an IP address")
+		}
+	}
+	return nil
+}
+
+func isPrime(n uint64) bool {
+	if n < 2 {
+		return false
+	}
+	for d := uint64(2); d*d <= n; d++ {
+		if n%d == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func cloneCluster(in *config.Cluster) *config.Cluster {
+	c := *in
+	if in.Endpoints != nil {
+		c.Endpoints = make([]*config.Endpoint, len(in.Endpoints))
+		for i, ep := range in.Endpoints {
+			if ep != nil {
+				e := *ep
+				c.Endpoints[i] = &e
+			}
+		}
+	}
+	return &c
+}
+
+// activate publishes config-derived gauges when the cluster becomes current.
+func (c *Cluster) activate() {
+	c.Stats.MembershipTotal.Set(int64(len(c.hosts)))
+	c.Stats.MembershipHealthy.Set(int64(c.healthy))
+}
+
+// retire stops pooling: idle connections are closed, or handed to the host
+// with the same address in succ (the cluster replacing this one, if it
+// speaks the same protocol); busy ones follow on Release.
+func (c *Cluster) retire(succ *Cluster) {
+	if succ != nil && succ != c && succ.protocol == c.protocol {
+		by := make(map[string]*Host, len(succ.hosts))
+		for _, h := range succ.hosts {
+			if _, dup := by[h.addr]; !dup {
+				by[h.addr] = h
+			}
+		}
+		for _, h := range c.hosts {
+			if nh := by[h.addr]; nh != nil {
+				h.next.Store(nh)
+			}
+		}
+	}
+	c.retired.Store(true)
+	for _, h := range c.hosts {
+		h.drainIdle(true)
+	}
+}
+
+// revive undoes retire, for a Set committed after a newer one retired some
+// of its clusters.
+func (c *Cluster) revive() {
+	for _, h := range c.hosts {
+		h.next.Store(nil)
+	}
+	c.retired.Store(false)
+}

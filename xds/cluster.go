@@ -1,0 +1,381 @@
+package xds
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"net"
+	"net/netip"
+	"slices"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+
+	"github.com/sluice-proxy/sluice/engine/config"
+)
+
+// Cluster defaults, Envoy's.
+const (
+	defaultConnectTimeout      = 5 * time.Second
+	defaultUpstreamIdleTimeout = time.Hour
+	defaultRingHashMin         = 1024
+	defaultRingHashMax         = 8 * 1024 * 1024
+	defaultMaglevTableSize     = 65537
+	maxMaglevTableSize         = 5000011
+	defaultLeastRequestChoices = 2
+	defaultRetryBudgetPercent  = 20
+	defaultMinRetryConcurrency = 3
+)
+
+var (
+	clusterFields = knownFields(&clusterv3.Cluster{},
+		"name", "type", "connect_timeout", "lb_policy", "load_assignment", "circuit_breakers",
+		"typed_extension_protocol_options", "http2_protocol_options", "common_http_protocol_options",
+		"max_requests_per_connection", "ring_hash_lb_config", "maglev_lb_config", "least_request_lb_config",
+		"round_robin_lb_config", "transport_socket", "common_lb_config",
+		// eds_cluster_config is read by the xDS client.
+		"eds_cluster_config",
+		// Ignored: stats and metadata, DNS resolution tuning, warming,
+		// buffer limits, socket options and HTTP/1 codec tuning.
+		"alt_stat_name", "metadata", "track_timeout_budgets", "track_cluster_stats", "stats_matcher",
+		"dns_refresh_rate", "dns_jitter", "dns_failure_refresh_rate", "respect_dns_ttl", "dns_lookup_family",
+		"dns_resolvers", "use_tcp_for_dns_lookups", "dns_resolution_config", "typed_dns_resolver_config",
+		"wait_for_warm_on_init", "cleanup_interval", "per_connection_buffer_limit_bytes",
+		"per_connection_buffer_high_watermark_timeout", "upstream_connection_options",
+		"close_connections_on_host_health_failure", "ignore_health_on_host_removal", "preconnect_policy",
+		"http_protocol_options")
+	// Ignored: panic threshold and host set update tuning.
+	commonLBFields = knownFields(&clusterv3.Cluster_CommonLbConfig{}, "healthy_panic_threshold",
+		"update_merge_window", "ignore_new_hosts_until_first_hc", "close_connections_on_host_set_change",
+		"zone_aware_lb_config")
+	ringHashFields     = knownFields(&clusterv3.Cluster_RingHashLbConfig{}, "minimum_ring_size", "maximum_ring_size")
+	maglevFields       = knownFields(&clusterv3.Cluster_MaglevLbConfig{}, "table_size")
+	leastRequestFields = knownFields(&clusterv3.Cluster_LeastRequestLbConfig{}, "choice_count")
+	roundRobinFields   = knownFields(&clusterv3.Cluster_RoundRobinLbConfig{})
+	// Ignored: cluster_name (the cluster's own), overprovisioning and stale
+	// endpoint tuning.
+	loadAssignmentFields = knownFields(&endpointv3.ClusterLoadAssignment{}, "cluster_name", "endpoints", "policy")
+	lbPolicyFields       = knownFields(&endpointv3.ClusterLoadAssignment_Policy{}, "overprovisioning_factor",
+		"endpoint_stale_after", "weighted_priority_health")
+	// Ignored: locality and its weight (locality weighted balancing, the
+	// only user of the weight, is rejected in common_lb_config), metadata.
+	localityFields = knownFields(&endpointv3.LocalityLbEndpoints{}, "lb_endpoints", "priority",
+		"locality", "metadata", "load_balancing_weight", "proximity")
+	lbEndpointFields = knownFields(&endpointv3.LbEndpoint{}, "endpoint", "health_status", "load_balancing_weight",
+		"metadata")
+	// Ignored: active health checking settings (there is none), names.
+	endpointFields = knownFields(&endpointv3.Endpoint{}, "address", "health_check_config", "hostname",
+		"observability_name")
+	// Ignored: track_remaining (stats). Thresholds of HIGH priority are
+	// ignored too: no route can ask for HIGH priority.
+	thresholdsFields      = knownFields(&clusterv3.CircuitBreakers_Thresholds{}, "priority", "max_connections", "max_pending_requests", "max_requests", "max_retries", "retry_budget", "track_remaining")
+	circuitBreakersFields = knownFields(&clusterv3.CircuitBreakers{}, "thresholds")
+	retryBudgetFields     = knownFields(&clusterv3.CircuitBreakers_Thresholds_RetryBudget{}, "budget_percent", "min_retry_concurrency")
+	// upstream_http_protocol_options (auto SNI/SAN) only matters with TLS,
+	// which is rejected.
+	upstreamHTTPFields = knownFields(&upstreamhttpv3.HttpProtocolOptions{}, "common_http_protocol_options",
+		"explicit_http_config", "upstream_http_protocol_options")
+	// Ignored: upstream response header limits and duration jitter.
+	upstreamProtocolFields = knownFields(&corev3.HttpProtocolOptions{}, "idle_timeout",
+		"max_requests_per_connection", "max_headers_count", "max_response_headers_kb",
+		"max_connection_duration_jitter")
+)
+
+// TranslateCluster checks a Cluster's validation rules and translates it.
+func TranslateCluster(c *clusterv3.Cluster) (*config.Cluster, error) {
+	if c == nil {
+		return nil, prefixed(errors.New("nil cluster"))
+	}
+	if err := validateMsg(c); err != nil {
+		return nil, prefixed(inNamed(err, "cluster", c.GetName()))
+	}
+	out, err := translateCluster(c)
+	if err != nil {
+		return nil, prefixed(inNamed(err, "cluster", c.GetName()))
+	}
+	return out, nil
+}
+
+func translateCluster(c *clusterv3.Cluster) (*config.Cluster, error) {
+	if err := clusterFields.check(c); err != nil {
+		return nil, err
+	}
+	if c.GetName() == "" {
+		return nil, errors.New("name is required")
+	}
+	out := &config.Cluster{Name: c.GetName(), CircuitBreakers: config.DefaultCircuitBreakers()}
+	t := c.GetType()
+	switch t {
+	case clusterv3.Cluster_STATIC, clusterv3.Cluster_STRICT_DNS, clusterv3.Cluster_LOGICAL_DNS,
+		clusterv3.Cluster_EDS, clusterv3.Cluster_ORIGINAL_DST:
+		out.Type = t.String()
+	default:
+		return nil, unsupportedValue("type", t)
+	}
+	var err error
+	if out.ConnectTimeout, err = durationField(c.GetConnectTimeout(), defaultConnectTimeout, "connect_timeout"); err != nil {
+		return nil, err
+	}
+	if err := lbPolicy(c, out); err != nil {
+		return nil, err
+	}
+	if cl := c.GetCommonLbConfig(); cl != nil {
+		if err := commonLBFields.check(cl); err != nil {
+			return nil, inField(err, "common_lb_config")
+		}
+	}
+	if ts := c.GetTransportSocket(); ts != nil {
+		if err := checkTransportSocket(ts); err != nil {
+			return nil, inField(err, "transport_socket")
+		}
+	}
+	if la := c.GetLoadAssignment(); la != nil {
+		if out.Endpoints, err = endpoints(la, t); err != nil {
+			return nil, inField(err, "load_assignment")
+		}
+	}
+	switch {
+	case t == clusterv3.Cluster_LOGICAL_DNS && len(out.Endpoints) != 1:
+		return nil, inField(errors.New("a LOGICAL_DNS cluster needs exactly one endpoint"), "load_assignment")
+	case t == clusterv3.Cluster_ORIGINAL_DST && len(out.Endpoints) > 0:
+		return nil, inField(errors.New("an ORIGINAL_DST cluster may not list endpoints"), "load_assignment")
+	}
+	if cb := c.GetCircuitBreakers(); cb != nil {
+		if out.CircuitBreakers, err = circuitBreakers(cb); err != nil {
+			return nil, inField(err, "circuit_breakers")
+		}
+	}
+	if err := upstreamProtocol(c, out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// lbPolicy sets the load balancing policy and its options.
+func lbPolicy(c *clusterv3.Cluster, out *config.Cluster) error {
+	p := c.GetLbPolicy()
+	if (p == clusterv3.Cluster_CLUSTER_PROVIDED) != (c.GetType() == clusterv3.Cluster_ORIGINAL_DST) {
+		return inField(errors.New("an ORIGINAL_DST cluster needs lb_policy CLUSTER_PROVIDED, and only it may use it"), "lb_policy")
+	}
+	switch p {
+	case clusterv3.Cluster_ROUND_ROBIN:
+		out.LBPolicy = config.LBRoundRobin
+	case clusterv3.Cluster_LEAST_REQUEST:
+		out.LBPolicy = config.LBLeastRequest
+	case clusterv3.Cluster_RANDOM:
+		out.LBPolicy = config.LBRandom
+	case clusterv3.Cluster_RING_HASH:
+		out.LBPolicy = config.LBRingHash
+	case clusterv3.Cluster_MAGLEV:
+		out.LBPolicy = config.LBMaglev
+	case clusterv3.Cluster_CLUSTER_PROVIDED:
+		// ORIGINAL_DST: the connection's original destination is the
+		// endpoint; there is nothing to balance, LBPolicy stays empty.
+	default:
+		return unsupportedValue("lb_policy", p)
+	}
+	out.RingHashMinSize, out.RingHashMaxSize = defaultRingHashMin, defaultRingHashMax
+	out.MaglevTableSize = defaultMaglevTableSize
+	out.LeastRequestCount = defaultLeastRequestChoices
+	switch lc := c.GetLbConfig().(type) {
+	case *clusterv3.Cluster_RingHashLbConfig_:
+		if err := ringHashFields.check(lc.RingHashLbConfig); err != nil {
+			return inField(err, "ring_hash_lb_config")
+		}
+		out.RingHashMinSize = u64(lc.RingHashLbConfig.GetMinimumRingSize(), defaultRingHashMin)
+		out.RingHashMaxSize = u64(lc.RingHashLbConfig.GetMaximumRingSize(), defaultRingHashMax)
+		if out.RingHashMinSize > out.RingHashMaxSize {
+			return inField(fmt.Errorf("minimum_ring_size %d is more than maximum_ring_size %d",
+				out.RingHashMinSize, out.RingHashMaxSize), "ring_hash_lb_config")
+		}
+	case *clusterv3.Cluster_MaglevLbConfig_:
+		if err := maglevFields.check(lc.MaglevLbConfig); err != nil {
+			return inField(err, "maglev_lb_config")
+		}
+		out.MaglevTableSize = u64(lc.MaglevLbConfig.GetTableSize(), defaultMaglevTableSize)
+		if out.MaglevTableSize > maxMaglevTableSize || !isPrime(out.MaglevTableSize) {
+			return inField(inField(fmt.Errorf("%d is not a prime number of at most %d", out.MaglevTableSize,
+				maxMaglevTableSize), "table_size"), "maglev_lb_config")
+		}
+	case *clusterv3.Cluster_LeastRequestLbConfig_:
+		if err := leastRequestFields.check(lc.LeastRequestLbConfig); err != nil {
+			return inField(err, "least_request_lb_config")
+		}
+		out.LeastRequestCount = int(u32(lc.LeastRequestLbConfig.GetChoiceCount(), defaultLeastRequestChoices))
+	case *clusterv3.Cluster_RoundRobinLbConfig_:
+		if err := roundRobinFields.check(lc.RoundRobinLbConfig); err != nil {
+			return inField(err, "round_robin_lb_config")
+		}
+	}
+	return nil
+}
+
+// isPrime reports whether n is prime (Maglev table sizes must be). Callers
+// bound n to maxMaglevTableSize, so trial division is cheap.
+func isPrime(n uint64) bool {
+	if n < 2 {
+		return false
+	}
+	for d := uint64(2); d*d <= n; d++ {
+		if n%d == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func endpoints(la *endpointv3.ClusterLoadAssignment, t clusterv3.Cluster_DiscoveryType) ([]*config.Endpoint, error) {
+	if err := loadAssignmentFields.check(la); err != nil {
+		return nil, err
+	}
+	if p := la.GetPolicy(); p != nil {
+		if err := lbPolicyFields.check(p); err != nil {
+			return nil, inField(err, "policy")
+		}
+	}
+	var out []*config.Endpoint
+	for i, loc := range la.GetEndpoints() {
+		if err := localityFields.check(loc); err != nil {
+			return nil, inIndex(err, "endpoints", i)
+		}
+		for j, lbe := range loc.GetLbEndpoints() {
+			ep, err := lbEndpoint(lbe, t)
+			if err != nil {
+				return nil, inIndex(inIndex(err, "lb_endpoints", j), "endpoints", i)
+			}
+			ep.Priority = loc.GetPriority()
+			out = append(out, ep)
+		}
+	}
+	return out, nil
+}
+
+func lbEndpoint(lbe *endpointv3.LbEndpoint, t clusterv3.Cluster_DiscoveryType) (*config.Endpoint, error) {
+	if err := lbEndpointFields.check(lbe); err != nil {
+		return nil, err
+	}
+	e := lbe.GetEndpoint()
+	if e == nil {
+		return nil, errors.New("endpoint is required")
+	}
+	if err := endpointFields.check(e); err != nil {
+		return nil, inField(err, "endpoint")
+	}
+	addr, err := hostPort(e.GetAddress())
+	if err != nil {
+		return nil, inField(inField(err, "address"), "endpoint")
+	}
+	if t == clusterv3.Cluster_STATIC || t == clusterv3.Cluster_EDS {
+		host, _, _ := net.SplitHostPort(addr)
+		if _, err := netip.ParseAddr(host); err != nil {
+			return nil, inField(inField(fmt.Errorf("%q is not an IP address (%s clusters do not resolve names)", host, t), "address"), "endpoint")
+		}
+	}
+	var healthy bool
+	switch lbe.GetHealthStatus() {
+	case corev3.HealthStatus_UNKNOWN, corev3.HealthStatus_HEALTHY:
+		healthy = true
+	}
+	return &config.Endpoint{Address: addr, Weight: u32(lbe.GetLoadBalancingWeight(), 1), Healthy: healthy}, nil
+}
+
+func circuitBreakers(cb *clusterv3.CircuitBreakers) (config.CircuitBreakers, error) {
+	out := config.DefaultCircuitBreakers()
+	if err := circuitBreakersFields.check(cb); err != nil {
+		return out, err
+	}
+	seenDefault := false
+	for i, t := range cb.GetThresholds() {
+		if err := thresholdsFields.check(t); err != nil {
+			return out, inIndex(err, "thresholds", i)
+		}
+		if t.GetPriority() != corev3.RoutingPriority_DEFAULT {
+			continue
+		}
+		if seenDefault {
+			return out, inIndex(errors.New("more than one threshold for priority DEFAULT"), "thresholds", i)
+		}
+		seenDefault = true
+		out.MaxConnections = int(u32(t.GetMaxConnections(), uint32(out.MaxConnections)))
+		out.MaxPendingRequests = int(u32(t.GetMaxPendingRequests(), uint32(out.MaxPendingRequests)))
+		out.MaxRequests = int(u32(t.GetMaxRequests(), uint32(out.MaxRequests)))
+		out.MaxRetries = int(u32(t.GetMaxRetries(), uint32(out.MaxRetries)))
+		if rb := t.GetRetryBudget(); rb != nil {
+			if err := retryBudgetFields.check(rb); err != nil {
+				return out, inIndex(inField(err, "retry_budget"), "thresholds", i)
+			}
+			out.RetryBudgetPercent = defaultRetryBudgetPercent
+			if p := rb.GetBudgetPercent(); p != nil {
+				out.RetryBudgetPercent = p.GetValue()
+			}
+			out.MinRetryConcurrency = int(u32(rb.GetMinRetryConcurrency(), defaultMinRetryConcurrency))
+		}
+	}
+	return out, nil
+}
+
+// upstreamProtocol sets the upstream HTTP protocol and connection reuse from
+// typed_extension_protocol_options (or the deprecated cluster fields).
+func upstreamProtocol(c *clusterv3.Cluster, out *config.Cluster) error {
+	out.Protocol = "http1"
+	if c.GetHttp2ProtocolOptions() != nil {
+		out.Protocol = "http2"
+	}
+	common := c.GetCommonHttpProtocolOptions()
+	commonField := "common_http_protocol_options"
+	opts := c.GetTypedExtensionProtocolOptions()
+	for _, key := range slices.Sorted(maps.Keys(opts)) {
+		field := fmt.Sprintf("typed_extension_protocol_options[%s]", key)
+		if key != nameUpstreamHTTPOptions {
+			return inField(ErrUnsupported, field)
+		}
+		t, err := unpack(opts[key])
+		if err != nil {
+			return inField(err, field)
+		}
+		po, ok := t.msg.(*upstreamhttpv3.HttpProtocolOptions)
+		if !ok {
+			return inField(fmt.Errorf("type %q is not %s", t.url, nameUpstreamHTTPOptions), field)
+		}
+		if err := upstreamHTTPFields.check(po); err != nil {
+			return inField(err, field)
+		}
+		if c.GetHttp2ProtocolOptions() != nil || common != nil || c.GetMaxRequestsPerConnection() != nil {
+			return inField(errors.New("may not be combined with the deprecated http2_protocol_options, "+
+				"common_http_protocol_options or max_requests_per_connection cluster fields"), field)
+		}
+		if ex := po.GetExplicitHttpConfig(); ex != nil {
+			switch ex.GetProtocolConfig().(type) {
+			case *upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_HttpProtocolOptions:
+				out.Protocol = "http1"
+			case *upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions:
+				out.Protocol = "http2"
+			default:
+				return inField(unsupported("explicit_http_config.http3_protocol_options"), field)
+			}
+		}
+		common, commonField = po.GetCommonHttpProtocolOptions(), field+".common_http_protocol_options"
+	}
+	out.IdleTimeout = defaultUpstreamIdleTimeout
+	out.MaxRequestsPerConnection = int(u32(c.GetMaxRequestsPerConnection(), 0))
+	if common == nil {
+		return nil
+	}
+	if err := upstreamProtocolFields.check(common); err != nil {
+		return inField(err, commonField)
+	}
+	var err error
+	if out.IdleTimeout, err = durationField(common.GetIdleTimeout(), defaultUpstreamIdleTimeout, "idle_timeout"); err != nil {
+		return inField(err, commonField)
+	}
+	if common.GetMaxRequestsPerConnection() != nil {
+		if c.GetMaxRequestsPerConnection() != nil {
+			return inField(errors.New("may not be combined with the deprecated max_requests_per_connection cluster field"), commonField)
+		}
+		out.MaxRequestsPerConnection = int(common.GetMaxRequestsPerConnection().GetValue())
+	}
+	return nil
+}
