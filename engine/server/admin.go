@@ -52,7 +52,6 @@ func (s *Server) startAdmin(snap *config.Snapshot) error {
 		return fmt.Errorf("server: admin: %w", err)
 	}
 	s.admin.srv = srv
-	s.log.Info("admin listening", "address", srv.Addr())
 	return nil
 }
 
