@@ -104,7 +104,11 @@ func cmdValidate(args []string, stdout, stderr io.Writer) int {
 			err = server.Check(snap, builtins())
 		}
 		if err != nil {
-			fmt.Fprintf(stderr, "%s: %v\n", path, err)
+			msg := err.Error()
+			if !strings.Contains(msg, path) {
+				msg = path + ": " + msg
+			}
+			fmt.Fprintln(stderr, msg)
 			bad++
 			continue
 		}

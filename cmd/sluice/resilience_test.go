@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -239,5 +240,80 @@ func TestSlowloris(t *testing.T) {
 	}
 	if d := time.Since(start); d > 3*time.Second {
 		t.Fatalf("cut off only after %v", d)
+	}
+}
+
+// TestHashPolicies: ring_hash and maglev send a hash key to one host.
+func TestHashPolicies(t *testing.T) {
+	var ups []*countingUpstream
+	var addrs []string
+	for i := 0; i < 4; i++ {
+		name := string(rune('a' + i))
+		u := newUpstream(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, name) })
+		ups = append(ups, u)
+		addrs = append(addrs, u.addr())
+	}
+	for _, lb := range []config.LBPolicy{config.LBRingHash, config.LBMaglev} {
+		t.Run(string(lb), func(t *testing.T) {
+			c := cluster("up", addrs...)
+			c.LBPolicy = lb
+			r := prefixRoute("all", "/", "up")
+			r.Action.HashPolicy = []config.HashPolicy{{Header: "x-user"}}
+			srv := startServer(t, snapshot(hcm(r), c))
+			seen := map[string]map[string]bool{}
+			for i := 0; i < 40; i++ {
+				user := []string{"alice", "bob", "carol", "dave", "erin"}[i%5]
+				req, _ := http.NewRequest("GET", proxyURL(srv)+"/", nil)
+				req.Header.Set("x-user", user)
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if seen[user] == nil {
+					seen[user] = map[string]bool{}
+				}
+				seen[user][string(b)] = true
+			}
+			hosts := map[string]bool{}
+			for user, s := range seen {
+				if len(s) != 1 {
+					t.Errorf("%s went to %d hosts, want 1", user, len(s))
+				}
+				for h := range s {
+					hosts[h] = true
+				}
+			}
+			if len(hosts) < 2 {
+				t.Errorf("5 users all hashed to %v: no spreading", hosts)
+			}
+		})
+	}
+}
+
+// TestAccessLogFile: a file access log gets one line per request in the
+// configured format.
+func TestAccessLogFile(t *testing.T) {
+	up := newUpstream(t, nil)
+	path := t.TempDir() + "/access.log"
+	m := hcm(prefixRoute("all", "/", "up"))
+	m.AccessLogs = []*config.AccessLog{{Path: path, Format: "%REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% %UPSTREAM_CLUSTER% %ROUTE_NAME%\n"}}
+	srv := startServer(t, snapshot(m, cluster("up", up.addr())))
+	for _, p := range []string{"/one", "/two"} {
+		resp, err := http.Get(proxyURL(srv) + p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	srv.Shutdown() // flushes the log
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "GET /one 200 up all\nGET /two 200 up all\n"
+	if string(b) != want {
+		t.Errorf("access log:\n%s\nwant:\n%s", b, want)
 	}
 }

@@ -75,6 +75,7 @@ type graph struct {
 	clusters  *upstream.Set
 	listeners map[string]*listenerGraph
 	applied   time.Time
+	logKeys   map[string]bool // access logs this graph writes
 }
 
 type listenerGraph struct {
@@ -126,8 +127,37 @@ func (s *Server) State() string { return s.state.Load().(string) }
 // Done is closed when /quitquitquit asked the server to stop.
 func (s *Server) Done() <-chan struct{} { return s.quit }
 
+// openAccessLog shares one logger per path and format across snapshots, so
+// a reload neither reopens files nor loses buffered lines.
 func (s *Server) openAccessLog(path string, f *observe.Format) (*observe.AccessLogger, error) {
-	return observe.OpenAccessLog(path, f)
+	key := path + "\x00" + f.String()
+	s.logsMu.Lock()
+	defer s.logsMu.Unlock()
+	if l, ok := s.accessLogs[key]; ok {
+		return l, nil
+	}
+	l, err := observe.OpenAccessLog(path, f)
+	if err != nil {
+		return nil, err
+	}
+	s.accessLogs[key] = l
+	return l, nil
+}
+
+// closeUnusedAccessLogs closes, after the drain timeout (streams of the old
+// graph may still log), the loggers the current graph does not use.
+func (s *Server) closeUnusedAccessLogs() {
+	time.AfterFunc(s.opts.DrainTimeout, func() {
+		g := s.current.Load()
+		s.logsMu.Lock()
+		defer s.logsMu.Unlock()
+		for key, l := range s.accessLogs {
+			if g == nil || !g.logKeys[key] {
+				l.Close()
+				delete(s.accessLogs, key)
+			}
+		}
+	})
 }
 
 // Apply validates and compiles a snapshot and swaps it in. On any error the
@@ -192,6 +222,7 @@ func (s *Server) Apply(snap *config.Snapshot) (err error) {
 			go s.drainListener(ln)
 		}
 	}
+	s.closeUnusedAccessLogs()
 	if s.State() == StatePreInitializing {
 		s.state.Store(StateLive)
 	}
@@ -212,7 +243,16 @@ func (s *Server) compile(snap *config.Snapshot, env *proxy.Env) (*graph, error) 
 	if err != nil {
 		return nil, err
 	}
-	g := &graph{snap: snap, clusters: set, listeners: map[string]*listenerGraph{}, applied: time.Now()}
+	g := &graph{snap: snap, clusters: set, listeners: map[string]*listenerGraph{}, applied: time.Now(), logKeys: map[string]bool{}}
+	if env.AccessLog != nil {
+		shared := env.AccessLog
+		e := *env
+		e.AccessLog = func(path string, f *observe.Format) (*observe.AccessLogger, error) {
+			g.logKeys[path+"\x00"+f.String()] = true
+			return shared(path, f)
+		}
+		env = &e
+	}
 	tables := map[string]*route.Table{}
 	for _, rc := range snap.RouteConfigs {
 		t, err := route.Compile(rc)
