@@ -330,3 +330,14 @@ func TestBadSnapshotKeepsServing(t *testing.T) {
 		t.Fatal("last error not recorded")
 	}
 }
+
+// TestAbsoluteFormTarget: a request line with an absolute URI (as sent to
+// a forward proxy) is routed on its path and authority.
+func TestAbsoluteFormTarget(t *testing.T) {
+	up := newUpstream(t, nil)
+	srv := startServer(t, snapshot(hcm(prefixRoute("api", "/api/", "up")), cluster("up", up.addr())))
+	out, _ := rawExchange(t, srv.ListenerAddr("main").String(), "GET http://example.com/api/x?y=1 HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n", 3*time.Second)
+	if !strings.HasPrefix(out, "HTTP/1.1 200") || !strings.HasSuffix(out, "GET /api/x?y=1 ") {
+		t.Fatalf("got %q", out)
+	}
+}

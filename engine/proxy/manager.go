@@ -148,6 +148,7 @@ func CompileConnectionManager(env *Env, cfg *config.HTTPConnectionManager, table
 		MaxConnectionDuration:    cfg.MaxConnectionDuration,
 		MaxHeaderBytes:           cfg.MaxRequestHeadersBytes,
 		MaxHeaders:               cfg.MaxHeadersCount,
+		WriteTimeout:             cfg.StreamIdleTimeout,
 		Scheme:                   "http",
 	}
 

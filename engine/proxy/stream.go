@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -173,6 +174,9 @@ func (s *activeStream) prepareRequest() {
 	h := s.req
 	stripHopByHop(h, isUpgrade(h))
 	h.Del("expect") // the codec answered 100-continue itself
+	if p := h.Value(":path"); len(p) > 0 && p[0] != '/' && p != "*" {
+		h.Set(":path", originForm(p))
+	}
 	if cfg.UseRemoteAddress && !cfg.SkipXFFAppend {
 		remote := s.ss.Conn().Remote
 		if remote.IsValid() {
@@ -200,6 +204,25 @@ func (s *activeStream) prepareRequest() {
 	} else {
 		s.reqID = h.Value("x-request-id")
 	}
+}
+
+// originForm turns an absolute-form request target ("http://h/p?q", sent
+// to proxies) into the origin form ("/p?q") that routes match; the codec
+// already took :authority from it.
+func originForm(target string) string {
+	i := strings.Index(target, "://")
+	if i < 0 {
+		return target
+	}
+	rest := target[i+3:]
+	j := strings.IndexAny(rest, "/?")
+	switch {
+	case j < 0:
+		return "/"
+	case rest[j] == '?':
+		return "/" + rest[j:]
+	}
+	return rest[j:]
 }
 
 func (s *activeStream) refreshRoute() {

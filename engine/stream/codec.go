@@ -28,6 +28,9 @@ type ServerOptions struct {
 	IdleTimeout time.Duration
 	// RequestTimeout bounds reading a whole request (headers and body).
 	RequestTimeout time.Duration
+	// WriteTimeout bounds each write to the client, so one that stops
+	// reading cannot hold a connection (0: none).
+	WriteTimeout time.Duration
 	// MaxRequestsPerConnection closes the connection after so many (0: none).
 	MaxRequestsPerConnection int
 	MaxConnectionDuration    time.Duration

@@ -216,7 +216,25 @@ func isToken(s string) bool {
 // validValue reports whether v can be sent as a field value: no CR, LF,
 // NUL or other control bytes (HTAB allowed).
 func validValue(v string) bool {
-	for i := 0; i < len(v); i++ {
+	i := 0
+	// Eight bytes at a time: a word with no byte below 0x20 and no 0x7f is
+	// clean; only words that might hold a control byte (or HTAB) are
+	// checked byte by byte.
+	for ; i+8 <= len(v); i += 8 {
+		x := uint64(v[i]) | uint64(v[i+1])<<8 | uint64(v[i+2])<<16 | uint64(v[i+3])<<24 |
+			uint64(v[i+4])<<32 | uint64(v[i+5])<<40 | uint64(v[i+6])<<48 | uint64(v[i+7])<<56
+		const lo, hi = 0x0101010101010101, 0x8080808080808080
+		y := x ^ (0x7f * lo)
+		if (x-0x20*lo)&^x&hi|(y-lo)&^y&hi == 0 {
+			continue
+		}
+		for j := i; j < i+8; j++ {
+			if chars[v[j]]&cValue == 0 {
+				return false
+			}
+		}
+	}
+	for ; i < len(v); i++ {
 		if chars[v[i]]&cValue == 0 {
 			return false
 		}

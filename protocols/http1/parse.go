@@ -207,8 +207,8 @@ func parseRequestHead(s, scheme string, maxHeaders int, h *header.Map, ri *reqIn
 		return errTE10
 	}
 	if !absolute && fi.hosts == 1 {
-		// :authority is the third field.
-		h.Set(":authority", fi.host)
+		// :authority is the third field: set it in place.
+		h.Fields()[2].Value = fi.host
 	}
 	if fi.clSeen {
 		ri.contentLength = fi.contentLength
@@ -305,10 +305,8 @@ func parseFields(s string, h *header.Map, maxHeaders int, mode fieldMode, fi *fi
 		}
 		name := line[:k]
 		v := line[k+1:]
-		for i := 0; i < len(v); i++ {
-			if chars[v[i]]&cValue == 0 {
-				return errHeaderValue
-			}
+		if !validValue(v) {
+			return errHeaderValue
 		}
 		v = header.TrimOWS(v)
 		n++

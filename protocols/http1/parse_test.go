@@ -482,3 +482,16 @@ func TestWriteBigBatches(t *testing.T) {
 		t.Fatalf("small write not buffered")
 	}
 }
+
+func TestValidValue(t *testing.T) {
+	for c := 0; c < 256; c++ {
+		want := c == '\t' || c >= 0x20 && c != 0x7f
+		for _, pos := range []int{0, 3, 7, 8, 12, 15, 16, 20} {
+			b := []byte(strings.Repeat("abcdefgh", 3))
+			b[pos] = byte(c)
+			if got := validValue(string(b)); got != want {
+				t.Fatalf("byte %#x at %d: %v", c, pos, got)
+			}
+		}
+	}
+}

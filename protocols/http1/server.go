@@ -109,6 +109,7 @@ func (c *serverConn) init(nc net.Conn, info *stream.ConnInfo, h stream.Handler, 
 		c.scheme = "http"
 	}
 	c.headersTimeout, c.idleTimeout, c.requestTimeout = o.RequestHeadersTimeout, o.IdleTimeout, o.RequestTimeout
+	c.cw.timeout, c.cw.deadline = o.WriteTimeout, time.Time{}
 	c.maxRequests = o.MaxRequestsPerConnection
 	c.st.body.maxBytes, c.st.body.maxTrailers = c.maxHeaderBytes, c.maxHeaders
 	c.mu.Lock()
@@ -454,11 +455,11 @@ func (st *serverStream) begin() {
 }
 
 func (st *serverStream) RequestHeaders() *header.Map  { return &st.req }
-func (st *serverStream) Body() io.Reader               { return &st.reqBody }
-func (st *serverStream) HasBody() bool                 { return st.ri.chunked || st.ri.contentLength > 0 }
-func (st *serverStream) ContentLength() int64          { return st.ri.contentLength }
+func (st *serverStream) Body() io.Reader              { return &st.reqBody }
+func (st *serverStream) HasBody() bool                { return st.ri.chunked || st.ri.contentLength > 0 }
+func (st *serverStream) ContentLength() int64         { return st.ri.contentLength }
 func (st *serverStream) RequestTrailers() *header.Map { return &st.trailers }
-func (st *serverStream) Conn() *stream.ConnInfo        { return st.c.info }
+func (st *serverStream) Conn() *stream.ConnInfo       { return st.c.info }
 
 func (st *serverStream) Protocol() string {
 	if st.ri.minor == 0 {

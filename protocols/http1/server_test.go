@@ -699,3 +699,45 @@ func TestRequestPseudoHeaders(t *testing.T) {
 		t.Fatalf("got %q", f)
 	}
 }
+
+func TestMaxConnectionDuration(t *testing.T) {
+	ts := startServer(t, handlerFunc(echo), &stream.ServerOptions{MaxConnectionDuration: 200 * time.Millisecond})
+	c := dial(t, ts.addr)
+	br := bufio.NewReader(c)
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+	if resp, _ := readResp(t, br, "GET"); resp.Close {
+		t.Fatal("first response closes")
+	}
+	start := time.Now()
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Fatalf("got %v, want EOF", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("closed after %v", d)
+	}
+}
+
+// Trailers cannot ride a length-delimited or HTTP/1.0 response: they are
+// dropped and the message still ends properly.
+func TestTrailersDroppedWithoutChunking(t *testing.T) {
+	fc := &fakeConn{r: strings.NewReader("GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.0\r\n\r\n")}
+	err := NewServerCodec().ServeConn(t.Context(), fc, &stream.ConnInfo{}, handlerFunc(func(s stream.ServerStream) {
+		h := mapOf(":status", "200")
+		if s.Protocol() == "HTTP/1.1" {
+			h.Add("Content-Length", "2")
+		}
+		s.WriteHeaders(h, false)
+		s.WriteBody([]byte("ok"), false)
+		if err := s.WriteTrailers(mapOf("X-T", "1")); err != nil {
+			t.Errorf("WriteTrailers: %v", err)
+		}
+	}), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" + "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nok"
+	if got := fc.w.String(); got != want {
+		t.Fatalf("wrote %q", got)
+	}
+}

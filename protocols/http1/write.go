@@ -45,9 +45,26 @@ type connWriter struct {
 	extra [2][]byte
 	bufs  net.Buffers
 	store [3][]byte
+	// timeout bounds each write, so a peer that stops reading cannot hold
+	// the connection; deadline is the one last set, renewed only when half
+	// spent to keep timer updates off most writes.
+	timeout  time.Duration
+	deadline time.Time
+}
+
+func (w *connWriter) armDeadline() {
+	if w.timeout <= 0 {
+		return
+	}
+	now := time.Now()
+	if w.deadline.Sub(now) < w.timeout/2 {
+		w.deadline = now.Add(w.timeout)
+		w.conn.SetWriteDeadline(w.deadline)
+	}
 }
 
 func (w *connWriter) Write(p []byte) (int, error) {
+	w.armDeadline()
 	if w.extra[0] == nil && w.extra[1] == nil {
 		return w.conn.Write(p)
 	}
