@@ -70,7 +70,7 @@ func (u *countingUpstream) addr() string { return strings.TrimPrefix(u.URL, "htt
 
 // cluster returns a static cluster over addrs.
 func cluster(name string, addrs ...string) *config.Cluster {
-	c := &config.Cluster{Name: name, Type: "STATIC", ConnectTimeout: time.Second, LBPolicy: config.LBRoundRobin,
+	c := &config.Cluster{Name: name, Type: "STATIC", ConnectTimeout: 5 * time.Second, LBPolicy: config.LBRoundRobin,
 		CircuitBreakers: config.DefaultCircuitBreakers(), IdleTimeout: time.Minute, Protocol: "http1"}
 	for _, a := range addrs {
 		c.Endpoints = append(c.Endpoints, &config.Endpoint{Address: a, Weight: 1, Healthy: true})

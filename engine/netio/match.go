@@ -7,61 +7,109 @@ import (
 	"github.com/sluice-proxy/sluice/engine/stream"
 )
 
-// MatchChain picks the filter chain for a connection following Envoy's
-// order of criteria: destination port, destination IP, then source IP, each
-// preferring the most specific match. Server names, transport protocol and
-// ALPN need TLS inspection; until a listener has it, a chain that requires
-// them does not match a plaintext connection. It returns the index into
-// chains, or -1 (use the default chain, if any).
+// MatchChain picks the filter chain for a connection the way Envoy does:
+// criteria are applied one after another — destination port, destination
+// IP, server name, transport protocol, application protocols, source IP —
+// and at each step only the chains with the most specific match go on
+// (a chain that leaves the criterion empty matches with the lowest
+// specificity). There is no backtracking: if the most specific chains fail
+// a later criterion, no chain matches. It returns the index into chains, or
+// -1 (use the default chain, if any).
 func MatchChain(chains []*config.FilterChain, info *stream.ConnInfo) int {
-	best, bestScore := -1, -1
-	for i, fc := range chains {
-		m := &fc.Match
-		score := 0
-		if m.DestinationPort != 0 {
-			if uint32(info.Local.Port()) != m.DestinationPort {
-				continue
+	if len(chains) == 0 {
+		return -1
+	}
+	var store [16]int
+	cand := store[:0]
+	for i := range chains {
+		cand = append(cand, i)
+	}
+	sni, alpn, transport := "", "", "raw_buffer"
+	if info.TLS != nil {
+		sni, alpn, transport = info.TLS.ServerName, info.TLS.NegotiatedProtocol, "tls"
+	}
+	dst, src := info.Local.Addr().Unmap(), info.Remote.Addr().Unmap()
+	criteria := [...]func(m *config.FilterChainMatch) int{
+		func(m *config.FilterChainMatch) int {
+			switch {
+			case m.DestinationPort == 0:
+				return 0
+			case uint32(info.Local.Port()) == m.DestinationPort:
+				return 1
 			}
-			score += 1 << 20
+			return -1
+		},
+		func(m *config.FilterChainMatch) int { return prefixSpecificity(m.PrefixRanges, dst) },
+		func(m *config.FilterChainMatch) int { return serverNameSpecificity(m.ServerNames, sni) },
+		func(m *config.FilterChainMatch) int {
+			switch {
+			case m.TransportProtocol == "":
+				return 0
+			case m.TransportProtocol == transport:
+				return 1
+			}
+			return -1
+		},
+		func(m *config.FilterChainMatch) int {
+			switch {
+			case len(m.ApplicationProtocols) == 0:
+				return 0
+			case alpn != "" && contains(m.ApplicationProtocols, alpn):
+				return 1
+			}
+			return -1
+		},
+		func(m *config.FilterChainMatch) int { return prefixSpecificity(m.SourcePrefixRanges, src) },
+	}
+	for _, spec := range criteria {
+		best := -1
+		for _, i := range cand {
+			if v := spec(&chains[i].Match); v > best {
+				best = v
+			}
 		}
-		if len(m.PrefixRanges) > 0 {
-			bits := longestMatch(m.PrefixRanges, info.Local.Addr().Unmap())
-			if bits < 0 {
-				continue
-			}
-			score += (bits + 1) << 12
+		if best < 0 {
+			return -1
 		}
-		if len(m.ServerNames) > 0 || len(m.ApplicationProtocols) > 0 {
-			if info.TLS == nil {
-				continue
+		kept := cand[:0]
+		for _, i := range cand {
+			if spec(&chains[i].Match) == best {
+				kept = append(kept, i)
 			}
-			if len(m.ServerNames) > 0 && !serverNameMatch(m.ServerNames, info.TLS.ServerName) {
-				continue
-			}
-			if len(m.ApplicationProtocols) > 0 && !contains(m.ApplicationProtocols, info.TLS.NegotiatedProtocol) {
-				continue
-			}
-			score += 1 << 8
 		}
-		if m.TransportProtocol != "" {
-			tp := "raw_buffer"
-			if info.TLS != nil {
-				tp = "tls"
+		cand = kept
+	}
+	return cand[0]
+}
+
+// prefixSpecificity is 0 for no ranges, 1+bits of the longest range holding
+// a, or -1 when ranges are set and none holds it.
+func prefixSpecificity(ranges []netip.Prefix, a netip.Addr) int {
+	if len(ranges) == 0 {
+		return 0
+	}
+	bits := longestMatch(ranges, a)
+	if bits < 0 {
+		return -1
+	}
+	return bits + 1
+}
+
+// serverNameSpecificity ranks an exact name above any wildcard, and a
+// longer wildcard suffix above a shorter one; 0 when no names are set.
+func serverNameSpecificity(names []string, sni string) int {
+	if len(names) == 0 {
+		return 0
+	}
+	best := -1
+	for _, n := range names {
+		switch {
+		case n == sni && sni != "":
+			return 1 << 16
+		case len(n) > 2 && n[0] == '*' && n[1] == '.' && len(sni) > len(n)-1 && sni[len(sni)-(len(n)-1):] == n[1:]:
+			if len(n) > best {
+				best = len(n)
 			}
-			if m.TransportProtocol != tp {
-				continue
-			}
-			score += 1 << 7
-		}
-		if len(m.SourcePrefixRanges) > 0 {
-			bits := longestMatch(m.SourcePrefixRanges, info.Remote.Addr().Unmap())
-			if bits < 0 {
-				continue
-			}
-			score += bits + 1
-		}
-		if score > bestScore {
-			best, bestScore = i, score
 		}
 	}
 	return best
@@ -75,18 +123,6 @@ func longestMatch(ranges []netip.Prefix, a netip.Addr) int {
 		}
 	}
 	return best
-}
-
-func serverNameMatch(names []string, sni string) bool {
-	for _, n := range names {
-		if n == sni {
-			return true
-		}
-		if len(n) > 2 && n[0] == '*' && n[1] == '.' && len(sni) > len(n)-1 && sni[len(sni)-(len(n)-1):] == n[1:] {
-			return true
-		}
-	}
-	return false
 }
 
 func contains(list []string, s string) bool {

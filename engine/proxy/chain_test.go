@@ -301,6 +301,7 @@ func TestChainLocalReplies(t *testing.T) {
 		wantBody   string
 		wantEvents []string
 		wantHeader [2]string
+		idle       time.Duration // stream idle timeout; 10s when zero
 	}{
 		{
 			name: "request headers local reply skips later filters",
@@ -357,6 +358,7 @@ func TestChainLocalReplies(t *testing.T) {
 			b: func(s *recSpec) {
 				s.reqHeads = func(stream.Callbacks, *header.Map, bool) stream.Status { return stream.StopAndWait }
 			},
+			idle:       30 * time.Millisecond,
 			wantStatus: "504", wantBody: "filter_wait_timeout\n",
 			wantEvents: []string{"A.reqHeaders", "B.reqHeaders", "A.respHeaders", "A.respBody", "A.done", "B.done"},
 		},
@@ -369,7 +371,10 @@ func TestChainLocalReplies(t *testing.T) {
 			tt.b(b)
 			env := testEnv()
 			cfg := hcm(recFilters(a, b, c), &config.VirtualHost{Routes: []*config.Route{directRoute("d", "/", 200, "ok")}})
-			cfg.StreamIdleTimeout = 30 * time.Millisecond
+			cfg.StreamIdleTimeout = 10 * time.Second
+			if tt.idle != 0 {
+				cfg.StreamIdleTimeout = tt.idle
+			}
 			cm := compileCM(t, env, cfg)
 			ss := newFakeStream("/", "")
 			serve(t, cm, ss)
@@ -581,12 +586,16 @@ func TestChainPerRouteOverrides(t *testing.T) {
 		name         string
 		path         string
 		disabled     bool // chain-level Disabled
+		vhOverride   bool // the virtual host carries a config for F
 		wantCreated  int
 		wantOverride any
 	}{
 		{name: "no override", path: "/plain", wantCreated: 1, wantOverride: nil},
 		{name: "route config", path: "/route", wantCreated: 1, wantOverride: "route-cfg"},
-		{name: "virtual host config", path: "/vh", wantCreated: 1, wantOverride: "vh-cfg"},
+		{name: "virtual host config", path: "/plain", vhOverride: true, wantCreated: 1, wantOverride: "vh-cfg"},
+		{name: "route config beats virtual host config", path: "/route", vhOverride: true, wantCreated: 1, wantOverride: "route-cfg"},
+		{name: "route disable beats virtual host config", path: "/off", vhOverride: true, wantCreated: 0},
+		{name: "disabled in chain, virtual host config enables", path: "/plain", disabled: true, vhOverride: true, wantCreated: 1, wantOverride: "vh-cfg"},
 		{name: "route disables", path: "/off", wantCreated: 0},
 		{name: "disabled in chain", path: "/plain", disabled: true, wantCreated: 0},
 		{name: "disabled in chain, route enables", path: "/on", disabled: true, wantCreated: 1, wantOverride: nil},
@@ -609,14 +618,15 @@ func TestChainPerRouteOverrides(t *testing.T) {
 				return rt
 			}
 			vh := &config.VirtualHost{
-				TypedPerFilterConfig: map[string]*config.FilterOverride{"F": {Config: "vh-cfg"}},
 				Routes: []*config.Route{
-					r("plain", "/plain", map[string]*config.FilterOverride{"F": {}}),
+					r("plain", "/plain", nil),
 					r("route", "/route", map[string]*config.FilterOverride{"F": {Config: "route-cfg"}}),
-					r("vh", "/vh", nil),
 					r("off", "/off", map[string]*config.FilterOverride{"F": {Disabled: true}}),
 					r("on", "/on", map[string]*config.FilterOverride{"F": {}, "not-in-chain": {Config: "x"}}),
 				},
+			}
+			if tt.vhOverride {
+				vh.TypedPerFilterConfig = map[string]*config.FilterOverride{"F": {Config: "vh-cfg"}}
 			}
 			env := testEnv()
 			cm := compileCM(t, env, hcm(filters, vh))
@@ -792,5 +802,51 @@ func TestPrepareRequest(t *testing.T) {
 				t.Error("expect or connection not removed")
 			}
 		})
+	}
+}
+
+// A filter that waited too long may still get its asynchronous answer
+// later (an HTTP call completing after the stream idle timeout). That late
+// Resume or SendLocalReply must not reach the next stream that reuses the
+// pooled activeStream.
+func TestChainLateAsyncReplyDoesNotLeakIntoNextStream(t *testing.T) {
+	rec := &recorder{}
+	var mu sync.Mutex
+	var cbs []stream.Callbacks
+	w := &recSpec{name: "W", rec: rec, reqHeads: func(cb stream.Callbacks, h *header.Map, _ bool) stream.Status {
+		mu.Lock()
+		cbs = append(cbs, cb)
+		mu.Unlock()
+		if h.Value("x-answer") == "now" {
+			// The asynchronous work finished before the filter even
+			// returned: the resume token waits in the stream.
+			cb.Resume()
+		}
+		return stream.StopAndWait
+	}}
+	cfg := hcm(recFilters(w), &config.VirtualHost{Routes: []*config.Route{directRoute("d", "/", 200, "ok")}})
+	cfg.StreamIdleTimeout = 20 * time.Millisecond
+	cm := compileCM(t, testEnv(), cfg)
+	for i := range 10 {
+		// First stream: nobody answers in time.
+		first := newFakeStream("/", "")
+		serve(t, cm, first)
+		if first.status() != "504" {
+			t.Fatalf("round %d: first stream got %s %q, want 504: an earlier stream's late reply leaked into it", i, first.status(), first.respBody.String())
+		}
+		mu.Lock()
+		late := cbs[len(cbs)-1]
+		mu.Unlock()
+		// The answer arrives after the stream ended.
+		late.SendLocalReply(418, "stale", nil, "late")
+
+		// Second stream: answered in time.
+		second := newFakeStream("/", "")
+		second.req.Add("x-answer", "now")
+		serve(t, cm, second)
+		if second.status() != "200" || second.respBody.String() != "ok" {
+			t.Fatalf("round %d: second stream got %s %q, want 200 \"ok\": the first stream's late reply leaked into it",
+				i, second.status(), second.respBody.String())
+		}
 	}
 }

@@ -13,52 +13,40 @@ var hopByHop = [...]string{"connection", "keep-alive", "proxy-connection", "tran
 
 // stripHopByHop removes hop-by-hop headers and those listed in Connection.
 // An upgrade request keeps "Connection: upgrade" and its Upgrade header;
-// "TE: trailers" survives (gRPC needs it).
+// "TE: trailers" survives (gRPC needs it). Pseudo-headers are never hop-by-hop.
 func stripHopByHop(h *header.Map, keepUpgrade bool) {
-	var listed [8]string
-	nl := 0
+	// Collect the Connection values before deleting: DelFunc compacts the
+	// map in place, so it must not be read while it runs.
+	var store [4]string
+	conn := store[:0]
 	for i := 0; i < h.Len(); i++ {
-		f := h.At(i)
-		if !header.EqualFold(f.Name, "connection") {
-			continue
-		}
-		v := f.Value
-		for len(v) > 0 && nl < len(listed) {
-			var tok string
-			j := 0
-			for j < len(v) && v[j] != ',' {
-				j++
-			}
-			tok, v = header.TrimOWS(v[:j]), v[min(j+1, len(v)):]
-			if tok != "" && !header.EqualFold(tok, "upgrade") && !header.EqualFold(tok, "close") && !header.EqualFold(tok, "keep-alive") {
-				listed[nl] = tok
-				nl++
-			}
+		if f := h.At(i); header.EqualFold(f.Name, "connection") {
+			conn = append(conn, f.Value)
 		}
 	}
-	te := ""
-	if v, ok := h.Get("te"); ok && header.ListHasToken(v, "trailers") {
-		te = "trailers"
-	}
+	teTrailers := h.HasToken("te", "trailers")
 	upgrade := ""
 	if keepUpgrade {
 		upgrade = h.Value("upgrade")
 	}
 	h.DelFunc(func(f header.Field) bool {
+		if len(f.Name) > 0 && f.Name[0] == ':' {
+			return false
+		}
 		for _, n := range hopByHop {
 			if header.EqualFold(f.Name, n) {
 				return true
 			}
 		}
-		for _, n := range listed[:nl] {
-			if header.EqualFold(f.Name, n) {
+		for _, v := range conn {
+			if header.ListHasToken(v, f.Name) {
 				return true
 			}
 		}
 		return false
 	})
-	if te != "" {
-		h.Add("te", te)
+	if teTrailers {
+		h.Add("te", "trailers")
 	}
 	if upgrade != "" {
 		h.Add("connection", "upgrade")

@@ -284,6 +284,9 @@ func (cm *ConnectionManager) ServeStream(ss stream.ServerStream) {
 	s.init(cm, ss)
 	s.serve()
 	s.finish()
+	if s.async {
+		return // a filter goroutine may still call it: leave it to the GC
+	}
 	s.reset()
 	cm.pool.Put(s)
 }

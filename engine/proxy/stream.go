@@ -71,6 +71,9 @@ type activeStream struct {
 	reached   int // filters whose request headers callback has run
 
 	resume   chan struct{}
+	reply    atomic.Pointer[localReply] // sent by a filter, maybe from another goroutine
+	done     atomic.Bool                // the stream ended: late filter calls are ignored
+	async    bool                       // a filter may still hold the stream: do not pool it
 	pending  *localReply
 	replied  bool // a local reply was decided
 	headSent bool
@@ -405,14 +408,22 @@ func (s *activeStream) filterAt(i int) stream.Filter {
 	return f
 }
 
-// settle turns StopAndWait into the status the filter resumed with.
+// settle collects a reply a filter sent and turns StopAndWait into the
+// status the filter resumed with.
 func (s *activeStream) settle(st stream.Status) stream.Status {
+	if p := s.reply.Swap(nil); p != nil {
+		s.pending, s.replied = p, true
+		return stream.LocalReply
+	}
 	if st != stream.StopAndWait {
 		if st == stream.LocalReply && s.pending == nil {
 			s.flags |= flagFilterError
 		}
 		return st
 	}
+	// A goroutine of the filter may hold this stream from now on: it is
+	// not reused from the pool afterwards.
+	s.async = true
 	timeout := s.cm.cfg.StreamIdleTimeout
 	if timeout <= 0 {
 		timeout = 5 * time.Minute
@@ -422,10 +433,12 @@ func (s *activeStream) settle(st stream.Status) stream.Status {
 	select {
 	case <-s.resume:
 	case <-t.C:
+		s.done.Store(true) // a late Resume or reply is ignored
 		s.sendLocal(504, "", "filter_wait_timeout")
 		return stream.LocalReply
 	}
-	if s.pending != nil {
+	if p := s.reply.Swap(nil); p != nil {
+		s.pending, s.replied = p, true
 		return stream.LocalReply
 	}
 	return stream.Continue
@@ -435,17 +448,23 @@ func (s *activeStream) settle(st stream.Status) stream.Status {
 
 func (s *activeStream) Context() context.Context {
 	if s.ctx == nil {
+		s.async = true // the context may outlive the callback
 		s.ctx, s.cancel = context.WithCancel(context.Background())
 	}
 	return s.ctx
 }
 
+// SendLocalReply may be called from the filter's callback or, after it
+// returned StopAndWait, from any goroutine; calls after the stream ended
+// are ignored.
 func (s *activeStream) SendLocalReply(status int, body string, headers []header.Field, details string) {
+	if s.done.Load() {
+		return
+	}
 	if details == "" {
 		details = "filter_local_reply"
 	}
-	s.pending = &localReply{status: status, body: body, headers: headers, details: details}
-	s.replied = true
+	s.reply.Store(&localReply{status: status, body: body, headers: headers, details: details})
 	select {
 	case s.resume <- struct{}{}:
 	default:
@@ -453,6 +472,9 @@ func (s *activeStream) SendLocalReply(status int, body string, headers []header.
 }
 
 func (s *activeStream) Resume() {
+	if s.done.Load() {
+		return
+	}
 	select {
 	case s.resume <- struct{}{}:
 	default:
@@ -534,6 +556,7 @@ func (s *activeStream) ResponseFlags() string {
 
 // finish logs, counts and lets the filters go.
 func (s *activeStream) finish() {
+	s.done.Store(true)
 	for _, f := range s.filters {
 		if f != nil {
 			s.safeDone(f)

@@ -16,6 +16,9 @@ func Validate(snap *config.Snapshot) error {
 	}
 	clusters := map[string]bool{}
 	for i, c := range snap.Clusters {
+		if c == nil {
+			return fmt.Errorf("server: cluster %d is empty", i)
+		}
 		if c.Name == "" {
 			return fmt.Errorf("server: cluster %d has no name", i)
 		}
@@ -25,18 +28,24 @@ func Validate(snap *config.Snapshot) error {
 		clusters[c.Name] = true
 	}
 	tables := map[string]bool{}
-	for _, rc := range snap.RouteConfigs {
+	for i, rc := range snap.RouteConfigs {
+		if rc == nil {
+			return fmt.Errorf("server: route configuration %d is empty", i)
+		}
 		if tables[rc.Name] {
 			return fmt.Errorf("server: duplicate route configuration %q", rc.Name)
 		}
 		tables[rc.Name] = true
 		if err := checkRoutes(rc, clusters); err != nil {
-			return err
+			return fmt.Errorf("server: %w", err)
 		}
 	}
 	names := map[string]bool{}
 	addrs := map[string]string{}
 	for i, l := range snap.Listeners {
+		if l == nil {
+			return fmt.Errorf("server: listener %d is empty", i)
+		}
 		if l.Name == "" {
 			return fmt.Errorf("server: listener %d has no name", i)
 		}
@@ -59,6 +68,9 @@ func Validate(snap *config.Snapshot) error {
 			chains = append(chains, l.DefaultFilterChain)
 		}
 		for j, fc := range chains {
+			if fc == nil {
+				return fmt.Errorf("server: listener %q: filter chain %d is empty", l.Name, j)
+			}
 			if fc.HTTP == nil {
 				continue
 			}
@@ -80,8 +92,14 @@ func Validate(snap *config.Snapshot) error {
 }
 
 func checkRoutes(rc *config.RouteConfiguration, clusters map[string]bool) error {
-	for _, vh := range rc.VirtualHosts {
+	for k, vh := range rc.VirtualHosts {
+		if vh == nil {
+			return fmt.Errorf("route configuration %q: virtual host %d is empty", rc.Name, k)
+		}
 		for i, r := range vh.Routes {
+			if r == nil {
+				return fmt.Errorf("route configuration %q: virtual host %q: route %d is empty", rc.Name, vh.Name, i)
+			}
 			if r.Action == nil {
 				continue
 			}
@@ -93,6 +111,9 @@ func checkRoutes(rc *config.RouteConfiguration, clusters map[string]bool) error 
 				return fmt.Errorf("route configuration %q: virtual host %q: route %s: unknown cluster %q", rc.Name, vh.Name, name, c)
 			}
 			for _, wc := range r.Action.WeightedClusters {
+				if wc == nil {
+					return fmt.Errorf("route configuration %q: virtual host %q: route %s: empty weighted cluster", rc.Name, vh.Name, name)
+				}
 				if !clusters[wc.Name] {
 					return fmt.Errorf("route configuration %q: virtual host %q: route %s: unknown cluster %q", rc.Name, vh.Name, name, wc.Name)
 				}

@@ -29,7 +29,7 @@ type mutations struct {
 
 func compile(cfg any) (*mutations, error) {
 	c, ok := cfg.(*config.HeaderMutationConfig)
-	if !ok {
+	if !ok || c == nil {
 		return nil, fmt.Errorf("headermutation: config is %T, want *config.HeaderMutationConfig", cfg)
 	}
 	m := &mutations{reqRemove: c.RequestHeadersToRemove, reqAdd: c.RequestHeadersToAdd, respRemove: c.ResponseHeadersToRemove, respAdd: c.ResponseHeadersToAdd}
