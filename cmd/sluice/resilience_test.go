@@ -317,3 +317,37 @@ func TestAccessLogFile(t *testing.T) {
 		t.Errorf("access log:\n%s\nwant:\n%s", b, want)
 	}
 }
+
+// TestMirrorAndAutoHostRewrite: a mirror policy shadows requests with a
+// "-shadow" authority; auto_host_rewrite sends the upstream's address.
+func TestMirrorAndAutoHostRewrite(t *testing.T) {
+	got := make(chan string, 4)
+	shadowUp := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		got <- r.Host + " " + r.URL.Path + " " + string(b)
+	})
+	main := newUpstream(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, r.Host) })
+	r := prefixRoute("all", "/", "main")
+	r.Action.MirrorPolicy = []config.MirrorPolicy{{Cluster: "shadow", Percent: 100}}
+	r.Action.AutoHostRewrite = true
+	srv := startServer(t, snapshot(hcm(r), cluster("main", main.addr()), cluster("shadow", shadowUp.addr())))
+	req, _ := http.NewRequest("GET", proxyURL(srv)+"/m", nil)
+	req.Host = "example.com:8080"
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(b) != main.addr() {
+		t.Errorf("auto host rewrite: upstream saw host %q, want %q", b, main.addr())
+	}
+	select {
+	case s := <-got:
+		if s != "example.com-shadow:8080 /m " {
+			t.Errorf("shadow saw %q", s)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("no shadow request")
+	}
+}

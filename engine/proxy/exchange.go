@@ -95,6 +95,9 @@ func (e *exchange) run() {
 			return
 		}
 		s.host = host
+		if s.route.AutoHostRewrite() {
+			s.req.Set(":authority", host.Address())
+		}
 		if e.ntried < len(e.tried) {
 			e.tried[e.ntried] = host
 			e.ntried++

@@ -75,6 +75,7 @@ type hcmStats struct {
 	rqTime                                     *observe.Histogram
 	noRoute, noCluster, overflow, retry        *observe.Counter
 	localReply, filterError                    *observe.Counter
+	mirrored, mirrorSkipped                    *observe.Counter
 }
 
 type routeStats struct {
@@ -88,15 +89,17 @@ func newHCMStats(s *observe.Store, prefix string) *hcmStats {
 		rqTotal: sc.Counter("downstream_rq_total"),
 		rq1xx:   sc.Counter("downstream_rq_1xx"), rq2xx: sc.Counter("downstream_rq_2xx"),
 		rq3xx: sc.Counter("downstream_rq_3xx"), rq4xx: sc.Counter("downstream_rq_4xx"),
-		rq5xx:       sc.Counter("downstream_rq_5xx"),
-		rqActive:    sc.Gauge("downstream_rq_active"),
-		rqTime:      sc.Histogram("downstream_rq_time"),
-		noRoute:     sc.Counter("no_route"),
-		noCluster:   sc.Counter("no_cluster"),
-		overflow:    sc.Counter("upstream_rq_overflow"),
-		retry:       sc.Counter("upstream_rq_retry"),
-		localReply:  sc.Counter("local_reply"),
-		filterError: sc.Counter("filter_error"),
+		rq5xx:         sc.Counter("downstream_rq_5xx"),
+		rqActive:      sc.Gauge("downstream_rq_active"),
+		rqTime:        sc.Histogram("downstream_rq_time"),
+		noRoute:       sc.Counter("no_route"),
+		noCluster:     sc.Counter("no_cluster"),
+		overflow:      sc.Counter("upstream_rq_overflow"),
+		retry:         sc.Counter("upstream_rq_retry"),
+		localReply:    sc.Counter("local_reply"),
+		filterError:   sc.Counter("filter_error"),
+		mirrored:      sc.Counter("rq_mirrored"),
+		mirrorSkipped: sc.Counter("rq_mirror_skipped_streamed_body"),
 	}
 }
 

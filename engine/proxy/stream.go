@@ -361,6 +361,7 @@ func (s *activeStream) forward(p *phase) {
 		return
 	}
 	defer done()
+	s.mirror(ra, p)
 	ex := exchange{s: s, p: p, ra: ra, cl: cl}
 	ex.run()
 }
