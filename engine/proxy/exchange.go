@@ -83,11 +83,12 @@ func (e *exchange) run() {
 	for {
 		e.attempts++
 		s.attempts = e.attempts
-		lb := upstream.LBContext{Hash: hash, HasHash: hasHash, Attempt: e.attempts}
+		lb := &s.lb
+		*lb = upstream.LBContext{Hash: hash, HasHash: hasHash, Attempt: e.attempts}
 		if e.attempts > 1 && e.policy != nil && e.policy.RetryOtherHosts {
 			lb.Exclude = e.triedHost
 		}
-		host := e.cl.Pick(&lb)
+		host := e.cl.Pick(lb)
 		if host == nil {
 			s.flags |= flagNoHealthyUpstream
 			s.sendLocal(503, "no healthy upstream\n", "no_healthy_upstream")

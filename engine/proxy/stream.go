@@ -88,6 +88,12 @@ type activeStream struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
+	// Per-stream working state kept here, not on the stack, because it is
+	// reached through pointers the compiler cannot prove stay local.
+	reqPhase phase
+	ex       exchange
+	lb       upstream.LBContext
+
 	scratch []byte
 }
 
@@ -139,7 +145,8 @@ func (s *activeStream) serve() {
 		s.route = cm.table.Match(s.req)
 	}
 
-	p := phase{s: s, dir: dirRequest, n: len(s.filters), end: !s.ss.HasBody(), src: s.ss.Body()}
+	p := &s.reqPhase
+	*p = phase{s: s, dir: dirRequest, n: len(s.filters), end: !s.ss.HasBody(), src: s.ss.Body()}
 	defer p.release()
 	if !p.headers(s.req) {
 		s.finishLocal(p.stoppedAt)
@@ -167,7 +174,7 @@ func (s *activeStream) serve() {
 		s.finishLocal(s.reached)
 		return
 	}
-	s.forward(&p)
+	s.forward(p)
 }
 
 // prepareRequest applies the connection manager's request rules: hop-by-hop
@@ -362,7 +369,8 @@ func (s *activeStream) forward(p *phase) {
 	}
 	defer done()
 	s.mirror(ra, p)
-	ex := exchange{s: s, p: p, ra: ra, cl: cl}
+	ex := &s.ex
+	*ex = exchange{s: s, p: p, ra: ra, cl: cl}
 	ex.run()
 }
 
