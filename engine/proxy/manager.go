@@ -69,29 +69,54 @@ type ConnectionManager struct {
 	pool        sync.Pool
 }
 
-type hcmStats struct {
-	rqTotal, rq1xx, rq2xx, rq3xx, rq4xx, rq5xx *observe.Counter
-	rqActive                                   *observe.Gauge
-	rqTime                                     *observe.Histogram
-	noRoute, noCluster, overflow, retry        *observe.Counter
-	localReply, filterError                    *observe.Counter
-	mirrored, mirrorSkipped                    *observe.Counter
+// requestStats count finished requests by status class, with their time.
+type requestStats struct {
+	total, class1, class2, class3, class4, class5 *observe.Counter
+	time                                          *observe.Histogram
 }
 
-type routeStats struct {
-	rqTotal, rq1xx, rq2xx, rq3xx, rq4xx, rq5xx *observe.Counter
-	rqTime                                     *observe.Histogram
+func newRequestStats(sc *observe.Scope, prefix string) requestStats {
+	return requestStats{
+		total:  sc.Counter(prefix + "rq_total"),
+		class1: sc.Counter(prefix + "rq_1xx"), class2: sc.Counter(prefix + "rq_2xx"),
+		class3: sc.Counter(prefix + "rq_3xx"), class4: sc.Counter(prefix + "rq_4xx"),
+		class5: sc.Counter(prefix + "rq_5xx"),
+		time:   sc.Histogram(prefix + "rq_time"),
+	}
 }
+
+func (st *requestStats) record(code int, d time.Duration) {
+	st.total.Inc()
+	switch statusClass(code) {
+	case 1:
+		st.class1.Inc()
+	case 2:
+		st.class2.Inc()
+	case 3:
+		st.class3.Inc()
+	case 4:
+		st.class4.Inc()
+	default:
+		st.class5.Inc()
+	}
+	st.time.Record(float64(d.Microseconds()) / 1000)
+}
+
+type hcmStats struct {
+	requestStats
+	rqActive                            *observe.Gauge
+	noRoute, noCluster, overflow, retry *observe.Counter
+	localReply, filterError             *observe.Counter
+	mirrored, mirrorSkipped             *observe.Counter
+}
+
+type routeStats struct{ requestStats }
 
 func newHCMStats(s *observe.Store, prefix string) *hcmStats {
 	sc := s.Scope("http."+prefix+".", "http_", observe.Label{Name: "envoy_http_conn_manager_prefix", Value: prefix})
 	return &hcmStats{
-		rqTotal: sc.Counter("downstream_rq_total"),
-		rq1xx:   sc.Counter("downstream_rq_1xx"), rq2xx: sc.Counter("downstream_rq_2xx"),
-		rq3xx: sc.Counter("downstream_rq_3xx"), rq4xx: sc.Counter("downstream_rq_4xx"),
-		rq5xx:         sc.Counter("downstream_rq_5xx"),
+		requestStats:  newRequestStats(sc, "downstream_"),
 		rqActive:      sc.Gauge("downstream_rq_active"),
-		rqTime:        sc.Histogram("downstream_rq_time"),
 		noRoute:       sc.Counter("no_route"),
 		noCluster:     sc.Counter("no_cluster"),
 		overflow:      sc.Counter("upstream_rq_overflow"),
@@ -106,12 +131,7 @@ func newHCMStats(s *observe.Store, prefix string) *hcmStats {
 func newRouteStats(s *observe.Store, vh, rt string) *routeStats {
 	sc := s.Scope("vhost."+vh+".route."+rt+".", "vhost_route_",
 		observe.Label{Name: "envoy_virtual_host", Value: vh}, observe.Label{Name: "envoy_route", Value: rt})
-	return &routeStats{
-		rqTotal: sc.Counter("rq_total"),
-		rq1xx:   sc.Counter("rq_1xx"), rq2xx: sc.Counter("rq_2xx"), rq3xx: sc.Counter("rq_3xx"),
-		rq4xx: sc.Counter("rq_4xx"), rq5xx: sc.Counter("rq_5xx"),
-		rqTime: sc.Histogram("rq_time"),
-	}
+	return &routeStats{newRequestStats(sc, "")}
 }
 
 // CompileConnectionManager compiles an HCM against a snapshot's route
@@ -299,38 +319,4 @@ func statusClass(code int) int {
 		return 5
 	}
 	return code / 100
-}
-
-func (st *hcmStats) record(code int, d time.Duration) {
-	st.rqTotal.Inc()
-	switch statusClass(code) {
-	case 1:
-		st.rq1xx.Inc()
-	case 2:
-		st.rq2xx.Inc()
-	case 3:
-		st.rq3xx.Inc()
-	case 4:
-		st.rq4xx.Inc()
-	default:
-		st.rq5xx.Inc()
-	}
-	st.rqTime.Record(float64(d.Microseconds()) / 1000)
-}
-
-func (st *routeStats) record(code int, d time.Duration) {
-	st.rqTotal.Inc()
-	switch statusClass(code) {
-	case 1:
-		st.rq1xx.Inc()
-	case 2:
-		st.rq2xx.Inc()
-	case 3:
-		st.rq3xx.Inc()
-	case 4:
-		st.rq4xx.Inc()
-	default:
-		st.rq5xx.Inc()
-	}
-	st.rqTime.Record(float64(d.Microseconds()) / 1000)
 }

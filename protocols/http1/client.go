@@ -205,35 +205,8 @@ func (c *clientConn) WriteRequestBody(p []byte, endStream bool) error {
 	}
 	var err error
 	switch c.reqMode {
-	case bodyLength:
-		if int64(len(p)) > c.reqRemaining {
-			p = p[:c.reqRemaining]
-			err = ErrBodyLength
-		}
-		c.reqRemaining -= int64(len(p))
-		if endStream && c.reqRemaining != 0 {
-			err = ErrBodyLength
-		}
-		if werr := writeBig(c.bw, &c.cw, p, nil); werr != nil && err == nil {
-			err = werr
-		}
-	case bodyChunked:
-		var suffix []byte
-		switch {
-		case len(p) > 0 && endStream:
-			suffix = crlfLastChunk
-		case len(p) > 0:
-			suffix = crlf
-		case endStream:
-			c.bw.Write(lastChunk)
-		}
-		if len(p) > 0 {
-			c.scratch = appendChunkHeader(c.scratch[:0], len(p))
-			c.bw.Write(c.scratch)
-			if werr := writeBig(c.bw, &c.cw, p, suffix); werr != nil {
-				err = werr
-			}
-		}
+	case bodyLength, bodyChunked:
+		err = writeBody(c.bw, &c.cw, &c.scratch, c.reqMode, &c.reqRemaining, p, endStream)
 	default:
 		if len(p) > 0 {
 			err = ErrBodyLength

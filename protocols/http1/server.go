@@ -685,35 +685,8 @@ func (st *serverStream) WriteBody(p []byte, endStream bool) error {
 	c := st.c
 	var err error
 	switch st.mode {
-	case bodyLength:
-		if int64(len(p)) > st.remaining {
-			p = p[:st.remaining]
-			err = ErrBodyLength
-		}
-		st.remaining -= int64(len(p))
-		if endStream && st.remaining != 0 {
-			err = ErrBodyLength
-		}
-		if werr := writeBig(c.bw, &c.cw, p, nil); werr != nil && err == nil {
-			err = werr
-		}
-	case bodyChunked:
-		var suffix []byte
-		switch {
-		case len(p) > 0 && endStream:
-			suffix = crlfLastChunk
-		case len(p) > 0:
-			suffix = crlf
-		case endStream:
-			c.bw.Write(lastChunk)
-		}
-		if len(p) > 0 {
-			c.scratch = appendChunkHeader(c.scratch[:0], len(p))
-			c.bw.Write(c.scratch)
-			if werr := writeBig(c.bw, &c.cw, p, suffix); werr != nil {
-				err = werr
-			}
-		}
+	case bodyLength, bodyChunked:
+		err = writeBody(c.bw, &c.cw, &c.scratch, st.mode, &st.remaining, p, endStream)
 	case bodyClose:
 		err = writeBig(c.bw, &c.cw, p, nil)
 	}

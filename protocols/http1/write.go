@@ -205,3 +205,44 @@ func newHijacked(c net.Conn, br *bufio.Reader) *hijacked {
 	}
 	return h
 }
+
+// writeBody frames one piece of body as mode says (Content-Length or
+// chunked), counting down *remaining for length-framed bodies; the server
+// and client sides share it. It reports ErrBodyLength when the body
+// overruns or, at its end, falls short of its declared length. Other modes
+// are the caller's.
+func writeBody(bw *bufio.Writer, cw *connWriter, scratch *[]byte, mode bodyMode, remaining *int64, p []byte, endStream bool) error {
+	var err error
+	switch mode {
+	case bodyLength:
+		if int64(len(p)) > *remaining {
+			p = p[:*remaining]
+			err = ErrBodyLength
+		}
+		*remaining -= int64(len(p))
+		if endStream && *remaining != 0 {
+			err = ErrBodyLength
+		}
+		if werr := writeBig(bw, cw, p, nil); werr != nil && err == nil {
+			err = werr
+		}
+	case bodyChunked:
+		var suffix []byte
+		switch {
+		case len(p) > 0 && endStream:
+			suffix = crlfLastChunk
+		case len(p) > 0:
+			suffix = crlf
+		case endStream:
+			bw.Write(lastChunk)
+		}
+		if len(p) > 0 {
+			*scratch = appendChunkHeader((*scratch)[:0], len(p))
+			bw.Write(*scratch)
+			if werr := writeBig(bw, cw, p, suffix); werr != nil {
+				err = werr
+			}
+		}
+	}
+	return err
+}

@@ -2,6 +2,7 @@ package route
 
 import (
 	"errors"
+	"github.com/cespare/xxhash/v2"
 	"math/bits"
 	"sort"
 	"strings"
@@ -176,81 +177,12 @@ func cookieValue(h *header.Map, name string) string {
 	return ""
 }
 
-// XXH64 with seed 0, the hash Envoy uses for hash policies
+// xxh64 is XXH64 with seed 0, the hash Envoy's hash policies use
 // (HashUtil::xxHash64).
-const (
-	xxPrime1 uint64 = 11400714785074694791
-	xxPrime2 uint64 = 14029467366897019727
-	xxPrime3 uint64 = 1609587929392839161
-	xxPrime4 uint64 = 9650029242287828579
-	xxPrime5 uint64 = 2870177450012600261
-)
-
-func xxh64(s string) uint64 {
-	n := len(s)
-	var h uint64
-	if n >= 32 {
-		var seed uint64
-		v1 := seed + xxPrime1
-		v1 += xxPrime2
-		v2 := seed + xxPrime2
-		v3 := seed
-		v4 := seed - xxPrime1
-		for len(s) >= 32 {
-			v1 = xxRound(v1, le64(s[0:8]))
-			v2 = xxRound(v2, le64(s[8:16]))
-			v3 = xxRound(v3, le64(s[16:24]))
-			v4 = xxRound(v4, le64(s[24:32]))
-			s = s[32:]
-		}
-		h = bits.RotateLeft64(v1, 1) + bits.RotateLeft64(v2, 7) + bits.RotateLeft64(v3, 12) + bits.RotateLeft64(v4, 18)
-		h = xxMerge(h, v1)
-		h = xxMerge(h, v2)
-		h = xxMerge(h, v3)
-		h = xxMerge(h, v4)
-	} else {
-		h = xxPrime5
-	}
-	h += uint64(n)
-	for ; len(s) >= 8; s = s[8:] {
-		h ^= xxRound(0, le64(s))
-		h = bits.RotateLeft64(h, 27)*xxPrime1 + xxPrime4
-	}
-	if len(s) >= 4 {
-		h ^= uint64(le32(s)) * xxPrime1
-		h = bits.RotateLeft64(h, 23)*xxPrime2 + xxPrime3
-		s = s[4:]
-	}
-	for ; len(s) > 0; s = s[1:] {
-		h ^= uint64(s[0]) * xxPrime5
-		h = bits.RotateLeft64(h, 11) * xxPrime1
-	}
-	h ^= h >> 33
-	h *= xxPrime2
-	h ^= h >> 29
-	h *= xxPrime3
-	h ^= h >> 32
-	return h
-}
-
-func xxRound(acc, in uint64) uint64 {
-	acc += in * xxPrime2
-	acc = bits.RotateLeft64(acc, 31)
-	return acc * xxPrime1
-}
-
-func xxMerge(acc, v uint64) uint64 {
-	acc ^= xxRound(0, v)
-	return acc*xxPrime1 + xxPrime4
-}
+func xxh64(s string) uint64 { return xxhash.Sum64String(s) }
 
 func le64(s string) uint64 {
 	_ = s[7]
 	return uint64(s[0]) | uint64(s[1])<<8 | uint64(s[2])<<16 | uint64(s[3])<<24 |
 		uint64(s[4])<<32 | uint64(s[5])<<40 | uint64(s[6])<<48 | uint64(s[7])<<56
-}
-
-func le32(s string) uint32 {
-	_ = s[3]
-	return uint32(s[0]) | uint32(s[1])<<8 | uint32(s[2])<<16 | uint32(s[3])<<24
 }
