@@ -8,6 +8,8 @@ package config
 import (
 	"net/netip"
 	"time"
+
+	"github.com/sluice-proxy/sluice/engine/attr"
 )
 
 // Snapshot is one complete configuration.
@@ -202,6 +204,18 @@ type RouteMatch struct {
 
 	Headers         []HeaderMatcher
 	QueryParameters []QueryParameterMatcher
+
+	// Condition, when set, must hold too. It is evaluated after the cheap
+	// matchers above, so a front-end that lifts what it can into them (the
+	// DSL compiles `request.path.startsWith("/api/")` to a prefix) pays for
+	// a program only where it must.
+	Condition Condition
+}
+
+// Condition is a request predicate compiled at config time (a CEL program
+// from the DSL or an RBAC policy). An evaluation error fails the request.
+type Condition interface {
+	Eval(src attr.Source) (bool, error)
 }
 
 // StringMatchKind says how a StringMatcher compares.

@@ -62,6 +62,7 @@ type activeStream struct {
 
 	route     *route.Route
 	routeDirt bool
+	routeErr  bool // a route condition failed to evaluate
 	cluster   *upstream.Cluster
 	wc        *config.WeightedCluster
 	host      *upstream.Host
@@ -141,9 +142,7 @@ func (s *activeStream) serve() {
 	defer cm.stats.rqActive.Dec()
 
 	s.prepareRequest()
-	if cm.table != nil {
-		s.route = cm.table.Match(s.req)
-	}
+	s.matchRoute()
 
 	p := &s.reqPhase
 	*p = phase{s: s, dir: dirRequest, n: len(s.filters), end: !s.ss.HasBody(), src: s.ss.Body()}
@@ -154,6 +153,11 @@ func (s *activeStream) serve() {
 	}
 	if s.routeDirt {
 		s.refreshRoute()
+	}
+	if s.routeErr {
+		s.sendLocal(500, "route condition failed\n", "route_condition_error")
+		s.finishLocal(s.reached)
+		return
 	}
 	if s.route == nil {
 		s.flags |= flagNoRoute
@@ -237,9 +241,19 @@ func originForm(target string) string {
 
 func (s *activeStream) refreshRoute() {
 	s.routeDirt = false
-	if s.cm.table != nil {
-		s.route = s.cm.table.Match(s.req)
+	s.matchRoute()
+}
+
+// matchRoute picks the route. A route condition that fails to evaluate
+// fails the request (it must not silently fall through to another route).
+func (s *activeStream) matchRoute() {
+	r, err := s.cm.table.MatchSource(s)
+	s.routeErr = err != nil
+	if err != nil {
+		s.cm.log.Error("route condition failed", "err", err, "stream", s.id)
+		s.flags |= flagFilterError
 	}
+	s.route = r
 }
 
 func (s *activeStream) directResponse(d *config.DirectResponse) {

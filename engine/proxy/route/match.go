@@ -93,6 +93,7 @@ func compileRoute(vh *VirtualHost, idx int, rc *config.Route) (*Route, error) {
 }
 
 func (r *Route) compileMatch(m *config.RouteMatch) error {
+	r.cond = m.Condition
 	n := 0
 	for _, s := range []string{m.Prefix, m.Path, m.SafeRegex, m.PathSeparatedPrefix} {
 		if s != "" {

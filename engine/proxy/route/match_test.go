@@ -1,10 +1,13 @@
 package route
 
 import (
+	"errors"
 	"strings"
 	"testing"
 
+	"github.com/sluice-proxy/sluice/engine/attr"
 	"github.com/sluice-proxy/sluice/engine/config"
+	"github.com/sluice-proxy/sluice/engine/header"
 )
 
 func TestPathMatchers(t *testing.T) {
@@ -316,11 +319,71 @@ func TestQuickCheckAgreesWithFullMatch(t *testing.T) {
 		for i, r := range vh.Routes {
 			// Single-route virtual host view: the i-th pre-check, then the full match.
 			one := &VirtualHost{Routes: []*Route{r}, quick: vh.quick[i : i+1]}
-			got := one.match(req("h", p), p) != nil
+			m, _ := one.match(req("h", p), p, nil)
+			got := m != nil
 			want := r.matches(req("h", p), p, pathOnly(p))
 			if got != want {
 				t.Errorf("route %d %+v, path %q: with pre-check %v, full match %v", i, r.Config.Match, p, got, want)
 			}
 		}
+	}
+}
+
+// condFunc adapts a function to config.Condition.
+type condFunc func(attr.Source) (bool, error)
+
+func (f condFunc) Eval(s attr.Source) (bool, error) { return f(s) }
+
+type fakeSource struct {
+	attr.Source
+	h *header.Map
+}
+
+func (f fakeSource) RequestHeaders() *header.Map { return f.h }
+
+func TestConditionRoutes(t *testing.T) {
+	boom := errors.New("boom")
+	rc := &config.RouteConfiguration{Name: "t", VirtualHosts: []*config.VirtualHost{{Name: "vh", Domains: []string{"*"}, Routes: []*config.Route{
+		{Name: "canary", Match: config.RouteMatch{Prefix: "/api/", Condition: condFunc(func(s attr.Source) (bool, error) {
+			return s.RequestHeaders().Value("x-canary") == "true", nil
+		})}, Action: &config.RouteAction{Cluster: "v2"}},
+		{Name: "broken", Match: config.RouteMatch{Prefix: "/broken", Condition: condFunc(func(attr.Source) (bool, error) { return false, boom })}, Action: &config.RouteAction{Cluster: "x"}},
+		{Name: "api", Match: config.RouteMatch{Prefix: "/"}, Action: &config.RouteAction{Cluster: "v1"}},
+	}}}}
+	tb, err := Compile(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		path, canary, want string
+		err                error
+	}{
+		{"/api/x", "true", "canary", nil},
+		{"/api/x", "", "api", nil},
+		{"/other", "true", "api", nil},
+		{"/broken", "", "", boom},
+	} {
+		h := req("h", tc.path)
+		if tc.canary != "" {
+			h.Add("x-canary", tc.canary)
+		}
+		r, err := tb.MatchSource(fakeSource{h: h})
+		if !errors.Is(err, tc.err) {
+			t.Errorf("%s: err %v, want %v", tc.path, err, tc.err)
+			continue
+		}
+		name := ""
+		if r != nil {
+			name = r.Name()
+		}
+		if name != tc.want {
+			t.Errorf("%s canary=%q: got route %q, want %q", tc.path, tc.canary, name, tc.want)
+		}
+	}
+	// Without a source, condition routes never match.
+	h := req("h", "/api/x")
+	h.Add("x-canary", "true")
+	if r := tb.Match(h); r == nil || r.Name() != "api" {
+		t.Errorf("Match without source picked %v", r)
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/sluice-proxy/sluice/engine/attr"
 	"github.com/sluice-proxy/sluice/engine/config"
 	"github.com/sluice-proxy/sluice/engine/header"
 )
@@ -82,6 +83,7 @@ type Route struct {
 	pathRe  *regexp.Regexp
 	headers []headerMatcher
 	queries []queryMatcher
+	cond    config.Condition
 
 	// action
 	cluster       string
@@ -227,19 +229,32 @@ func compileVirtualHost(t *Table, vc *config.VirtualHost) (*VirtualHost, error) 
 // Match returns the first route of the selected virtual host that matches
 // the request, or nil. Requests without :path match nothing (Envoy skips
 // every non-CONNECT route for them).
+// Routes with a Condition never match here: they need MatchSource.
 func (t *Table) Match(h *header.Map) *Route {
+	r, _ := t.match(h, nil)
+	return r
+}
+
+// MatchSource is Match for a live stream: routes with a Condition evaluate
+// it against src. A condition that fails to evaluate stops the matching
+// with its error, which fails the request.
+func (t *Table) MatchSource(src attr.Source) (*Route, error) {
+	return t.match(src.RequestHeaders(), src)
+}
+
+func (t *Table) match(h *header.Map, src attr.Source) (*Route, error) {
 	if t == nil {
-		return nil
+		return nil, nil
 	}
 	authority, hasAuthority, path, hasPath := requestTarget(h)
 	if !hasPath {
-		return nil
+		return nil, nil
 	}
 	vh := t.selectVirtualHost(authority, hasAuthority)
 	if vh == nil {
-		return nil
+		return nil, nil
 	}
-	return vh.match(h, path)
+	return vh.match(h, path, src)
 }
 
 // SelectVirtualHost returns the virtual host serving authority (a Host or
@@ -255,10 +270,11 @@ func (v *VirtualHost) Match(h *header.Map) *Route {
 	if !hasPath {
 		return nil
 	}
-	return v.match(h, path)
+	r, _ := v.match(h, path, nil)
+	return r
 }
 
-func (v *VirtualHost) match(h *header.Map, path string) *Route {
+func (v *VirtualHost) match(h *header.Map, path string, src attr.Source) (*Route, error) {
 	p := pathOnly(path)
 	pw := firstWord(p)
 	for i := range v.quick {
@@ -266,11 +282,25 @@ func (v *VirtualHost) match(h *header.Map, path string) *Route {
 		if len(p) < q.minLen || pw&q.mask != q.word {
 			continue
 		}
-		if r := v.Routes[i]; r.matches(h, path, p) {
-			return r
+		r := v.Routes[i]
+		if !r.matches(h, path, p) {
+			continue
+		}
+		if r.cond == nil {
+			return r, nil
+		}
+		if src == nil {
+			continue
+		}
+		ok, err := r.cond.Eval(src)
+		if err != nil {
+			return nil, fmt.Errorf("route: %q: condition: %w", r.Config.Name, err)
+		}
+		if ok {
+			return r, nil
 		}
 	}
-	return nil
+	return nil, nil
 }
 
 // quickCheck builds the route's pre-check: the path must be at least as
