@@ -341,3 +341,42 @@ func TestAbsoluteFormTarget(t *testing.T) {
 		t.Fatalf("got %q", out)
 	}
 }
+
+// TestTrailersAndContinue: trailers pass both ways over chunked encoding,
+// and an Expect: 100-continue client gets its interim response.
+func TestTrailersAndContinue(t *testing.T) {
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		w.Header().Set("Trailer", "X-Resp-Trailer")
+		w.Header().Set("X-Got-Trailer", r.Trailer.Get("X-Req-Trailer"))
+		w.WriteHeader(200)
+		w.(http.Flusher).Flush()
+		io.WriteString(w, "body:"+string(b))
+		w.Header().Set("X-Resp-Trailer", "bye")
+	})
+	srv := startServer(t, snapshot(hcm(prefixRoute("all", "/", "up")), cluster("up", up.addr())))
+	c, err := net.Dial("tcp", srv.ListenerAddr("main").String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "POST /t HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\nTrailer: X-Req-Trailer\r\n\r\n")
+	br := bufio.NewReader(c)
+	line, err := br.ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "HTTP/1.1 100 ") {
+		t.Fatalf("want 100 Continue first, got %q %v", line, err)
+	}
+	if blank, _ := br.ReadString('\n'); blank != "\r\n" {
+		t.Fatalf("100 response not terminated: %q", blank)
+	}
+	io.WriteString(c, "5\r\nhello\r\n0\r\nX-Req-Trailer: hi\r\n\r\n")
+	resp, err := http.ReadResponse(br, &http.Request{Method: "POST"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	if string(b) != "body:hello" || resp.Header.Get("X-Got-Trailer") != "hi" || resp.Trailer.Get("X-Resp-Trailer") != "bye" {
+		t.Fatalf("got %q, request trailer seen %q, response trailer %q", b, resp.Header.Get("X-Got-Trailer"), resp.Trailer.Get("X-Resp-Trailer"))
+	}
+}
