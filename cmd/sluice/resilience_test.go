@@ -351,3 +351,44 @@ func TestMirrorAndAutoHostRewrite(t *testing.T) {
 		t.Fatal("no shadow request")
 	}
 }
+
+// TestUpstreamClosesKeptAliveConnection: an origin that closes every
+// connection right after answering (without saying so) costs nothing: the
+// reused stale connection is retried on a fresh one.
+func TestUpstreamClosesKeptAliveConnection(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func(c net.Conn) {
+				defer c.Close()
+				if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
+					return
+				}
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+			}(c)
+		}
+	}()
+	srv := startServer(t, snapshot(hcm(prefixRoute("all", "/", "up")), cluster("up", ln.Addr().String())))
+	for i := 0; i < 20; i++ {
+		for _, method := range []string{"GET", "POST"} {
+			req, _ := http.NewRequest(method, proxyURL(srv)+"/", strings.NewReader("body"))
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || string(b) != "ok" {
+				t.Fatalf("request %d %s: %d %q", i, method, resp.StatusCode, b)
+			}
+		}
+	}
+}

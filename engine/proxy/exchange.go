@@ -49,6 +49,9 @@ type exchange struct {
 	last     failure
 	retryEnd func()
 	sentReq  bool // the request body has been read from downstream once
+
+	staleRetry   bool // the next attempt resends after a stale pooled connection
+	staleRetried bool // that happened already for this request
 }
 
 func randUint32() uint32 { return rand.Uint32() }
@@ -66,7 +69,9 @@ func (e *exchange) run() {
 	if e.ra.Timeout > 0 {
 		e.deadline = s.start.Add(e.ra.Timeout)
 	}
-	if e.max > 1 && !e.p.end && e.p.body == nil {
+	if !e.p.end && e.p.body == nil {
+		// Keep the streamed body (up to retryBufferLimit) for a retry, or
+		// for resending it when a reused connection turns out stale.
 		e.p.replay = stream.GetBuffer()
 	}
 	defer func() {
@@ -105,6 +110,10 @@ func (e *exchange) run() {
 		}
 		if e.attempt(host) == outDone {
 			return
+		}
+		if e.staleRetry {
+			e.staleRetry = false
+			continue // not the upstream's fault: no back-off
 		}
 		if !e.backoff() {
 			e.fail()
@@ -191,17 +200,17 @@ func (e *exchange) replayable() bool {
 // backoff sleeps Envoy's jittered exponential back-off before a retry; false
 // when the route deadline leaves no time.
 func (e *exchange) backoff() bool {
-	base, max := 25*time.Millisecond, 250*time.Millisecond
+	base, limit := 25*time.Millisecond, 250*time.Millisecond
 	if e.policy != nil && e.policy.BackoffBase > 0 {
 		base = e.policy.BackoffBase
-		max = 10 * base
+		limit = 10 * base
 		if e.policy.BackoffMax > 0 {
-			max = e.policy.BackoffMax
+			limit = e.policy.BackoffMax
 		}
 	}
-	d := base << min(e.attempts-1, 16)
-	if d > max || d <= 0 {
-		d = max
+	d := base << min(max(e.attempts-1, 0), 16)
+	if d > limit || d <= 0 {
+		d = limit
 	}
 	d = time.Duration(rand.Int64N(int64(d) + 1))
 	if !e.deadline.IsZero() && time.Now().Add(d).After(e.deadline) {
@@ -310,9 +319,9 @@ func (e *exchange) attempt(host *upstream.Host) outcome {
 	}
 	// A reused keep-alive connection the upstream closed as we wrote is not
 	// the upstream failing: try once more on a fresh one.
-	if f == failReset && conn.Reused() && e.replayable() && e.attempts <= e.max {
-		e.attempts--
-		e.max-- // at most once per request
+	if f == failReset && conn.Reused() && e.replayable() && !e.staleRetried {
+		e.attempts-- // not counted as a retry, and done at most once
+		e.staleRetried, e.staleRetry = true, true
 		return outRetry
 	}
 	e.last = f

@@ -7,10 +7,12 @@ package proxy
 import (
 	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"sync"
 	"time"
 
 	"github.com/sluice-proxy/sluice/engine/config"
+	"github.com/sluice-proxy/sluice/engine/header"
 	"github.com/sluice-proxy/sluice/engine/observe"
 	"github.com/sluice-proxy/sluice/engine/proxy/route"
 	"github.com/sluice-proxy/sluice/engine/stream"
@@ -305,13 +307,41 @@ func (cm *ConnectionManager) Config() *config.HTTPConnectionManager { return cm.
 func (cm *ConnectionManager) ServeStream(ss stream.ServerStream) {
 	s := cm.pool.Get().(*activeStream)
 	s.init(cm, ss)
-	s.serve()
+	if !s.serveSafely() {
+		return // the stream's state is unknown: neither finish nor pool it
+	}
 	s.finish()
 	if s.async {
 		return // a filter goroutine may still call it: leave it to the GC
 	}
 	s.reset()
 	cm.pool.Put(s)
+}
+
+// serveSafely runs the stream, turning a bug in the proxy path into a 500
+// for this request (or a reset, once the response has started) instead of
+// a dead connection.
+func (s *activeStream) serveSafely() (ok bool) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.cm.log.Error("proxy panicked serving a stream", "panic", fmt.Sprint(r), "stream", s.id, "stack", string(debug.Stack()))
+			s.done.Store(true)
+			if s.headSent {
+				s.ss.Reset()
+				return
+			}
+			var h header.Map
+			h.Add(":status", "500")
+			h.Add("content-length", "0")
+			h.Add("connection", "close")
+			if s.ss.WriteHeaders(&h, true) != nil {
+				s.ss.Reset()
+			}
+			ok = false
+		}
+	}()
+	s.serve()
+	return true
 }
 
 func statusClass(code int) int {

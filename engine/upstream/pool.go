@@ -137,12 +137,17 @@ func (h *Host) acquire(ctx context.Context, deadline time.Time) (*Conn, error) {
 		p.idle = p.idle[:n-1]
 		conn.state = connInUse
 		p.mu.Unlock()
-		if c.idleTimeout > 0 && monoNow()-conn.idleSince >= c.idleTimeout {
+		idle := monoNow() - conn.idleSince
+		if c.idleTimeout > 0 && idle >= c.idleTimeout {
 			c.Stats.CxIdleTimeout.Inc()
 			h.discard(conn)
 			continue
 		}
-		if conn.peerClosed() {
+		// A connection idle for a moment is almost never closed by its peer
+		// (servers close after seconds of keep-alive idleness), so the
+		// peek syscall is saved on busy pools; the proxy retries a reused
+		// connection that fails before any response byte anyway.
+		if idle >= int64(peekAfterIdle) && conn.peerClosed() {
 			h.discard(conn)
 			continue
 		}
@@ -275,6 +280,10 @@ func (h *Host) dial(ctx context.Context, deadline time.Time) (*Conn, error) {
 	}
 	return conn, nil
 }
+
+// peekAfterIdle is how long a connection must have been idle before
+// Acquire checks that its peer has not closed it.
+const peekAfterIdle = 100 * time.Millisecond
 
 // peerClosed reports whether an idle connection was closed by the peer or
 // has unexpected bytes to read: a non-blocking MSG_PEEK, no goroutine.

@@ -96,6 +96,7 @@ func TestStaleConnection(t *testing.T) {
 			eventually(t, "server to accept", func() bool { return srv.accepted.Load() == 1 })
 			tt.spoil(srv)
 			eventually(t, "the client to see it", a.peerClosed)
+			time.Sleep(peekAfterIdle) // only connections idle that long are peeked
 			b := mustAcquire(t, h)
 			if b == a {
 				t.Fatal("handed out a dead connection")
