@@ -1,0 +1,78 @@
+package main
+
+import (
+	"context"
+	"os"
+	"time"
+)
+
+// watcher polls files for changes. Polling (not inotify) keeps it simple and
+// correct for editors that replace files by rename and for files on any
+// filesystem; the cost is a stat per file per interval.
+type watcher struct {
+	interval time.Duration
+	files    map[string]fileStamp
+}
+
+type fileStamp struct {
+	size    int64
+	modTime time.Time
+	missing bool
+}
+
+func stamp(path string) fileStamp {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fileStamp{missing: true}
+	}
+	return fileStamp{size: fi.Size(), modTime: fi.ModTime()}
+}
+
+func newWatcher(interval time.Duration, paths []string) *watcher {
+	w := &watcher{interval: interval}
+	w.reset(paths)
+	return w
+}
+
+// reset watches a new set of paths (after a reload changed the imports).
+func (w *watcher) reset(paths []string) {
+	w.files = make(map[string]fileStamp, len(paths))
+	for _, p := range paths {
+		w.files[p] = stamp(p)
+	}
+}
+
+// run calls changed (on the watcher's goroutine) whenever a watched file's
+// size or modification time changes, until ctx ends. changed returns the
+// paths to watch from then on.
+func (w *watcher) run(ctx context.Context, changed func() []string) {
+	t := time.NewTicker(w.interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		dirty := false
+		now := make(map[string]fileStamp, len(w.files))
+		for p, old := range w.files {
+			now[p] = stamp(p)
+			dirty = dirty || now[p] != old
+		}
+		if !dirty {
+			continue
+		}
+		// Stamps are taken before the reload reads the files, so an edit
+		// made while it runs is seen at the next tick.
+		next := make(map[string]fileStamp)
+		for _, p := range changed() {
+			if st, ok := now[p]; ok {
+				next[p] = st
+			} else {
+				next[p] = stamp(p)
+			}
+		}
+		w.files = next
+	}
+}
