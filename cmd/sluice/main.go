@@ -3,6 +3,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -84,6 +85,12 @@ func loadConfig(path string) (*config.Snapshot, error) {
 	return nil, fmt.Errorf("%s: unknown config type %q (want .yaml, .yml or .json)", path, filepath.Ext(path))
 }
 
+// watchPaths lists the files a config was read from; the config file itself
+// even when it failed to load, so fixing it is noticed.
+func watchPaths(path string, _ *config.Snapshot) []string {
+	return []string{path}
+}
+
 func cmdValidate(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("validate", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -127,6 +134,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	adminAddr := fs.String("admin", "", "admin address, overriding the config's (\"off\" disables it)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	drain := fs.Duration("drain-timeout", 10*time.Second, "how long SIGTERM waits for requests in flight")
+	watch := fs.Duration("watch", time.Second, "how often to check the config file (and what it includes) for changes; 0 disables")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, `Usage: sluice run [-c FILE] [flags]
 
@@ -134,8 +142,10 @@ Runs the proxy. With no -c it runs the quickstart: a listener on
 127.0.0.1:8080 in front of a demo upstream it starts on 127.0.0.1:8081,
 and the admin server on 127.0.0.1:9901.
 
-Signals: SIGHUP reloads the config file (a bad file is logged and the running
-config keeps serving); SIGTERM or SIGINT drains and exits.
+The config file is watched: a change is applied with no request lost; a bad
+file is logged with its position and the running config keeps serving.
+Signals: SIGHUP reloads the config file at once; SIGTERM or SIGINT drains and
+exits.
 
 Flags:
 `)
@@ -183,6 +193,33 @@ Flags:
 		fmt.Fprintf(stdout, "Sluice quickstart is running.\n  try:   curl -si http://127.0.0.1:8080/\n  stats: curl -s http://%s/stats/prometheus\n  stop:  Ctrl-C\n", srv.AdminAddr())
 	}
 
+	reload := func() []string {
+		next, err := loadConfig(*cfgPath)
+		if err == nil {
+			err = srv.Apply(next)
+		}
+		if err != nil {
+			log.Error("reload rejected; the running config keeps serving", "err", err)
+		}
+		return watchPaths(*cfgPath, next)
+	}
+	reloads := make(chan chan []string)
+	if *cfgPath != "" && *watch > 0 {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		// Reloads run on the main goroutine, one at a time, whether a file
+		// change or SIGHUP asked for them.
+		go newWatcher(*watch, watchPaths(*cfgPath, snap)).run(ctx, func() []string {
+			reply := make(chan []string)
+			select {
+			case reloads <- reply:
+				return <-reply
+			case <-ctx.Done():
+				return nil
+			}
+		})
+	}
+
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sigs)
@@ -192,19 +229,16 @@ Flags:
 			log.Info("quit requested through the admin server")
 			srv.Shutdown()
 			return 0
+		case reply := <-reloads:
+			log.Info("config file changed: reloading", "file", *cfgPath)
+			reply <- reload()
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
 				if *cfgPath == "" {
 					log.Info("SIGHUP: the quickstart has no file to reload")
 					continue
 				}
-				next, err := loadConfig(*cfgPath)
-				if err == nil {
-					err = srv.Apply(next)
-				}
-				if err != nil {
-					log.Error("reload rejected; the running config keeps serving", "err", err)
-				}
+				reload()
 				continue
 			}
 			log.Info("draining", "signal", sig.String(), "timeout", drain.String())
