@@ -58,6 +58,7 @@ func BenchmarkWriteResponse(b *testing.B) {
 			dc := &discardConn{}
 			c := connPool.Get().(*serverConn)
 			c.init(dc, &stream.ConnInfo{}, nil, nil)
+			c.acquire()
 			defer func() { c.release(); connPool.Put(c) }()
 			st := &c.st
 			b.ReportAllocs()

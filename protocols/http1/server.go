@@ -63,9 +63,13 @@ type serverConn struct {
 	conn    net.Conn
 	info    *stream.ConnInfo
 	handler stream.Handler
-	br      *bufio.Reader
-	bw      *bufio.Writer
-	cw      connWriter
+	// br and bw are pooled and held only while a request is being read
+	// or answered: an idle keep-alive connection waits for its next
+	// request's first byte in prefix and holds neither.
+	br     *bufio.Reader
+	bw     *bufio.Writer
+	cw     connWriter
+	prefix prefixReader
 
 	maxHeaderBytes int
 	maxHeaders     int
@@ -92,9 +96,8 @@ type serverConn struct {
 
 func (c *serverConn) init(nc net.Conn, info *stream.ConnInfo, h stream.Handler, o *stream.ServerOptions) {
 	c.conn, c.info, c.handler = nc, info, h
-	c.br = getReader(nc)
 	c.cw.conn = nc
-	c.bw = getWriter(&c.cw)
+	c.prefix.conn, c.prefix.n = nc, 0
 	if o == nil {
 		o = &stream.ServerOptions{}
 	}
@@ -137,6 +140,7 @@ func (c *serverConn) release() {
 	c.conn = nil
 	c.mu.Unlock()
 	c.br, c.bw, c.cw.conn, c.info, c.handler = nil, nil, nil, nil, nil
+	c.prefix.conn, c.prefix.n = nil, 0
 	if cap(c.headAcc) > 64<<10 {
 		c.headAcc = nil
 	}
@@ -163,13 +167,79 @@ func (c *serverConn) drain(gen uint64) {
 	}
 }
 
-func (c *serverConn) setReadDeadline(d time.Time) {
-	if d.Equal(c.deadline) {
+// setReadDeadline sets the read deadline to d unless it is already set.
+// A time-based d (now plus some timeout) is always new, so the one in
+// force is kept when it is not later than d and leaves at least seven
+// eighths of the time d would: renewing a deadline costs a timer update,
+// and this keeps that off most requests (as connWriter.armDeadline does for
+// writes) while never giving a peer more time than d. A zero d (no deadline) is only
+// ever set exactly. now is the current time if the caller has it at hand,
+// else zero.
+func (c *serverConn) setReadDeadline(d, now time.Time) {
+	cur := c.deadline
+	if d.Equal(cur) {
 		return
+	}
+	if !d.IsZero() && !cur.IsZero() && !cur.After(d) {
+		if now.IsZero() {
+			now = time.Now()
+		}
+		// Keep an earlier deadline only while it cuts the wanted timeout by
+		// at most an eighth: a timeout may fire up to 12.5% early, and a
+		// busy keep-alive connection re-arms about once per eighth of it.
+		if want := d.Sub(now); cur.Sub(now) >= want-want/8 {
+			return
+		}
 	}
 	c.deadline = d
 	c.conn.SetReadDeadline(d)
 }
+
+// acquire takes a reader and a writer from the pools. The reader returns
+// the byte prefix holds (if any) before reading the connection.
+func (c *serverConn) acquire() {
+	if c.br == nil {
+		c.br = getReader(&c.prefix)
+	}
+	if c.bw == nil {
+		c.bw = getWriter(&c.cw)
+	}
+}
+
+// releaseBuffers gives the reader and the writer back to their pools. Both
+// must be empty.
+func (c *serverConn) releaseBuffers() {
+	if c.br != nil {
+		putReader(c.br)
+		c.br = nil
+	}
+	if c.bw != nil {
+		putWriter(c.bw)
+		c.bw = nil
+	}
+}
+
+// prefixReader is what a connection's bufio.Reader reads from: the first
+// byte of a request, read while the connection held no buffer, then the
+// connection.
+type prefixReader struct {
+	conn net.Conn
+	buf  [1]byte
+	n    int // bytes of buf not yet returned
+}
+
+func (p *prefixReader) Read(b []byte) (int, error) {
+	if p.n > 0 && len(b) > 0 {
+		b[0] = p.buf[0]
+		p.n = 0
+		return 1, nil
+	}
+	return p.conn.Read(b)
+}
+
+// testHookIdle, when set, runs as the connection starts waiting for its
+// next request without buffers.
+var testHookIdle atomic.Pointer[func(*serverConn)]
 
 func (c *serverConn) serve(ctx context.Context, nc net.Conn, info *stream.ConnInfo, h stream.Handler, o *stream.ServerOptions) error {
 	c.init(nc, info, h, o)
@@ -204,9 +274,18 @@ func (c *serverConn) serve(ctx context.Context, nc net.Conn, info *stream.ConnIn
 
 // awaitRequest waits for the first byte of the next request. It reports
 // false (and closes nothing) when the peer left, the idle timeout passed or
-// the connection is draining.
+// the connection is draining. With nothing buffered it gives the reader and
+// writer back to their pools while it waits and takes them again when the
+// byte arrives; a pipelined request already in the buffer keeps them.
 func (c *serverConn) awaitRequest(first bool, accept time.Time) (bool, error) {
-	var d time.Time
+	if c.br != nil && c.br.Buffered() > 0 {
+		// A pipelined request: no read, so no deadline, and no wait.
+		if c.draining.Load() {
+			return false, nil
+		}
+		return true, nil
+	}
+	var d, now time.Time
 	if first {
 		if c.headersTimeout > 0 {
 			d = accept.Add(c.headersTimeout)
@@ -216,19 +295,31 @@ func (c *serverConn) awaitRequest(first bool, accept time.Time) (bool, error) {
 				d = t
 			}
 		}
-	} else if c.idleTimeout > 0 && c.br.Buffered() == 0 {
-		d = time.Now().Add(c.idleTimeout)
+	} else if c.idleTimeout > 0 {
+		now = time.Now()
+		d = now.Add(c.idleTimeout)
+	}
+	if c.bw == nil || c.bw.Buffered() == 0 {
+		c.releaseBuffers()
 	}
 	c.mu.Lock()
 	if c.draining.Load() {
 		c.mu.Unlock()
 		return false, nil
 	}
-	c.setReadDeadline(d)
+	c.setReadDeadline(d, now)
 	c.idle = true
 	c.mu.Unlock()
 
-	_, err := c.br.Peek(1)
+	var err error
+	if c.br == nil {
+		if h := testHookIdle.Load(); h != nil {
+			(*h)(c)
+		}
+		err = c.readFirst()
+	} else {
+		_, err = c.br.Peek(1)
+	}
 
 	c.mu.Lock()
 	c.idle = false
@@ -244,16 +335,32 @@ func (c *serverConn) awaitRequest(first bool, accept time.Time) (bool, error) {
 		}
 		return false, &ioError{"read", err}
 	}
+	c.acquire()
 	return true, nil
+}
+
+// readFirst reads the first byte of a request into prefix.
+func (c *serverConn) readFirst() error {
+	for {
+		n, err := c.conn.Read(c.prefix.buf[:])
+		if n > 0 {
+			c.prefix.n = n
+			return nil // an error comes back on the next read
+		}
+		if err != nil {
+			return err
+		}
+	}
 }
 
 // readRequest reads and checks the next request head and sets up its body.
 func (c *serverConn) readRequest(first bool, accept time.Time) error {
-	var start time.Time
+	var start, now time.Time
 	if c.headersTimeout > 0 || c.requestTimeout > 0 {
 		start = accept
 		if !first {
-			start = time.Now()
+			now = time.Now()
+			start = now
 		}
 	}
 	var d time.Time
@@ -267,7 +374,7 @@ func (c *serverConn) readRequest(first bool, accept time.Time) error {
 			d = c.reqDeadline
 		}
 	}
-	c.setReadDeadline(d)
+	c.setReadDeadline(d, now)
 
 	st := &c.st
 	st.begin()
@@ -298,7 +405,11 @@ func (c *serverConn) readRequest(first bool, accept time.Time) error {
 	if c.maxRequests > 0 && c.nreq+1 >= c.maxRequests {
 		st.closeAfter = true
 	}
-	c.setReadDeadline(c.reqDeadline)
+	if st.body.mode != bodyNone {
+		// Nothing reads a bodiless request's connection before the next
+		// awaitRequest (or a close) sets its own deadline.
+		c.setReadDeadline(c.reqDeadline, time.Time{})
+	}
 	return nil
 }
 
@@ -397,11 +508,12 @@ func (c *serverConn) discardBody() bool {
 	if st.ri.expect100 && !st.continueSent {
 		return false // the client may never send it
 	}
-	d := time.Now().Add(discardTimeout)
+	now := time.Now()
+	d := now.Add(discardTimeout)
 	if !c.reqDeadline.IsZero() && c.reqDeadline.Before(d) {
 		d = c.reqDeadline
 	}
-	c.setReadDeadline(d)
+	c.setReadDeadline(d, now)
 	if cap(c.scratch) < bufSize {
 		c.scratch = make([]byte, 0, bufSize)
 	}

@@ -46,8 +46,8 @@ type connWriter struct {
 	bufs  net.Buffers
 	store [3][]byte
 	// timeout bounds each write, so a peer that stops reading cannot hold
-	// the connection; deadline is the one last set, renewed only when half
-	// spent to keep timer updates off most writes.
+	// the connection; deadline is the one last set, renewed once an eighth
+	// of it is spent to keep timer updates off most writes.
 	timeout  time.Duration
 	deadline time.Time
 }
@@ -57,7 +57,7 @@ func (w *connWriter) armDeadline() {
 		return
 	}
 	now := time.Now()
-	if w.deadline.Sub(now) < w.timeout/2 {
+	if w.deadline.Sub(now) < w.timeout-w.timeout/8 {
 		w.deadline = now.Add(w.timeout)
 		w.conn.SetWriteDeadline(w.deadline)
 	}
