@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/sluice-proxy/sluice/dsl/compile"
 	"github.com/sluice-proxy/sluice/engine/config"
 	"github.com/sluice-proxy/sluice/engine/server"
 	"github.com/sluice-proxy/sluice/xds"
@@ -30,10 +31,15 @@ const usage = `Sluice is a programmable proxy: routes and filters from Envoy con
 Usage:
   sluice run [-c FILE] [flags]   run the proxy (no -c: the built-in quickstart)
   sluice validate FILE...        check config files; exit 1 on any error
+  sluice fmt [-w] FILE...        print (or rewrite) .sluice files in canonical layout
+  sluice explain FILE METHOD URL [-H 'K: V']... [--source IP]
+                                 show the route and every action a request meets
+  sluice test FILE...            run the test blocks of .sluice files
   sluice version                 print the version
   sluice help [COMMAND]          show help
 
 Config files:
+  *.sluice                       the Sluice rule language (docs/dsl.md)
   *.yaml, *.yml, *.json          an Envoy v3 bootstrap (static_resources)
 
 Quickstart:
@@ -56,6 +62,12 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 		return cmdRun(args[1:], stdout, stderr)
 	case "validate":
 		return cmdValidate(args[1:], stdout, stderr)
+	case "fmt":
+		return cmdFmt(args[1:], stdout, stderr)
+	case "explain":
+		return cmdExplain(args[1:], stdout, stderr)
+	case "test":
+		return cmdTest(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "sluice %s\n", Version)
 		return 0
@@ -80,14 +92,22 @@ func loadConfig(path string) (*config.Snapshot, error) {
 	case ".yaml", ".yml", ".json":
 		return xds.LoadBootstrapFile(path)
 	case ".sluice":
-		return nil, fmt.Errorf("%s: the Sluice DSL is not available in this build yet; use an Envoy v3 bootstrap (.yaml/.json)", path)
+		res, err := loadDSL(path)
+		if err != nil {
+			return nil, err
+		}
+		return res.Snapshot, nil
 	}
 	return nil, fmt.Errorf("%s: unknown config type %q (want .yaml, .yml or .json)", path, filepath.Ext(path))
 }
 
-// watchPaths lists the files a config was read from; the config file itself
-// even when it failed to load, so fixing it is noticed.
+// watchPaths lists the files a config was read from — for a .sluice file
+// its imports and the Lua and Wasm files it names — even when it failed to
+// load, so fixing any of them is noticed.
 func watchPaths(path string, _ *config.Snapshot) []string {
+	if strings.EqualFold(filepath.Ext(path), ".sluice") {
+		return compile.WatchPaths(path, os.ReadFile)
+	}
 	return []string{path}
 }
 

@@ -65,3 +65,63 @@ func TestSampleStatic(t *testing.T) {
 		})
 	}
 }
+
+// TestSampleDSL runs samples/dsl/gateway.sluice as its README says, on free
+// ports, and sends the README's requests.
+func TestSampleDSL(t *testing.T) {
+	api := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "hello from api "+r.Header.Get("x-route")+"\n")
+	})
+	v2 := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/api/fail" {
+			w.WriteHeader(502)
+			return
+		}
+		io.WriteString(w, "hello from api_v2\n")
+	})
+	res, err := loadDSL("../../samples/dsl/gateway.sluice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap := res.Snapshot
+	snap.Listeners[0].Address = "127.0.0.1:0"
+	for _, c := range snap.Clusters {
+		switch c.Name {
+		case "api":
+			c.Endpoints[0].Address = api.addr()
+		case "api_v2":
+			c.Endpoints[0].Address = v2.addr()
+		}
+	}
+	srv := startServer(t, snap)
+	base := "http://" + srv.ListenerAddr("public").String()
+	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	for _, tc := range []struct {
+		name, path, canary string
+		code               int
+		body, header       string
+	}{
+		{"api", "/api/", "", 200, "hello from api api\n", ""},
+		{"canary", "/api/", "true", 200, "hello from api_v2\n", ""},
+		{"health", "/healthz", "", 200, "ok\n", ""},
+		{"redirect", "/v1/x", "", 308, "", ""},
+		{"fallback", "/nope", "", 404, "no route for /nope\n", ""},
+		{"upstream error marked", "/api/fail", "true", 502, "", "true"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req, _ := http.NewRequest("GET", base+tc.path, nil)
+			if tc.canary != "" {
+				req.Header.Set("x-canary", tc.canary)
+			}
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != tc.code || string(b) != tc.body || resp.Header.Get("x-upstream-error") != tc.header {
+				t.Errorf("got %d %q x-upstream-error=%q, want %d %q %q", resp.StatusCode, b, resp.Header.Get("x-upstream-error"), tc.code, tc.body, tc.header)
+			}
+		})
+	}
+}

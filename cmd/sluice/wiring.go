@@ -1,6 +1,7 @@
 package main
 
 import (
+	"github.com/sluice-proxy/sluice/dsl/rules"
 	"github.com/sluice-proxy/sluice/engine/filters/headermutation"
 	"github.com/sluice-proxy/sluice/engine/stream"
 	"github.com/sluice-proxy/sluice/protocols/http1"
@@ -12,5 +13,6 @@ func builtins() *stream.Registry {
 	r := stream.NewRegistry()
 	r.RegisterCodec("http1", http1.NewServerCodec(), http1.NewClientCodec())
 	r.RegisterFilter(headermutation.Compiler{}, headermutation.TypeNames...)
+	r.RegisterFilter(rules.Compiler{}, rules.TypeURL)
 	return r
 }

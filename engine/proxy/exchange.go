@@ -455,6 +455,7 @@ func (e *exchange) respond(conn *upstream.Conn, cc stream.ClientConn, reusable *
 	}
 	rp := phase{s: s, dir: dirResponse, n: s.reached, end: end, src: cc.ResponseBody(), cc: cc}
 	defer rp.release()
+	s.code = status // response.code for the response filters
 	if !rp.headers(&s.resp) {
 		if s.pending != nil {
 			s.finishLocal(0)

@@ -311,7 +311,7 @@ func (s *activeStream) finishLocal(n int) {
 	if s.route != nil && s.route.Config.DirectResponse != nil || s.route != nil && s.route.Config.Redirect != nil {
 		s.route.ApplyResponseMutations(h, nil)
 	}
-	s.code = lr.status
+	s.code = lr.status // response.code for the response filters
 	body := stream.GetBuffer()
 	defer stream.PutBuffer(body)
 	body.SetString(lr.body)
