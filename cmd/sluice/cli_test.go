@@ -23,12 +23,12 @@ func TestCLI(t *testing.T) {
 		{"validate unknown field", []string{"validate", "testdata/unknown-field.yaml"}, 1, "", "timeuot"},
 		{"validate unknown cluster", []string{"validate", "testdata/unknown-cluster.yaml"}, 1, "", `unknown cluster "nope"`},
 		{"validate missing file", []string{"validate", "testdata/nope.yaml"}, 1, "", "no such file"},
-		{"validate dsl sample", []string{"validate", "../../samples/dsl/gateway.sluice"}, 0, "ok (1 listeners, 2 clusters)", ""},
+		{"validate dsl sample", []string{"validate", "../../samples/routing/gateway.sluice"}, 0, "ok (1 listeners, 2 clusters)", ""},
 		{"validate missing dsl", []string{"validate", "x.sluice"}, 1, "", "x.sluice"},
 		{"validate bad dsl", []string{"validate", "testdata/bad.sluice"}, 1, "", "unknown upstream \"apii\""},
-		{"test dsl sample", []string{"test", "../../samples/dsl/gateway.sluice"}, 0, "4 passed, 0 failed", ""},
-		{"explain", []string{"explain", "../../samples/dsl/gateway.sluice", "GET", "http://example.com/api/x", "-H", "x-canary: true"}, 0, "route: canary", ""},
-		{"fmt", []string{"fmt", "../../samples/dsl/gateway.sluice"}, 0, "route canary when", ""},
+		{"test dsl sample", []string{"test", "../../samples/routing/gateway.sluice"}, 0, "4 passed, 0 failed", ""},
+		{"explain", []string{"explain", "../../samples/routing/gateway.sluice", "GET", "http://example.com/api/x", "-H", "x-canary: true"}, 0, "route: canary", ""},
+		{"fmt", []string{"fmt", "../../samples/routing/gateway.sluice"}, 0, "route canary when", ""},
 		{"validate nothing", []string{"validate"}, 2, "", "Usage: sluice validate"},
 	}
 	for _, tc := range tests {

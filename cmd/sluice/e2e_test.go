@@ -196,7 +196,7 @@ func TestConcurrentKeepAlive(t *testing.T) {
 			c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 			if err != nil {
 				failures.Add(1)
-				firstErr.CompareAndSwap(nil, err)
+				firstErr.CompareAndSwap(nil, err.Error())
 				return
 			}
 			defer c.Close()
@@ -205,19 +205,19 @@ func TestConcurrentKeepAlive(t *testing.T) {
 			for j := 0; j < perConn; j++ {
 				if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: a\r\n\r\n"); err != nil {
 					failures.Add(1)
-					firstErr.CompareAndSwap(nil, err)
+					firstErr.CompareAndSwap(nil, err.Error())
 					return
 				}
 				resp, err := http.ReadResponse(br, nil)
 				if err != nil {
 					failures.Add(1)
-					firstErr.CompareAndSwap(nil, err)
+					firstErr.CompareAndSwap(nil, err.Error())
 					return
 				}
 				b, _ := io.ReadAll(resp.Body)
 				if resp.StatusCode != 200 || string(b) != "ok" {
 					failures.Add(1)
-					firstErr.CompareAndSwap(nil, fmt.Errorf("status %d body %q", resp.StatusCode, b))
+					firstErr.CompareAndSwap(nil, fmt.Sprintf("status %d body %q", resp.StatusCode, b))
 					return
 				}
 			}
@@ -278,14 +278,14 @@ func TestReloadLosesNothing(t *testing.T) {
 				resp, err := client.Get("http://" + addr + "/")
 				if err != nil {
 					bad.Add(1)
-					firstErr.CompareAndSwap(nil, err)
+					firstErr.CompareAndSwap(nil, err.Error())
 					continue
 				}
 				body, _ := io.ReadAll(resp.Body)
 				resp.Body.Close()
 				if resp.StatusCode != 200 || (string(body) != "a" && string(body) != "b") {
 					bad.Add(1)
-					firstErr.CompareAndSwap(nil, fmt.Errorf("status %d body %q", resp.StatusCode, body))
+					firstErr.CompareAndSwap(nil, fmt.Sprintf("status %d body %q", resp.StatusCode, body))
 					continue
 				}
 				ok.Add(1)

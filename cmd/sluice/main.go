@@ -86,8 +86,18 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 	return 2
 }
 
-// loadConfig reads a config file by its extension.
+// loadConfig reads a config file by its extension. A file that declares
+// no listener is refused: it serves nothing, and it is what a half-written
+// file often looks like.
 func loadConfig(path string) (*config.Snapshot, error) {
+	snap, err := loadConfigFile(path)
+	if err == nil && len(snap.Listeners) == 0 {
+		return nil, fmt.Errorf("%s: no listener is declared: nothing would be served", path)
+	}
+	return snap, err
+}
+
+func loadConfigFile(path string) (*config.Snapshot, error) {
 	switch strings.ToLower(filepath.Ext(path)) {
 	case ".yaml", ".yml", ".json":
 		return xds.LoadBootstrapFile(path)

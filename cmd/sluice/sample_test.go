@@ -66,7 +66,7 @@ func TestSampleStatic(t *testing.T) {
 	}
 }
 
-// TestSampleDSL runs samples/dsl/gateway.sluice as its README says, on free
+// TestSampleDSL runs samples/routing/gateway.sluice as its README says, on free
 // ports, and sends the README's requests.
 func TestSampleDSL(t *testing.T) {
 	api := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
@@ -79,7 +79,7 @@ func TestSampleDSL(t *testing.T) {
 		}
 		io.WriteString(w, "hello from api_v2\n")
 	})
-	res, err := loadDSL("../../samples/dsl/gateway.sluice")
+	res, err := loadDSL("../../samples/routing/gateway.sluice")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -28,6 +28,11 @@ func stamp(path string) fileStamp {
 	return fileStamp{size: fi.Size(), modTime: fi.ModTime()}
 }
 
+// settleTime is how long changed files must stay unchanged before a reload.
+func settleTime(interval time.Duration) time.Duration {
+	return min(max(interval/4, 20*time.Millisecond), 250*time.Millisecond)
+}
+
 func newWatcher(interval time.Duration, paths []string) *watcher {
 	w := &watcher{interval: interval}
 	w.reset(paths)
@@ -61,6 +66,20 @@ func (w *watcher) run(ctx context.Context, changed func() []string) {
 			dirty = dirty || now[p] != old
 		}
 		if !dirty {
+			continue
+		}
+		// Editors and tools often truncate a file, then write it: reading
+		// in between would apply an empty or cut config. Reload only once
+		// the files have stayed the same for a moment.
+		time.Sleep(settleTime(w.interval))
+		moving := false
+		for p, st := range now {
+			if stamp(p) != st {
+				moving = true
+				break
+			}
+		}
+		if moving {
 			continue
 		}
 		// Stamps are taken before the reload reads the files, so an edit
