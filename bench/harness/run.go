@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -62,6 +63,8 @@ var targetInfo = map[string]struct{ label, kind string }{
 	"sluice-gmp2":           {"sluice (GOMAXPROCS=2)", "sluice"},
 	"sluice-headermutation": {"sluice + header_mutation filter", "sluice"},
 	"sluice-routes100":      {"sluice, 100 prefix routes (last matches)", "sluice"},
+	"sluice-dsl-routes100":  {"sluice, 100 DSL routes (last matches)", "sluice"},
+	"sluice-cel":            {"sluice + CEL `on request` filter (DSL)", "sluice"},
 	"nginx":                 {"nginx (worker_processes 1)", "nginx"},
 	"haproxy":               {"haproxy (nbthread 1)", "haproxy"},
 }
@@ -98,6 +101,27 @@ func (e *env) startTarget(id string) (*target, error) {
 		t.proc, err = startProc(name, proxyCore, []string{"GOMAXPROCS=" + strconv.Itoa(procs)}, nil,
 			filepath.Join(e.bin, "sluice"), "run", "-c", cfg, "--admin", "127.0.0.1:0", "--log-level", "warn")
 		t.h1 = fmt.Sprintf("http://127.0.0.1:%d", port)
+	case "sluice-dsl-routes100", "sluice-cel":
+		// The same proxy written in the Sluice DSL. The file sets no admin
+		// address; --admin gives it one, as for the YAML targets.
+		variant, want := bench.VariantDSLRoutes100, "route: r99 "
+		if id == "sluice-cel" {
+			variant, want = bench.VariantDSLCEL, "x-cel: GET /small"
+		}
+		port := freePort()
+		cfg := filepath.Join(workDir, name+".sluice")
+		if err := os.WriteFile(cfg, []byte(bench.SluiceDSLConfig(port, e.originPort, variant)), 0o644); err != nil {
+			return nil, err
+		}
+		// The origin does not echo request headers, so `sluice explain`
+		// checks the compiled file does what the row says (the route that
+		// matches, the header the filter sets) before it is run.
+		if err := explainHas(filepath.Join(e.bin, "sluice"), cfg, dslPath(id), want); err != nil {
+			return nil, err
+		}
+		t.proc, err = startProc(name, proxyCore, []string{"GOMAXPROCS=1"}, nil,
+			filepath.Join(e.bin, "sluice"), "run", "-c", cfg, "--admin", "127.0.0.1:0", "--log-level", "warn")
+		t.h1 = fmt.Sprintf("http://127.0.0.1:%d", port)
 	case "nginx":
 		h1, h2 := freePort(), freePort()
 		dir := filepath.Join(workDir, name)
@@ -121,8 +145,11 @@ func (e *env) startTarget(id string) (*target, error) {
 		return nil, err
 	}
 	path := "/small"
-	if id == "sluice-routes100" {
+	switch id {
+	case "sluice-routes100":
 		path = "/p099/small"
+	case "sluice-dsl-routes100":
+		path = bench.DSLRoutes100Path
 	}
 	if err := waitHTTP(t.proc, e.check, t.h1+path, 15*time.Second); err != nil {
 		t.proc.stop()
@@ -138,7 +165,7 @@ func (e *env) startTarget(id string) (*target, error) {
 	switch id {
 	case "sluice-headermutation":
 		checks = append(checks, check{e.check, t.h1 + "/small", 35, "X-Proxied-By"})
-	case "sluice-routes100":
+	case "sluice-routes100", "sluice-dsl-routes100":
 		checks = checks[:1]
 	case "nginx", "haproxy":
 		checks = append(checks, check{e.checkH2, t.h2 + "/small", 35, ""})
@@ -150,6 +177,27 @@ func (e *env) startTarget(id string) (*target, error) {
 		}
 	}
 	return t, nil
+}
+
+// dslPath is the path a DSL target is measured (and explained) on.
+func dslPath(id string) string {
+	if id == "sluice-dsl-routes100" {
+		return bench.DSLRoutes100Path
+	}
+	return "/small"
+}
+
+// explainHas runs `sluice explain CFG GET http://bench<path>` and wants want
+// in its output.
+func explainHas(sluice, cfg, path, want string) error {
+	out, err := exec.Command(sluice, "explain", cfg, "GET", "http://bench"+path).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("sluice explain %s: %v\n%s", cfg, err, out)
+	}
+	if !strings.Contains(string(out), want) {
+		return fmt.Errorf("sluice explain %s GET %s: no %q in its output:\n%s", cfg, path, want, out)
+	}
+	return nil
 }
 
 func checkOnce(c *http.Client, url string, size int, hdr string) error {
@@ -274,8 +322,8 @@ func buildScenarios(o options) []*Scenario {
 		row("sluice", "no filter (router only)", "/small"),
 		row("sluice-headermutation", "native header_mutation (1 request + 1 response header)", "/small"),
 		row("sluice-routes100", "100 prefix routes, the last one matches", "/p099/small"),
-		{Target: "sluice-dsl-routes100", Label: "100 DSL routes", Kind: "sluice", NA: notImplemented},
-		{Target: "sluice-cel", Label: "CEL `on request` filter", Kind: "sluice", NA: notImplemented},
+		row("sluice-dsl-routes100", "100 DSL routes (`when request.path.startsWith`), the last one matches", bench.DSLRoutes100Path),
+		row("sluice-cel", "CEL `on request` filter (DSL; 1 request header from a string expression)", "/small"),
 		{Target: "sluice-lua", Label: "Lua header filter", Kind: "sluice", NA: notImplemented},
 		{Target: "sluice-wasm", Label: "Wasm header filter", Kind: "sluice", NA: notImplemented},
 	}

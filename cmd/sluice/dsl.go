@@ -13,6 +13,7 @@ import (
 	"github.com/sluice-proxy/sluice/dsl/compile"
 	"github.com/sluice-proxy/sluice/dsl/expr"
 	"github.com/sluice-proxy/sluice/dsl/syntax"
+	"github.com/sluice-proxy/sluice/engine/config"
 	"github.com/sluice-proxy/sluice/engine/header"
 )
 
@@ -24,11 +25,29 @@ var (
 
 // loadDSL parses and compiles a .sluice file and what it imports.
 func loadDSL(path string) (*compile.Result, error) {
+	return loadDSLFrom(path, os.ReadFile)
+}
+
+func loadDSLFrom(path string, read func(string) ([]byte, error)) (*compile.Result, error) {
 	celEnvOnce.Do(func() { celEnv, celEnvErr = expr.NewEnv() })
 	if celEnvErr != nil {
 		return nil, fmt.Errorf("dsl: %w", celEnvErr)
 	}
-	return compile.Load(path, os.ReadFile, celEnv)
+	return compile.Load(path, read, celEnv)
+}
+
+// loadQuickstart compiles the embedded quickstart.sluice.
+func loadQuickstart() (*config.Snapshot, error) {
+	res, err := loadDSLFrom("quickstart.sluice", func(p string) ([]byte, error) {
+		if p == "quickstart.sluice" {
+			return quickstartConfig, nil
+		}
+		return nil, fmt.Errorf("quickstart: %s: %w", p, os.ErrNotExist)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return res.Snapshot, nil
 }
 
 func cmdFmt(args []string, stdout, stderr io.Writer) int {

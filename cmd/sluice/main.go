@@ -203,7 +203,7 @@ Flags:
 			return 1
 		}
 		defer stop()
-		snap, err = xds.LoadBootstrap(quickstartConfig, "quickstart.yaml")
+		snap, err = loadQuickstart()
 		if err != nil {
 			log.Error("quickstart config", "err", err)
 			return 1

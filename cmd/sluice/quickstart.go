@@ -11,7 +11,7 @@ import (
 	"time"
 )
 
-//go:embed quickstart.yaml
+//go:embed quickstart.sluice
 var quickstartConfig []byte
 
 // demoUpstreamAddr is where the quickstart's demo upstream listens; the

@@ -79,6 +79,7 @@ import (
 	"github.com/sluice-proxy/sluice/dsl/syntax"
 	"github.com/sluice-proxy/sluice/engine/attr"
 	"github.com/sluice-proxy/sluice/engine/config"
+	"github.com/sluice-proxy/sluice/engine/observe"
 	"github.com/sluice-proxy/sluice/engine/header"
 )
 
@@ -670,6 +671,16 @@ func (c *compiler) listener(l *syntax.Listener) *listenerInfo {
 			}
 			protocol = it
 			hcm.Codec = config.Codec(it.Name.Name)
+		case *syntax.AccessLog:
+			al := &config.AccessLog{Path: it.Path.Value}
+			if it.Format != nil {
+				al.Format = it.Format.Value
+				if _, err := observe.CompileFormat(al.Format); err != nil {
+					c.errorf(it.Format.Pos, "", "%v", err)
+					continue
+				}
+			}
+			hcm.AccessLogs = append(hcm.AccessLogs, al)
 		case *syntax.On:
 			b := c.onBlock(it)
 			if b == nil {

@@ -309,6 +309,14 @@ type Wasm struct {
 	RootID *String // nil: not given
 }
 
+// AccessLog is `access_log "PATH" [format STRING]` in a listener: one line
+// per request in Envoy's %COMMAND% format ("/dev/stdout" for the terminal).
+type AccessLog struct {
+	StmtInfo
+	Path   *String
+	Format *String // nil: Envoy's default format
+}
+
 // ---- actions ----
 
 // HeaderOp is the verb of a header action.
@@ -484,6 +492,7 @@ func (*HealthCheck) upstreamStmt()    {}
 func (*GenericStmt) upstreamStmt()    {}
 
 func (*Protocol) listenerItem() {}
+func (*AccessLog) listenerItem() {}
 func (*On) listenerItem()       {}
 func (*Lua) listenerItem()      {}
 func (*Wasm) listenerItem()     {}

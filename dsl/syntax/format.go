@@ -221,6 +221,11 @@ func line(s Stmt) string {
 		} else {
 			w("lua ", s.Code.Raw)
 		}
+	case *AccessLog:
+		w("access_log ", s.Path.Raw)
+		if s.Format != nil {
+			w(" format ", s.Format.Raw)
+		}
 	case *Wasm:
 		w("wasm ", s.File.Raw)
 		if s.Config != nil {

@@ -297,7 +297,7 @@ func (p *parser) closeBlock(b *Block) {
 var (
 	topWords      = []string{"admin", "import", "upstream", "listener", "test"}
 	upstreamWords = []string{"endpoint", "lb", "connect_timeout", "protocol", "health_check", "tls"}
-	listenerWords = []string{"protocol", "on", "lua", "wasm", "route"}
+	listenerWords = []string{"protocol", "access_log", "on", "lua", "wasm", "route"}
 	actionWords   = []string{"set", "add", "remove", "rewrite", "ratelimit", "delay", "abort",
 		"respond", "redirect", "deny", "proxy", "lua", "wasm"}
 	testWords = []string{"request", "expect"}
@@ -651,6 +651,16 @@ func (p *parser) listenerItem() ListenerItem {
 			return p.lua()
 		case "wasm":
 			return p.wasm()
+		case "access_log":
+			s := &AccessLog{}
+			s.Pos = pos
+			p.next()
+			s.Path = p.str("an access log path (\"/dev/stdout\" for the terminal)")
+			p.options("access_log", []string{"format"}, "", func(string) {
+				p.next()
+				s.Format = p.str("an access log format")
+			})
+			return s
 		}
 	}
 	p.unknownStmt("in a listener block", listenerWords)

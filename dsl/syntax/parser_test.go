@@ -355,7 +355,7 @@ t.sluice:2:35: expected ` + "`{`" + ` after the condition, found end of line
 t.sluice:3:3: expected a statement, found ` + "`{`" + `
       {
       ^
-    hint: expected one of: protocol, on, lua, wasm, route`},
+    hint: expected one of: protocol, access_log, on, lua, wasm, route`},
 		{"listener l 127.0.0.1:80 {\n  route r when f(a {\n    respond 200\n  }\n}", `
 t.sluice:2:17: unclosed ` + "`(`" + ` in expression
       route r when f(a {

@@ -46,6 +46,8 @@ func Inspect(n Node, f func(Node) bool) {
 		visit(n.Timeout)
 	case *Protocol:
 		visit(n.Name)
+	case *AccessLog:
+		visit(n.Path, n.Format)
 	case *HealthCheck:
 		visit(n.Kind, n.Path, n.Interval)
 	case *GenericStmt:
