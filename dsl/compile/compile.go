@@ -79,8 +79,8 @@ import (
 	"github.com/sluice-proxy/sluice/dsl/syntax"
 	"github.com/sluice-proxy/sluice/engine/attr"
 	"github.com/sluice-proxy/sluice/engine/config"
-	"github.com/sluice-proxy/sluice/engine/observe"
 	"github.com/sluice-proxy/sluice/engine/header"
+	"github.com/sluice-proxy/sluice/engine/observe"
 )
 
 // Defaults, as the xDS translator uses for an Envoy bootstrap.

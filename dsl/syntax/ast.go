@@ -491,12 +491,12 @@ func (*Protocol) upstreamStmt()       {}
 func (*HealthCheck) upstreamStmt()    {}
 func (*GenericStmt) upstreamStmt()    {}
 
-func (*Protocol) listenerItem() {}
+func (*Protocol) listenerItem()  {}
 func (*AccessLog) listenerItem() {}
-func (*On) listenerItem()       {}
-func (*Lua) listenerItem()      {}
-func (*Wasm) listenerItem()     {}
-func (*Route) listenerItem()    {}
+func (*On) listenerItem()        {}
+func (*Lua) listenerItem()       {}
+func (*Wasm) listenerItem()      {}
+func (*Route) listenerItem()     {}
 
 func (*HeaderAction) action() {}
 func (*Rewrite) action()      {}
