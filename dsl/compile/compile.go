@@ -75,6 +75,7 @@ import (
 	"time"
 
 	"github.com/sluice-proxy/sluice/dsl/expr"
+	"github.com/sluice-proxy/sluice/dsl/internal/suggest"
 	"github.com/sluice-proxy/sluice/dsl/rules"
 	"github.com/sluice-proxy/sluice/dsl/syntax"
 	"github.com/sluice-proxy/sluice/engine/attr"
@@ -585,46 +586,12 @@ func (c *compiler) upstreamRef(id *syntax.Ident) bool {
 		hint = "declare it with: upstream " + id.Name + " { endpoint HOST:PORT }"
 	} else {
 		hint = "upstreams are: " + strings.Join(c.upOrder, ", ")
-		if s := closest(id.Name, c.upOrder); s != "" {
+		if s := suggest.Closest(id.Name, c.upOrder); s != "" {
 			hint = "did you mean " + s + "? " + hint
 		}
 	}
 	c.errorf(id.Pos, hint, "unknown upstream %q", id.Name)
 	return false
-}
-
-// closest returns the candidate within a small edit distance of word.
-func closest(word string, candidates []string) string {
-	best, bestD := "", 3
-	for _, cand := range candidates {
-		if d := editDistance(word, cand); d < bestD {
-			best, bestD = cand, d
-		}
-	}
-	if bestD > max(1, len(word)/3) {
-		return ""
-	}
-	return best
-}
-
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
 }
 
 // ---- listeners ----
@@ -1205,7 +1172,7 @@ func (c *compiler) proxy(p *syntax.Proxy) *config.RouteAction {
 				on = strings.TrimSpace(on)
 				if !slices.Contains(RetryOn, on) {
 					hint := "expected a comma-separated list of: " + strings.Join(RetryOn, ", ")
-					if s := closest(on, RetryOn); s != "" {
+					if s := suggest.Closest(on, RetryOn); s != "" {
 						hint = "did you mean " + s + "? " + hint
 					}
 					c.errorf(p.RetryOn.Pos, hint, "unknown retry condition %q", on)
@@ -1312,7 +1279,7 @@ func (c *compiler) test(t *syntax.Test) *Test {
 				names = append(names, r.Name)
 			}
 			hint := "routes are: " + strings.Join(names, ", ")
-			if s := closest(e.Name, names); s != "" {
+			if s := suggest.Closest(e.Name, names); s != "" {
 				hint = "did you mean " + s + "? " + hint
 			}
 			c.errorf(e.Pos, hint, "listener %q has no route %q", li.name, e.Name)

@@ -2,6 +2,7 @@ package expr
 
 import (
 	"fmt"
+	"github.com/sluice-proxy/sluice/dsl/internal/suggest"
 	"slices"
 	"sort"
 	"strings"
@@ -389,7 +390,7 @@ func (c *nameChecker) unknown(name string) string {
 			continue
 		}
 		same = append(same, n)
-		if d := distance(name, n); d < bestD || d == bestD && n < best {
+		if d := suggest.Distance(name, n); d < bestD || d == bestD && n < best {
 			best, bestD = n, d
 		}
 	}
@@ -401,25 +402,4 @@ func (c *nameChecker) unknown(name string) string {
 		return fmt.Sprintf("%s is not an attribute; %s attributes are %s", name, ns, strings.Join(same, ", "))
 	}
 	return fmt.Sprintf("unknown attribute %s; %s attributes are %s", name, ns, strings.Join(same, ", "))
-}
-
-// distance is the Levenshtein distance.
-func distance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
 }

@@ -2,6 +2,7 @@ package syntax
 
 import (
 	"fmt"
+	"github.com/sluice-proxy/sluice/dsl/internal/suggest"
 	"strings"
 	"testing"
 )
@@ -192,7 +193,7 @@ func TestSuggest(t *testing.T) {
 		"endpont": "endpoint", "endpoints": "endpoint", "connect_timout": "connect_timeout",
 		"tsl": "", "lbb": "lb", "x": "", "protocl": "protocol", "weight": "",
 	} {
-		if got := suggest(in, words); got != want {
+		if got := suggest.Closest(in, words); got != want {
 			t.Errorf("suggest(%q) = %q, want %q", in, got, want)
 		}
 	}

@@ -2,6 +2,7 @@ package syntax
 
 import (
 	"fmt"
+	"github.com/sluice-proxy/sluice/dsl/internal/suggest"
 	"net"
 	"slices"
 	"strconv"
@@ -329,7 +330,7 @@ func (p *parser) unknownStmt(where string, words []string) {
 			"`%s` is not allowed %s", t.text, where)
 	}
 	hint := oneOf(words)
-	if s := suggest(t.text, words); s != "" {
+	if s := suggest.Closest(t.text, words); s != "" {
 		hint = "did you mean `" + s + "`? " + hint
 	}
 	p.fail(t.pos, hint, "unknown statement `%s` %s", t.text, where)
@@ -345,7 +346,7 @@ func (p *parser) options(stmt string, names []string, repeatable string, parse f
 		if t.kind != tIdent || !slices.Contains(names, t.text) {
 			hint := oneOf(append(slices.Clone(names), "the end of the statement"))
 			if t.kind == tIdent {
-				if s := suggest(t.text, names); s != "" {
+				if s := suggest.Closest(t.text, names); s != "" {
 					hint = "did you mean `" + s + "`? " + hint
 				}
 			}
@@ -377,7 +378,7 @@ func (p *parser) word(what string, words []string) *Ident {
 	}
 	if !slices.Contains(words, p.tok.text) {
 		hint := oneOf(words)
-		if s := suggest(p.tok.text, words); s != "" {
+		if s := suggest.Closest(p.tok.text, words); s != "" {
 			hint = "did you mean `" + s + "`? " + hint
 		}
 		p.fail(p.tok.pos, hint, "unknown %s `%s`", what, p.tok.text)
