@@ -2,7 +2,6 @@ package expr
 
 import (
 	"fmt"
-	"github.com/sluice-proxy/sluice/dsl/internal/suggest"
 	"slices"
 	"sort"
 	"strings"
@@ -13,7 +12,7 @@ import (
 	"github.com/google/cel-go/common/operators"
 	"github.com/google/cel-go/common/types"
 	"github.com/google/cel-go/common/types/ref"
-
+	"github.com/sluice-proxy/sluice/dsl/internal/suggest"
 	"github.com/sluice-proxy/sluice/engine/attr"
 )
 

@@ -2,9 +2,10 @@ package syntax
 
 import (
 	"fmt"
-	"github.com/sluice-proxy/sluice/dsl/internal/suggest"
 	"strings"
 	"testing"
+
+	"github.com/sluice-proxy/sluice/dsl/internal/suggest"
 )
 
 // lexAll returns the ordinary tokens of src as "kind text @line:col".

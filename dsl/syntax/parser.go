@@ -2,12 +2,13 @@ package syntax
 
 import (
 	"fmt"
-	"github.com/sluice-proxy/sluice/dsl/internal/suggest"
 	"net"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/sluice-proxy/sluice/dsl/internal/suggest"
 )
 
 // MaxErrors is the number of diagnostics after which Parse stops.
