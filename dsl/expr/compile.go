@@ -1,6 +1,7 @@
 package expr
 
 import (
+	"encoding/json"
 	"fmt"
 	"slices"
 	"sort"
@@ -29,6 +30,10 @@ type Program struct {
 
 // Source returns the expression text.
 func (p *Program) Source() string { return p.src }
+
+// MarshalJSON renders the program as its expression text, so config dumps
+// show what a compiled condition or value says.
+func (p *Program) MarshalJSON() ([]byte, error) { return json.Marshal(p.src) }
 
 // Constant reports the value of an expression that reads no attribute
 // (after constant folding), e.g. the body of `respond 200 "ok"`.
