@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -256,54 +255,15 @@ func TestReloadLosesNothing(t *testing.T) {
 	}
 	addr = srv.ListenerAddr("main").String()
 
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	var ok, bad atomic.Int64
-	var firstErr atomic.Value
-	var wg sync.WaitGroup
-	stop := make(chan struct{})
-	for w := 0; w < 8; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			client := &http.Client{Timeout: 5 * time.Second}
-			for n := 0; n < 5000; n++ {
-				select {
-				case <-stop:
-					return
-				case <-ctx.Done():
-					return
-				default:
-				}
-				resp, err := client.Get("http://" + addr + "/")
-				if err != nil {
-					bad.Add(1)
-					firstErr.CompareAndSwap(nil, err.Error())
-					continue
-				}
-				body, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != 200 || (string(body) != "a" && string(body) != "b") {
-					bad.Add(1)
-					firstErr.CompareAndSwap(nil, fmt.Sprintf("status %d body %q", resp.StatusCode, body))
-					continue
-				}
-				ok.Add(1)
-			}
-		}()
-	}
+	ld := startLoad("http://"+addr+"/", 8, 5000, func(body string) bool { return body == "a" || body == "b" })
 	for i := 1; i <= 100; i++ {
 		if err := srv.Apply(fixed(i)); err != nil {
 			t.Fatalf("swap %d: %v", i, err)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	close(stop)
-	wg.Wait()
-	if bad.Load() > 0 || ok.Load() == 0 {
-		t.Fatalf("%d ok, %d failed; first failure: %v", ok.Load(), bad.Load(), firstErr.Load())
-	}
-	t.Logf("%d requests across 100 swaps, none lost", ok.Load())
+	ld.finish(t)
+	t.Logf("%d requests across 100 swaps, none lost", ld.ok.Load())
 }
 
 // TestBadSnapshotKeepsServing: a rejected snapshot leaves the old one on.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -9,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -148,4 +150,63 @@ func readResponse(t testing.TB, br *bufio.Reader, method string) *http.Response 
 		t.Fatalf("read response: %v", err)
 	}
 	return resp
+}
+
+// load is a bounded load loop: workers GET a URL until stopped (or each
+// has sent its maximum), counting answers that pass a check.
+type load struct {
+	ok, bad  atomic.Int64
+	firstErr atomic.Value // string
+	stop     chan struct{}
+	wg       sync.WaitGroup
+}
+
+// startLoad starts workers that GET url; want says whether a 200 body is
+// right. Every worker stops after max requests or 20 s at the latest.
+func startLoad(url string, workers, max int, want func(body string) bool) *load {
+	l := &load{stop: make(chan struct{})}
+	deadline := time.Now().Add(20 * time.Second)
+	for w := 0; w < workers; w++ {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			client := &http.Client{Timeout: 5 * time.Second}
+			for n := 0; n < max && time.Now().Before(deadline); n++ {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				resp, err := client.Get(url)
+				if err != nil {
+					l.fail(err.Error())
+					continue
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 || !want(string(body)) {
+					l.fail(fmt.Sprintf("status %d body %q", resp.StatusCode, body))
+					continue
+				}
+				l.ok.Add(1)
+			}
+		}()
+	}
+	return l
+}
+
+func (l *load) fail(msg string) {
+	l.bad.Add(1)
+	l.firstErr.CompareAndSwap(nil, msg)
+}
+
+// finish stops the workers and fails the test if any request failed or
+// none succeeded.
+func (l *load) finish(t *testing.T) {
+	t.Helper()
+	close(l.stop)
+	l.wg.Wait()
+	if l.bad.Load() > 0 || l.ok.Load() == 0 {
+		t.Fatalf("%d ok, %d failed; first failure: %v", l.ok.Load(), l.bad.Load(), l.firstErr.Load())
+	}
 }

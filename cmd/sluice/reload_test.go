@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -59,39 +58,7 @@ func TestDSLReloadUnderLoad(t *testing.T) {
 		return watchPaths(path, next)
 	})
 
-	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
-	var ok, bad atomic.Int64
-	var firstErr atomic.Value
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for w := 0; w < 4; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			client := &http.Client{Timeout: 5 * time.Second}
-			for n := 0; n < 20000; n++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				resp, err := client.Get(url)
-				if err != nil {
-					bad.Add(1)
-					firstErr.CompareAndSwap(nil, err.Error())
-					continue
-				}
-				body, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != 200 || (string(body) != "a" && string(body) != "b") {
-					bad.Add(1)
-					firstErr.CompareAndSwap(nil, fmt.Sprintf("status %d body %q", resp.StatusCode, body))
-					continue
-				}
-				ok.Add(1)
-			}
-		}()
-	}
+	ld := startLoad(fmt.Sprintf("http://127.0.0.1:%d/", port), 4, 20000, func(body string) bool { return body == "a" || body == "b" })
 	for i := 1; i <= 50; i++ {
 		// A distinct size and mtime each time, so the watcher sees it.
 		if err := os.WriteFile(path, []byte(version(i)), 0o644); err != nil {
@@ -103,13 +70,9 @@ func TestDSLReloadUnderLoad(t *testing.T) {
 			time.Sleep(2 * time.Millisecond)
 		}
 	}
-	close(stop)
-	wg.Wait()
-	if bad.Load() > 0 || ok.Load() == 0 {
-		t.Fatalf("%d ok, %d failed; first failure: %v", ok.Load(), bad.Load(), firstErr.Load())
-	}
+	ld.finish(t)
 	if rejected.Load() != 10 || applied.Load() != 40 {
 		t.Errorf("applied %d, rejected %d; want 40 and 10", applied.Load(), rejected.Load())
 	}
-	t.Logf("%d requests across 50 rewrites (%d applied, %d rejected), none failed", ok.Load(), applied.Load(), rejected.Load())
+	t.Logf("%d requests across 50 rewrites (%d applied, %d rejected), none failed", ld.ok.Load(), applied.Load(), rejected.Load())
 }
