@@ -60,8 +60,14 @@ func TestDSLReloadUnderLoad(t *testing.T) {
 
 	ld := startLoad(fmt.Sprintf("http://127.0.0.1:%d/", port), 4, 20000, func(body string) bool { return body == "a" || body == "b" })
 	for i := 1; i <= 50; i++ {
-		// A distinct size and mtime each time, so the watcher sees it.
-		if err := os.WriteFile(path, []byte(version(i)), 0o644); err != nil {
+		// Written the way editors save (a new file renamed over the old), so
+		// each version is read whole and the counts below are exact; a
+		// half-written file would be rejected, which is also safe.
+		tmp := path + ".tmp"
+		if err := os.WriteFile(tmp, []byte(version(i)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, path); err != nil {
 			t.Fatal(err)
 		}
 		want := int64(i)

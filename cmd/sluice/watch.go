@@ -2,13 +2,17 @@ package main
 
 import (
 	"context"
+	"hash/fnv"
 	"os"
 	"time"
 )
 
 // watcher polls files for changes. Polling (not inotify) keeps it simple and
 // correct for editors that replace files by rename and for files on any
-// filesystem; the cost is a stat per file per interval.
+// filesystem. A file's stamp includes a hash of its content: modification
+// times are only as fine as the kernel's clock tick, so two same-size saves
+// within one tick would otherwise look unchanged. Config files are small;
+// reading them once per interval costs nothing that matters.
 type watcher struct {
 	interval time.Duration
 	files    map[string]fileStamp
@@ -17,15 +21,22 @@ type watcher struct {
 type fileStamp struct {
 	size    int64
 	modTime time.Time
+	sum     uint64
 	missing bool
 }
 
 func stamp(path string) fileStamp {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fileStamp{missing: true}
+	}
 	fi, err := os.Stat(path)
 	if err != nil {
 		return fileStamp{missing: true}
 	}
-	return fileStamp{size: fi.Size(), modTime: fi.ModTime()}
+	h := fnv.New64a()
+	h.Write(b)
+	return fileStamp{size: int64(len(b)), modTime: fi.ModTime(), sum: h.Sum64()}
 }
 
 // settleTime is how long changed files must stay unchanged before a reload.
