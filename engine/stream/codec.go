@@ -3,6 +3,8 @@ package stream
 import (
 	"context"
 	"crypto/tls"
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -37,6 +39,23 @@ type ServerOptions struct {
 	MaxHeaderBytes           int
 	MaxHeaders               int
 	Scheme                   string // "http" or "https", for :scheme
+
+	HTTP2 HTTP2Options
+}
+
+// HTTP2Options are the HTTP/2 settings of a server codec (zero: defaults:
+// 100 concurrent streams, 1 MiB stream window, 16 MiB connection window).
+type HTTP2Options struct {
+	MaxConcurrentStreams uint32
+	InitialStreamWindow  uint32
+	InitialConnWindow    uint32
+	// MaxOutboundControlFrames bounds queued PING/SETTINGS ACKs and
+	// RST_STREAMs (flood protection; 0: 1000).
+	MaxOutboundControlFrames int
+	// MaxResetsPerSecond bounds streams a client may open and reset before
+	// any response (CVE-2023-44487, rapid reset) before the connection is
+	// closed with GOAWAY ENHANCE_YOUR_CALM (0: a built-in budget).
+	MaxResetsPerSecond int
 }
 
 // Handler serves the streams a server codec decodes. ServeStream runs on the
@@ -85,9 +104,14 @@ type ServerCodec interface {
 	ServeConn(ctx context.Context, c net.Conn, info *ConnInfo, h Handler, opts *ServerOptions) error
 }
 
-// ClientConn is one upstream connection speaking a protocol, used by one
-// exchange at a time (HTTP/1).
+// ClientConn is one upstream exchange at a time: an HTTP/1 connection, or
+// one stream of a multiplexed (HTTP/2) connection.
 type ClientConn interface {
+	// SetDeadline bounds the exchange in flight: reads and writes after t
+	// fail with an error matching os.ErrDeadlineExceeded (zero: none).
+	// HTTP/1 sets the socket's deadline; HTTP/2 arms a per-stream timer
+	// that resets the stream.
+	SetDeadline(t time.Time) error
 	// WriteRequestHeaders sends the head; pseudo-headers give the request
 	// line. With endStream the request has no body.
 	WriteRequestHeaders(h *header.Map, endStream bool) error
@@ -107,10 +131,104 @@ type ClientConn interface {
 	Reusable() bool
 	// Hijack returns the raw connection after a 101 response.
 	Hijack() (io.ReadWriteCloser, error)
+	// Close ends the exchange: an HTTP/1 connection is closed; an HTTP/2
+	// stream not yet complete is reset (RST_STREAM CANCEL) and its slot
+	// freed. Close after a complete exchange frees the stream's slot.
 	Close() error
 }
 
 // ClientCodec wraps a dialled upstream connection.
 type ClientCodec interface {
 	NewClientConn(c net.Conn) ClientConn
+}
+
+// ClientOptions are the upstream connection settings a multiplexing client
+// codec honours.
+type ClientOptions struct {
+	// MaxConcurrentStreams caps streams opened on one connection even when
+	// the peer allows more (0: the peer's limit).
+	MaxConcurrentStreams uint32
+	// InitialStreamWindow and InitialConnWindow are the receive windows
+	// advertised to the upstream (0: codec defaults).
+	InitialStreamWindow uint32
+	InitialConnWindow   uint32
+	// MaxHeaderListSize bounds a response header block (0: 60 KiB).
+	MaxHeaderListSize uint32
+	// KeepaliveInterval sends a PING after so long with no frame read,
+	// and KeepaliveTimeout closes the connection if it goes unanswered
+	// (0: no keepalive).
+	KeepaliveInterval time.Duration
+	KeepaliveTimeout  time.Duration
+}
+
+// MuxClientCodec is a protocol that carries many exchanges on one
+// connection (HTTP/2). The pool keeps a few such connections per host and
+// opens a stream on one with room, dialling a new connection when every
+// connection is at its stream limit.
+type MuxClientCodec interface {
+	// NewMuxConn starts the protocol on a dialled connection: it writes the
+	// client preface and SETTINGS and starts the reader. It does not wait
+	// for the peer's SETTINGS.
+	NewMuxConn(c net.Conn, opts *ClientOptions) (MuxConn, error)
+}
+
+// MuxConn is one multiplexed upstream connection. Its methods are safe for
+// concurrent use.
+type MuxConn interface {
+	// NewStream reserves a stream for one exchange; the returned ClientConn
+	// sends HEADERS on its first WriteRequestHeaders. It fails with an
+	// error matching ErrStreamLimit when the connection has no room, or
+	// ErrConnClosed once the connection is going away.
+	NewStream() (ClientConn, error)
+	// Capacity is how many more streams NewStream would open now: the
+	// peer's SETTINGS_MAX_CONCURRENT_STREAMS (and ClientOptions') minus the
+	// streams active; 0 when it accepts no more (GOAWAY, error, limit).
+	Capacity() int
+	// Active is the number of open streams.
+	Active() int
+	// Usable is false once the connection received or sent GOAWAY, failed,
+	// or was closed: no new streams, existing ones finish.
+	Usable() bool
+	// Done is closed when the connection is closed and its streams ended.
+	Done() <-chan struct{}
+	// Shutdown sends GOAWAY and closes the connection once its streams end.
+	Shutdown() error
+	// Close closes the connection at once, resetting its streams.
+	Close() error
+}
+
+// Errors of multiplexed client connections.
+var (
+	ErrStreamLimit = errors.New("stream: connection at its concurrent stream limit")
+	ErrConnClosed  = errors.New("stream: connection closed or going away")
+)
+
+// ErrStreamReset is wrapped by stream reads and writes that fail because
+// the peer reset the stream (RST_STREAM or a connection GOAWAY/error).
+// Reset carries the HTTP/2 error code, so the proxy can propagate it.
+type ErrStreamReset struct {
+	Code   uint32 // HTTP/2 error code (RFC 9113 section 7)
+	Remote bool   // reset by the peer (not by us or a timeout)
+}
+
+func (e *ErrStreamReset) Error() string {
+	who := "local"
+	if e.Remote {
+		who = "remote"
+	}
+	return fmt.Sprintf("stream: %s reset, code %d", who, e.Code)
+}
+
+// ResetNotifier is implemented by server streams the client can reset
+// while the proxy waits on the upstream (HTTP/2 RST_STREAM, or the
+// connection failing). fn runs once, on the codec's goroutine, and must not
+// block; the proxy uses it to reset the upstream stream.
+type ResetNotifier interface {
+	NotifyReset(fn func(code uint32))
+}
+
+// ResetWithCode is implemented by server streams that can reset with a
+// protocol error code (HTTP/2: the RST_STREAM code sent to the client).
+type ResetWithCode interface {
+	ResetWithCode(code uint32)
 }

@@ -14,6 +14,7 @@ type Registry struct {
 	compilers map[string]Compiler
 	servers   map[string]ServerCodec
 	clients   map[string]ClientCodec
+	muxes     map[string]MuxClientCodec
 }
 
 // NewRegistry returns an empty registry.
@@ -22,6 +23,7 @@ func NewRegistry() *Registry {
 		compilers: map[string]Compiler{},
 		servers:   map[string]ServerCodec{},
 		clients:   map[string]ClientCodec{},
+		muxes:     map[string]MuxClientCodec{},
 	}
 }
 
@@ -85,4 +87,22 @@ func (r *Registry) ClientCodec(name string) (ClientCodec, error) {
 		return c, nil
 	}
 	return nil, fmt.Errorf("stream: no client codec %q registered", name)
+}
+
+// RegisterMuxCodec registers the multiplexing client codec of a protocol
+// ("http2").
+func (r *Registry) RegisterMuxCodec(name string, c MuxClientCodec) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.muxes[name] = c
+}
+
+// MuxClientCodec returns the multiplexing client codec registered under name.
+func (r *Registry) MuxClientCodec(name string) (MuxClientCodec, error) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if c, ok := r.muxes[name]; ok {
+		return c, nil
+	}
+	return nil, fmt.Errorf("stream: no multiplexing client codec %q registered", name)
 }

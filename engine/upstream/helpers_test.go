@@ -24,6 +24,7 @@ type fakeConn struct {
 	closed atomic.Bool
 }
 
+func (f *fakeConn) SetDeadline(time.Time) error                 { return nil }
 func (f *fakeConn) WriteRequestHeaders(*header.Map, bool) error { return nil }
 func (f *fakeConn) WriteRequestBody([]byte, bool) error         { return nil }
 func (f *fakeConn) WriteRequestTrailers(*header.Map) error      { return nil }

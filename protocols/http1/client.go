@@ -343,6 +343,9 @@ func (c *clientConn) Hijack() (io.ReadWriteCloser, error) {
 	return newHijacked(c.conn, c.br), nil
 }
 
+// SetDeadline bounds the exchange: the connection's read and write deadline.
+func (c *clientConn) SetDeadline(t time.Time) error { return c.conn.SetDeadline(t) }
+
 // Close closes the connection.
 func (c *clientConn) Close() error {
 	c.closed.Store(true)
