@@ -50,7 +50,87 @@ type Listener struct {
 type FilterChain struct {
 	Name  string
 	Match FilterChainMatch
-	HTTP  *HTTPConnectionManager
+	// TLS, when set, terminates TLS on matching connections (Envoy's
+	// DownstreamTlsContext transport socket); chains without it serve
+	// plaintext.
+	TLS  *DownstreamTLS
+	HTTP *HTTPConnectionManager
+}
+
+// DataSource is Envoy's DataSource: inline bytes or a file read when the
+// snapshot is compiled (so a reload picks up renewed certificates).
+type DataSource struct {
+	Filename string
+	Inline   []byte
+}
+
+// IsZero reports whether neither a file nor inline bytes are set.
+func (d DataSource) IsZero() bool { return d.Filename == "" && d.Inline == nil }
+
+// Certificate is a certificate chain and its private key, both PEM.
+type Certificate struct {
+	Chain DataSource
+	Key   DataSource
+}
+
+// TLSParams are protocol versions and cipher suites (Envoy's
+// TlsParameters); zero values mean crypto/tls defaults (TLS 1.2-1.3).
+type TLSParams struct {
+	MinVersion   string // "TLSv1_2", "TLSv1_3" (Envoy's enum names)
+	MaxVersion   string
+	CipherSuites []string // OpenSSL/Envoy names, TLS 1.2 only
+}
+
+// DownstreamTLS terminates TLS for a filter chain.
+type DownstreamTLS struct {
+	// Certificates are served by SNI: the first whose names match the
+	// client's server name, else the first.
+	Certificates []Certificate
+	// ALPN protocols offered, in preference order. Empty: chosen from the
+	// connection manager's codec (h2 and http/1.1 for auto).
+	ALPN   []string
+	Params TLSParams
+	// ClientCA, when set, verifies client certificates against it;
+	// RequireClientCertificate refuses clients without one.
+	ClientCA                 DataSource
+	RequireClientCertificate bool
+}
+
+// UpstreamTLS originates TLS to a cluster's endpoints (Envoy's
+// UpstreamTlsContext).
+type UpstreamTLS struct {
+	// SNI is the server name sent; empty: none (Envoy's default).
+	SNI string
+	// CA verifies the upstream's certificate; without it the certificate
+	// is not verified, as in Envoy with no validation_context.
+	CA          DataSource
+	Certificate *Certificate // client certificate for mTLS
+	// ALPN offered to the upstream; empty: from the cluster's protocol.
+	ALPN   []string
+	Params TLSParams
+	// SubjectAltNames, when set, must contain one of the certificate's
+	// DNS or URI SANs (Envoy's match_typed_subject_alt_names, exact).
+	SubjectAltNames []string
+}
+
+// Upstream protocols of a cluster (Cluster.Protocol).
+const (
+	ProtocolHTTP1      = "http1"
+	ProtocolHTTP2      = "http2"
+	ProtocolDownstream = "downstream"
+	ProtocolAuto       = "auto"
+)
+
+// HTTP2Options are HTTP/2 protocol settings (Envoy's Http2ProtocolOptions).
+// Zero values mean the codec's defaults.
+type HTTP2Options struct {
+	MaxConcurrentStreams        uint32
+	InitialStreamWindowSize     uint32
+	InitialConnectionWindowSize uint32
+	// ConnectionKeepaliveInterval sends PINGs on an idle upstream
+	// connection; ConnectionKeepaliveTimeout closes it when unanswered.
+	ConnectionKeepaliveInterval time.Duration
+	ConnectionKeepaliveTimeout  time.Duration
 }
 
 // FilterChainMatch selects a filter chain (Envoy's filter_chain_match).
@@ -76,7 +156,10 @@ const (
 // into HTTP streams, runs HTTP filters and routes.
 type HTTPConnectionManager struct {
 	StatPrefix string
-	Codec      Codec
+	// Codec is the downstream protocol: auto tells HTTP/2 (the connection
+	// preface, or ALPN h2) from HTTP/1.1.
+	Codec Codec
+	HTTP2 HTTP2Options
 
 	// Exactly one of RDSName and RouteConfig is set.
 	RDSName     string
@@ -356,8 +439,14 @@ type Cluster struct {
 
 	CircuitBreakers CircuitBreakers
 
-	// Protocol is the upstream HTTP protocol ("http1" default).
+	// Protocol is the upstream HTTP protocol: "http1" (default), "http2",
+	// "downstream" (the protocol the request arrived on: Envoy's
+	// use_downstream_protocol_config) or "auto" (ALPN: h2 when the TLS
+	// upstream negotiates it, else HTTP/1.1).
 	Protocol string
+	HTTP2    HTTP2Options
+	// TLS, when set, dials endpoints over TLS.
+	TLS *UpstreamTLS
 	// IdleTimeout closes pooled upstream connections idle this long.
 	IdleTimeout              time.Duration
 	MaxRequestsPerConnection int
