@@ -52,7 +52,14 @@ type exchange struct {
 
 	staleRetry   bool // the next attempt resends after a stale pooled connection
 	staleRetried bool // that happened already for this request
+
+	grpcStatus int    // grpc-status of a trailers-only response head, or -1
+	resetCode  uint32 // HTTP/2 error code of the last upstream stream reset
 }
+
+// codeRefusedStream is HTTP/2's REFUSED_STREAM: the upstream did not
+// process the stream, so it is always safe to send again.
+const codeRefusedStream = 7
 
 func randUint32() uint32 { return rand.Uint32() }
 
@@ -66,8 +73,15 @@ func (e *exchange) run() {
 	if e.policy != nil {
 		e.max += int(e.policy.NumRetries)
 	}
-	if e.ra.Timeout > 0 {
-		e.deadline = s.start.Add(e.ra.Timeout)
+	timeout := e.ra.Timeout
+	if s.grpc {
+		// The client's deadline caps the route timeout.
+		if t, ok := parseGRPCTimeout(s.req.Value("grpc-timeout")); ok && (timeout <= 0 || t < timeout) {
+			timeout = max(t, time.Nanosecond)
+		}
+	}
+	if timeout > 0 {
+		e.deadline = s.start.Add(timeout)
 	}
 	if !e.p.end && e.p.body == nil {
 		// Keep the streamed body (up to retryBufferLimit) for a retry, or
@@ -156,6 +170,30 @@ func (e *exchange) retriable(f failure, status int) bool {
 			}
 		case "retriable-4xx":
 			if f == failStatus && status == 409 {
+				return true
+			}
+		case "refused-stream":
+			if f == failReset && e.resetCode == codeRefusedStream {
+				return true
+			}
+		case "cancelled":
+			if f == failStatus && e.grpcStatus == grpcCancelled {
+				return true
+			}
+		case "deadline-exceeded":
+			if f == failStatus && e.grpcStatus == grpcDeadlineExceeded {
+				return true
+			}
+		case "internal":
+			if f == failStatus && e.grpcStatus == grpcInternal {
+				return true
+			}
+		case "resource-exhausted":
+			if f == failStatus && e.grpcStatus == grpcResourceExhausted {
+				return true
+			}
+		case "unavailable":
+			if f == failStatus && e.grpcStatus == grpcUnavailable {
 				return true
 			}
 		case "retriable-status-codes":
@@ -262,7 +300,7 @@ func isTimeout(err error) bool {
 func (e *exchange) attempt(host *upstream.Host) outcome {
 	s := e.s
 	deadline := e.tryDeadline()
-	conn, err := host.AcquireDeadline(deadline)
+	conn, err := host.AcquireFor(deadline, s.downH2)
 	if err != nil {
 		if errors.Is(err, upstream.ErrPendingOverflow) || errors.Is(err, upstream.ErrConnectionOverflow) {
 			s.flags |= flagUpstreamOverflow
@@ -286,13 +324,23 @@ func (e *exchange) attempt(host *upstream.Host) outcome {
 	e.cl.Stats.RqTotal.Inc()
 	reusable := false
 	defer func() { conn.Release(reusable) }()
-
-	nc := conn.NetConn()
-	nc.SetDeadline(deadline)
 	cc := conn.ClientConn()
+	if s.up != nil {
+		if !s.up.attach(cc) {
+			s.flags |= flagDownstreamTerminated
+			return outDone
+		}
+		defer s.up.detach()
+	}
+	cc.SetDeadline(deadline)
 
 	out, f, status := e.send(cc)
 	if out == outDone {
+		return outDone
+	}
+	if f != failNone && s.up != nil && s.up.wasReset() {
+		// The client went away: nothing to retry or reply to.
+		s.flags |= flagDownstreamTerminated
 		return outDone
 	}
 	if f == failNone {
@@ -319,7 +367,9 @@ func (e *exchange) attempt(host *upstream.Host) outcome {
 	}
 	// A reused keep-alive connection the upstream closed as we wrote is not
 	// the upstream failing: try once more on a fresh one.
-	if f == failReset && conn.Reused() && e.replayable() && !e.staleRetried {
+	// An HTTP/2 upstream that refused the stream (RST_STREAM REFUSED_STREAM,
+	// or a GOAWAY below its id) did not process it: the same holds.
+	if f == failReset && (conn.Reused() || e.resetCode == codeRefusedStream) && e.replayable() && !e.staleRetried {
 		e.attempts-- // not counted as a retry, and done at most once
 		e.staleRetried, e.staleRetry = true, true
 		return outRetry
@@ -371,15 +421,19 @@ func (e *exchange) send(cc stream.ClientConn) (outcome, failure, int) {
 		}
 	}
 	if err := cc.Flush(); err != nil {
-		return outRetry, classify(err), 0
+		return outRetry, e.classify(err), 0
 	}
 	for {
 		s.resp.Reset()
 		if err := cc.ReadResponseHeaders(&s.resp); err != nil {
-			return outRetry, classify(err), 0
+			return outRetry, e.classify(err), 0
 		}
 		status := statusOf(&s.resp)
 		if status >= 200 || status == 101 {
+			e.grpcStatus = -1
+			if s.grpc {
+				e.grpcStatus = grpcStatusOf(&s.resp)
+			}
 			if e.retriable(failStatus, status) && e.canRetry(failStatus, status) {
 				s.cl().RecordResponse(status, time.Since(s.start))
 				return outRetry, failStatus, status
@@ -419,12 +473,17 @@ func (e *exchange) bodyFailed() (outcome, failure, int) {
 		// Part of the body is gone: it cannot be sent again.
 		e.max = e.attempts
 	}
-	return outRetry, classify(p.err), 0
+	return outRetry, e.classify(p.err), 0
 }
 
-func classify(err error) failure {
+func (e *exchange) classify(err error) failure {
 	if isTimeout(err) {
 		return failTimeout
+	}
+	e.resetCode = 0
+	var rst *stream.ErrStreamReset
+	if errors.As(err, &rst) {
+		e.resetCode = rst.Code
 	}
 	return failReset
 }
@@ -488,7 +547,7 @@ func (e *exchange) respond(conn *upstream.Conn, cc stream.ClientConn, reusable *
 		s.ss.Reset()
 	case rp.srcErr:
 		s.flags |= flagUpstreamReset
-		s.ss.Reset()
+		resetDownstream(s.ss, rp.err)
 	default:
 		s.flags |= flagDownstreamTerminated
 	}
@@ -505,7 +564,7 @@ func (e *exchange) tunnel(conn *upstream.Conn, cc stream.ClientConn) {
 		return
 	}
 	defer down.Close()
-	conn.NetConn().SetDeadline(time.Time{})
+	cc.SetDeadline(time.Time{})
 	up, err := cc.Hijack()
 	if err != nil {
 		return
@@ -531,4 +590,16 @@ func closeWrite(c io.ReadWriteCloser) {
 		return
 	}
 	c.Close()
+}
+
+// resetDownstream resets the client's stream after the upstream failed
+// mid-response, passing an HTTP/2 upstream's reset code on when the
+// downstream speaks HTTP/2 too (HTTP/1: the connection is closed).
+func resetDownstream(ss stream.ServerStream, err error) {
+	var rst *stream.ErrStreamReset
+	if rc, ok := ss.(stream.ResetWithCode); ok && errors.As(err, &rst) && rst.Remote {
+		rc.ResetWithCode(rst.Code)
+		return
+	}
+	ss.Reset()
 }

@@ -76,13 +76,13 @@ func shadow(cl *upstream.Cluster, h *header.Map, body []byte, hasBody bool, time
 		return
 	}
 	deadline := time.Now().Add(timeout)
-	conn, err := host.AcquireDeadline(deadline)
+	conn, err := host.AcquireFor(deadline, false)
 	if err != nil {
 		return
 	}
 	reusable := false
 	defer func() { conn.Release(reusable) }()
-	conn.NetConn().SetDeadline(deadline)
+	conn.ClientConn().SetDeadline(deadline)
 	cl.Stats.RqTotal.Inc()
 	cc := conn.ClientConn()
 	if cc.WriteRequestHeaders(h, !hasBody) != nil {

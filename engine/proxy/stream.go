@@ -89,6 +89,12 @@ type activeStream struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
+	// up carries a downstream reset to the upstream exchange (HTTP/2
+	// downstreams only); downH2 and grpc describe the request.
+	up     *upstreamLink
+	downH2 bool
+	grpc   bool
+
 	// Per-stream working state kept here, not on the stack, because it is
 	// reached through pointers the compiler cannot prove stay local.
 	reqPhase phase
@@ -108,6 +114,12 @@ func (s *activeStream) init(cm *ConnectionManager, ss stream.ServerStream) {
 	s.id = streamIDs.Add(1)
 	s.start = time.Now()
 	s.req = ss.RequestHeaders()
+	if rn, ok := ss.(stream.ResetNotifier); ok {
+		s.up = &upstreamLink{}
+		rn.NotifyReset(s.up.onReset)
+		s.downH2 = ss.Protocol() == "HTTP/2"
+	}
+	s.grpc = isGRPC(s.req)
 	n := len(cm.filters)
 	if cap(s.filters) < n {
 		s.filters = make([]stream.Filter, n)
@@ -314,7 +326,11 @@ func (s *activeStream) finishLocal(n int) {
 	s.code = lr.status // response.code for the response filters
 	body := stream.GetBuffer()
 	defer stream.PutBuffer(body)
-	body.SetString(lr.body)
+	if s.grpc && lr.status >= 300 {
+		grpcLocalReply(h, lr.status, lr.body, lr.details)
+	} else {
+		body.SetString(lr.body)
+	}
 	s.pending = nil
 	p := phase{s: s, dir: dirResponse, n: n, end: body.Len() == 0, localBody: body}
 	if !p.headers(h) {
@@ -580,6 +596,9 @@ func (s *activeStream) ResponseFlags() string {
 // finish logs, counts and lets the filters go.
 func (s *activeStream) finish() {
 	s.done.Store(true)
+	if s.up != nil {
+		s.up.finish()
+	}
 	for _, f := range s.filters {
 		if f != nil {
 			s.safeDone(f)

@@ -316,7 +316,7 @@ func TestCheck(t *testing.T) {
 		{name: "cluster error", mod: func(s *config.Snapshot) { s.Clusters[1].LBPolicy = "fastest" },
 			wantErr: []string{`cluster "b"`, `unknown lb_policy "fastest"`}},
 		{name: "cluster protocol without codec", mod: func(s *config.Snapshot) { s.Clusters[1].Protocol = "http2" },
-			wantErr: []string{`cluster "b"`, `no client codec "http2"`}},
+			wantErr: []string{`cluster "b"`, `no multiplexing client codec "http2"`}},
 		{name: "listener codec without server codec", mod: func(s *config.Snapshot) {
 			s.Listeners[0].FilterChains[0].HTTP.Codec = config.CodecHTTP2
 		}, wantErr: []string{`listener "l1"`, `codec "http2"`}},

@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"math"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/sluice-proxy/sluice/engine/config"
 	"github.com/sluice-proxy/sluice/engine/stream"
+	etls "github.com/sluice-proxy/sluice/engine/tls"
 )
 
 // Defaults applied to zero config fields (Envoy's, where Envoy has one).
@@ -37,9 +39,16 @@ type Cluster struct {
 	name     string
 	cfg      *config.Cluster // private copy
 	protocol string
+	proto    protocol
 	policy   config.LBPolicy
-	codec    stream.ClientCodec
+	codec    stream.ClientCodec    // HTTP/1 pool; nil for an http2-only cluster
+	mux      stream.MuxClientCodec // multiplexed pool; nil for an http1-only cluster
 	dialer   net.Dialer
+
+	// tlsH1 and tlsH2 originate TLS for the HTTP/1 and multiplexed pools
+	// (ALPN differs); nil for plaintext.
+	tlsH1, tlsH2 *tls.Config
+	clientOpts   stream.ClientOptions
 
 	idleTimeout        int64 // ns; 0: none
 	maxRequestsPerConn int
@@ -94,6 +103,7 @@ func (c *Cluster) Removed() bool { return c.retired.Load() }
 func (c *Cluster) CloseIdle() {
 	for _, h := range c.hosts {
 		h.drainIdle(false)
+		h.drainMux(true)
 	}
 }
 
@@ -115,11 +125,10 @@ func (m *Manager) newCluster(in *config.Cluster, prev *Cluster) (*Cluster, error
 	if m.codecs == nil {
 		return nil, fail("protocol %q: no codec registry", c.protocol)
 	}
-	codec, err := m.codecs.ClientCodec(c.protocol)
+	err := c.setProtocol(m.codecs)
 	if err != nil {
 		return nil, fail("%w", err)
 	}
-	c.codec = codec
 
 	var o clusterOptions
 	c.policy = cfg.LBPolicy
@@ -338,6 +347,74 @@ func cloneCluster(in *config.Cluster) *config.Cluster {
 	return &c
 }
 
+// protocol is how a cluster picks the pool for a request.
+type protocol uint8
+
+const (
+	protoHTTP1      protocol = iota
+	protoHTTP2               // every request on the multiplexed pool
+	protoDownstream          // the request's own protocol
+	protoAuto                // ALPN: h2 when the TLS upstream agrees
+)
+
+// setProtocol resolves the cluster's protocol to codecs, TLS configs and
+// HTTP/2 client options.
+func (c *Cluster) setProtocol(reg *stream.Registry) error {
+	cfg := c.cfg
+	switch c.protocol {
+	case config.ProtocolHTTP1:
+		c.proto = protoHTTP1
+	case config.ProtocolHTTP2:
+		c.proto = protoHTTP2
+	case config.ProtocolDownstream:
+		c.proto = protoDownstream
+	case config.ProtocolAuto:
+		c.proto = protoAuto
+		if cfg.TLS == nil {
+			// Without TLS there is no ALPN to ask: Envoy's auto_config
+			// uses HTTP/1.1 then too.
+			c.proto = protoHTTP1
+		}
+	default:
+		return fmt.Errorf("unknown protocol %q (want http1, http2, downstream or auto)", c.protocol)
+	}
+	var err error
+	if c.proto != protoHTTP2 {
+		if c.codec, err = reg.ClientCodec(config.ProtocolHTTP1); err != nil {
+			return err
+		}
+	}
+	if c.proto != protoHTTP1 {
+		if c.mux, err = reg.MuxClientCodec(config.ProtocolHTTP2); err != nil {
+			return err
+		}
+	}
+	h2 := cfg.HTTP2
+	if h2.ConnectionKeepaliveInterval < 0 || h2.ConnectionKeepaliveTimeout < 0 {
+		return errors.New("http2 connection_keepalive: negative duration")
+	}
+	c.clientOpts = stream.ClientOptions{
+		MaxConcurrentStreams: h2.MaxConcurrentStreams,
+		InitialStreamWindow:  h2.InitialStreamWindowSize,
+		InitialConnWindow:    h2.InitialConnectionWindowSize,
+		KeepaliveInterval:    h2.ConnectionKeepaliveInterval,
+		KeepaliveTimeout:     h2.ConnectionKeepaliveTimeout,
+	}
+	if cfg.TLS != nil {
+		h1ALPN, h2ALPN := []string{"http/1.1"}, []string{"h2"}
+		if c.proto == protoAuto {
+			h2ALPN = []string{"h2", "http/1.1"}
+		}
+		if c.tlsH1, err = etls.ClientConfig(cfg.TLS, h1ALPN); err != nil {
+			return err
+		}
+		if c.tlsH2, err = etls.ClientConfig(cfg.TLS, h2ALPN); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // activate publishes config-derived gauges when the cluster becomes current.
 func (c *Cluster) activate() {
 	c.Stats.MembershipTotal.Set(int64(len(c.hosts)))
@@ -364,6 +441,7 @@ func (c *Cluster) retire(succ *Cluster) {
 	c.retired.Store(true)
 	for _, h := range c.hosts {
 		h.drainIdle(true)
+		h.drainMux(false)
 	}
 }
 

@@ -1,6 +1,15 @@
 package upstream
 
-import "sync/atomic"
+import (
+	"sync/atomic"
+	"time"
+)
+
+const (
+	alpnUnknown = iota
+	alpnHTTP1
+	alpnHTTP2
+)
 
 // Host is one endpoint of a cluster with its connection pool.
 type Host struct {
@@ -14,6 +23,10 @@ type Host struct {
 	Stats *HostStats
 
 	pool pool
+	mux  muxPool
+	// alpn is what an auto cluster's host negotiated: alpnUnknown until the
+	// first TLS connection, then alpnHTTP1 or alpnHTTP2.
+	alpn atomic.Int32
 	// next is the host with the same address in the cluster that replaced
 	// this one, set when this host's cluster is retired.
 	next atomic.Pointer[Host]
@@ -91,4 +104,29 @@ func (h *Host) Snapshot() HostSnapshot {
 		RqSuccess:     s.RqSuccess.Load(),
 		RqTimeout:     s.RqTimeout.Load(),
 	}
+}
+
+// AcquireFor is AcquireDeadline for a request that arrived over HTTP/2
+// (downstreamHTTP2) or not: it takes an HTTP/1 connection or a stream of
+// an HTTP/2 connection as the cluster's protocol says ("downstream": the
+// request's own; "auto": what the host negotiated with ALPN).
+func (h *Host) AcquireFor(deadline time.Time, downstreamHTTP2 bool) (*Conn, error) {
+	c := h.cluster
+	useMux := false
+	switch c.proto {
+	case protoHTTP2:
+		useMux = true
+	case protoDownstream:
+		useMux = downstreamHTTP2
+	case protoAuto:
+		useMux = h.alpn.Load() != alpnHTTP1
+	}
+	if !useMux {
+		return h.acquire(nil, deadline)
+	}
+	conn, err := h.acquireMux(deadline)
+	if err == errUseHTTP1 {
+		return h.acquire(nil, deadline)
+	}
+	return conn, err
 }

@@ -194,6 +194,7 @@ func (m *Manager) reap(stop, done chan struct{}) {
 		for _, c := range m.current.Load().sorted {
 			for _, h := range c.hosts {
 				h.reapIdle(now)
+				h.reapMux(now)
 			}
 		}
 		t.Reset(time.Duration(m.reapEvery.Load()))

@@ -35,7 +35,7 @@ func TestBuildErrors(t *testing.T) {
 		{"no host", with(func(c *config.Cluster) { c.Endpoints[0].Address = ":80" }), `missing host`},
 		{"static needs ip", with(func(c *config.Cluster) { c.Type = "STATIC"; c.Endpoints[0].Address = "api.local:80" }), `STATIC cluster needs an IP`},
 		{"nil endpoint", with(func(c *config.Cluster) { c.Endpoints[0] = nil }), `endpoint 0: nil`},
-		{"unknown codec", with(func(c *config.Cluster) { c.Protocol = "h3" }), `upstream: cluster "api": stream: no client codec "h3" registered`},
+		{"unknown codec", with(func(c *config.Cluster) { c.Protocol = "h3" }), `upstream: cluster "api": unknown protocol "h3"`},
 		{"unknown lb", with(func(c *config.Cluster) { c.LBPolicy = "fastest" }), `unknown lb_policy "fastest"`},
 		{"maglev not prime", with(func(c *config.Cluster) { c.MaglevTableSize = 65536 }), `maglev table_size 65536`},
 		{"ring min over max", with(func(c *config.Cluster) { c.RingHashMinSize, c.RingHashMaxSize = 100, 10 }), `minimum_ring_size 100 is over`},

@@ -2,7 +2,9 @@ package upstream
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
+	"fmt"
 	"net"
 	"sync"
 	"syscall"
@@ -37,8 +39,9 @@ type Conn struct {
 	peekBuf   [1]byte
 	state     connState // guarded by host.pool.mu
 	reused    bool
-	requests  int   // requests handed out on this connection
-	idleSince int64 // monoNow() when it went idle
+	requests  int      // requests handed out on this connection
+	idleSince int64    // monoNow() when it went idle
+	mux       *muxConn // set for a stream of a multiplexed connection
 }
 
 // ClientConn is the protocol connection to run the exchange on.
@@ -48,10 +51,10 @@ func (conn *Conn) ClientConn() stream.ClientConn { return conn.cc }
 // and writes go through ClientConn.
 func (conn *Conn) NetConn() net.Conn { return conn.nc }
 
-// Reused reports whether the connection carried an earlier request (so a
+// Reused reports whether an HTTP/1 connection carried an earlier request (so a
 // failure before any response byte may be a stale keep-alive race, safe to
 // retry for idempotent requests).
-func (conn *Conn) Reused() bool { return conn.reused }
+func (conn *Conn) Reused() bool { return conn.reused && conn.mux == nil }
 
 // Host is the host the connection belongs to.
 func (conn *Conn) Host() *Host { return conn.host }
@@ -231,6 +234,57 @@ func (h *Host) wait(ctx context.Context, deadline time.Time) (*Conn, error) {
 // dial opens a connection in a slot already counted in p.total and the
 // cluster's connection count.
 func (h *Host) dial(ctx context.Context, deadline time.Time) (*Conn, error) {
+	nc, err := h.dialNet(ctx, deadline, h.cluster.tlsH1)
+	if err != nil {
+		h.freeSlot(nil)
+		return nil, err
+	}
+	return h.newConn(nc), nil
+}
+
+// newConn wraps a dialled connection for the HTTP/1 pool.
+func (h *Host) newConn(nc net.Conn) *Conn {
+	conn := &Conn{host: h, nc: nc, cc: h.cluster.codec.NewClientConn(nc), requests: 1}
+	conn.peekFn = conn.peek
+	sc, ok := nc.(syscall.Conn)
+	if tc, isTLS := nc.(*tls.Conn); isTLS {
+		sc, ok = tc.NetConn().(syscall.Conn)
+	}
+	if ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			conn.rc = rc
+		}
+	}
+	return conn
+}
+
+// adoptDialled puts a connection dialled by the multiplexed pool of an
+// auto cluster, which negotiated HTTP/1.1, into the HTTP/1 pool as idle;
+// its slot in the cluster's connection count moves with it.
+func (h *Host) adoptDialled(nc net.Conn) {
+	conn := h.newConn(nc)
+	conn.requests = 0
+	p := &h.pool
+	p.mu.Lock()
+	p.total++
+	if len(p.waiters) > 0 {
+		w := p.popWaiter()
+		p.mu.Unlock()
+		w.conn = conn
+		w.ch <- struct{}{}
+		return
+	}
+	conn.state = connIdle
+	conn.idleSince = monoNow()
+	p.idle = append(p.idle, conn)
+	p.mu.Unlock()
+}
+
+// dialNet opens a network connection to the host, over TLS when tlsConf is
+// set, counting it in the connection stats. On failure the counts are
+// undone and the error is a *ConnectError or a poolWaitError; the caller
+// frees the pool slot.
+func (h *Host) dialNet(ctx context.Context, deadline time.Time, tlsConf *tls.Config) (net.Conn, error) {
 	c := h.cluster
 	c.Stats.CxTotal.Inc()
 	c.Stats.CxActive.Inc()
@@ -249,11 +303,30 @@ func (h *Host) dial(ctx context.Context, deadline time.Time) (*Conn, error) {
 	}
 	start := time.Now()
 	nc, err := d.DialContext(ctx, "tcp", h.addr)
+	if err == nil && tlsConf != nil {
+		// The handshake counts against the connect timeout, as in Envoy.
+		hsDeadline := start.Add(c.dialer.Timeout)
+		if !deadline.IsZero() && deadline.Before(hsDeadline) {
+			hsDeadline = deadline
+		}
+		tc := tls.Client(nc, tlsConf)
+		nc.SetDeadline(hsDeadline)
+		if err = tc.HandshakeContext(ctx); err != nil {
+			nc.Close()
+			c.Stats.CxDestroy.Inc()
+			c.Stats.CxActive.Dec()
+			h.Stats.CxActive.Add(-1)
+			c.Stats.CxConnectFail.Inc()
+			h.Stats.CxConnectFail.Add(1)
+			return nil, &ConnectError{Addr: h.addr, Timeout: isNetTimeout(err), Err: fmt.Errorf("tls handshake: %w", err)}
+		}
+		nc.SetDeadline(time.Time{})
+		nc = tc
+	}
 	if err != nil {
 		c.Stats.CxDestroy.Inc()
 		c.Stats.CxActive.Dec()
 		h.Stats.CxActive.Add(-1)
-		h.freeSlot(nil)
 		var ne net.Error
 		timeout := errors.As(err, &ne) && ne.Timeout()
 		// The request's own cancellation or deadline (when it came before
@@ -271,14 +344,12 @@ func (h *Host) dial(ctx context.Context, deadline time.Time) (*Conn, error) {
 		}
 		return nil, &ConnectError{Addr: h.addr, Timeout: timeout, Err: err}
 	}
-	conn := &Conn{host: h, nc: nc, cc: c.codec.NewClientConn(nc), requests: 1}
-	conn.peekFn = conn.peek
-	if sc, ok := nc.(syscall.Conn); ok {
-		if rc, err := sc.SyscallConn(); err == nil {
-			conn.rc = rc
-		}
-	}
-	return conn, nil
+	return nc, nil
+}
+
+func isNetTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // peekAfterIdle is how long a connection must have been idle before
@@ -306,6 +377,10 @@ func (conn *Conn) peerClosed() bool {
 // closed. Release must be called exactly once per Acquire; the Conn must
 // not be used afterwards.
 func (conn *Conn) Release(reusable bool) {
+	if conn.mux != nil {
+		conn.releaseStream()
+		return
+	}
 	h := conn.host
 	c := h.cluster
 	if reusable && c.maxRequestsPerConn > 0 && conn.requests >= c.maxRequestsPerConn {
