@@ -74,11 +74,8 @@ func grpcLocalReply(h *header.Map, status int, body, details string) {
 		msg = percentEncodeGRPC(strings.TrimRight(body, "\n"))
 	}
 	h.DelFunc(func(f header.Field) bool {
-		switch f.Name {
-		case "content-length", "content-type", "grpc-status", "grpc-message":
-			return true
-		}
-		return false
+		return header.EqualFold(f.Name, "content-length") || header.EqualFold(f.Name, "content-type") ||
+			header.EqualFold(f.Name, "grpc-status") || header.EqualFold(f.Name, "grpc-message")
 	})
 	h.Set(":status", "200")
 	h.Add("content-type", "application/grpc")
