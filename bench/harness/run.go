@@ -100,7 +100,9 @@ func (e *env) startTarget(id string) (*target, error) {
 		}
 		t.proc, err = startProc(name, proxyCore, []string{"GOMAXPROCS=" + strconv.Itoa(procs)}, nil,
 			filepath.Join(e.bin, "sluice"), "run", "-c", cfg, "--admin", "127.0.0.1:0", "--log-level", "warn")
+		// codec_type AUTO: HTTP/1.1 and h2c (prior knowledge) on one port.
 		t.h1 = fmt.Sprintf("http://127.0.0.1:%d", port)
+		t.h2 = t.h1
 	case "sluice-dsl-routes100", "sluice-cel":
 		// The same proxy written in the Sluice DSL. The file sets no admin
 		// address; --admin gives it one, as for the YAML targets.
@@ -167,7 +169,7 @@ func (e *env) startTarget(id string) (*target, error) {
 		checks = append(checks, check{e.check, t.h1 + "/small", 35, "X-Proxied-By"})
 	case "sluice-routes100", "sluice-dsl-routes100":
 		checks = checks[:1]
-	case "nginx", "haproxy":
+	case "nginx", "haproxy", "sluice":
 		checks = append(checks, check{e.checkH2, t.h2 + "/small", 35, ""})
 	}
 	for _, c := range checks {
@@ -296,10 +298,6 @@ func buildScenarios(o options) []*Scenario {
 			}
 			info := targetInfo[id]
 			r := &Row{Target: id, Label: info.label, Kind: info.kind, Path: path, H2: h2}
-			if h2 && info.kind == "sluice" {
-				r.Label = "sluice"
-				r.NA = notImplemented + ": sluice does not speak HTTP/2"
-			}
 			rows = append(rows, r)
 		}
 		return rows
