@@ -1,0 +1,38 @@
+package main
+
+import (
+	"context"
+	"os/exec"
+	"regexp"
+	"testing"
+	"time"
+)
+
+// TestH2Load drives sluice's h2c listener with h2load: 100 connections,
+// each with 100 concurrent streams, every request proxied to an HTTP/1.1
+// origin. Bounded by request count (and a timeout), not by time.
+func TestH2Load(t *testing.T) {
+	h2load := tool(t, "h2load")
+	up := newUpstream(t, nil)
+	srv := startServer(t, snapshot(hcm(prefixRoute("all", "/", "up")), cluster("up", up.addr())))
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, h2load, "-c100", "-m100", "-n10000", "-t1",
+		proxyURL(srv)+"/load").CombinedOutput()
+	if err != nil {
+		t.Fatalf("h2load: %v\n%s", err, out)
+	}
+	m := regexp.MustCompile(`requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout`).FindStringSubmatch(string(out))
+	if m == nil {
+		t.Fatalf("no summary in h2load output:\n%s", out)
+	}
+	if m[4] != "10000" || m[5] != "0" || m[6] != "0" || m[7] != "0" {
+		t.Fatalf("h2load: %s\n%s", m[0], out)
+	}
+	if !regexp.MustCompile(`status codes: 10000 2xx`).Match(out) {
+		t.Fatalf("not every response was 2xx:\n%s", out)
+	}
+	if got := up.hits.Load(); got != 10000 {
+		t.Fatalf("origin saw %d requests, want 10000", got)
+	}
+}
