@@ -43,7 +43,10 @@ func TestLoadBootstrapErrors(t *testing.T) {
 		{file: "static_hostname.yaml", want: []string{`cluster "backend": load_assignment.endpoints[0].lb_endpoints[0].endpoint.address: "backend.internal" is not an IP address`}},
 		{file: "tcp_proxy.yaml", unsupported: true, want: []string{
 			`listener "tcp": filter_chains[0].filters[0] (envoy.filters.network.tcp_proxy): network filter type "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy": not supported yet`}},
-		{file: "tls.yaml", unsupported: true, want: []string{`listener "https": filter_chains[0].transport_socket: envoy.transport_sockets.tls`, `DownstreamTlsContext): not supported yet`}},
+		{file: "sds.yaml", unsupported: true, want: []string{
+			`listener "https": filter_chains[0].transport_socket.typed_config.common_tls_context.tls_certificate_sds_secret_configs: not supported yet (issue 8: SDS)`}},
+		{file: "tls_env_key.yaml", unsupported: true, want: []string{
+			`xds: testdata/bad/tls_env_key.yaml: static_resources.listeners[0].filter_chains[1].transport_socket.typed_config.common_tls_context.tls_certificates[0].private_key.environment_variable: not supported yet`}},
 		{file: "health_checks.yaml", unsupported: true, want: []string{`cluster "backend": health_checks: not supported yet`}},
 		{file: "header_mutation_order.yaml", unsupported: true, want: []string{`http_filters[0] (mutate): typed_config.mutations.request_mutations[1]: removing "X-A" after adding it`}},
 	}

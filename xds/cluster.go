@@ -12,6 +12,7 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 
 	"github.com/sluice-proxy/sluice/engine/config"
@@ -35,7 +36,7 @@ var (
 		"name", "type", "connect_timeout", "lb_policy", "load_assignment", "circuit_breakers",
 		"typed_extension_protocol_options", "http2_protocol_options", "common_http_protocol_options",
 		"max_requests_per_connection", "ring_hash_lb_config", "maglev_lb_config", "least_request_lb_config",
-		"round_robin_lb_config", "transport_socket", "common_lb_config",
+		"round_robin_lb_config", "transport_socket", "common_lb_config", "protocol_selection",
 		// eds_cluster_config is read by the xDS client.
 		"eds_cluster_config",
 		// Ignored: stats and metadata, DNS resolution tuning, warming,
@@ -74,10 +75,23 @@ var (
 	thresholdsFields      = knownFields(&clusterv3.CircuitBreakers_Thresholds{}, "priority", "max_connections", "max_pending_requests", "max_requests", "max_retries", "retry_budget", "track_remaining")
 	circuitBreakersFields = knownFields(&clusterv3.CircuitBreakers{}, "thresholds")
 	retryBudgetFields     = knownFields(&clusterv3.CircuitBreakers_Thresholds_RetryBudget{}, "budget_percent", "min_retry_concurrency")
-	// upstream_http_protocol_options (auto SNI/SAN) only matters with TLS,
-	// which is rejected.
-	upstreamHTTPFields = knownFields(&upstreamhttpv3.HttpProtocolOptions{}, "common_http_protocol_options",
-		"explicit_http_config", "upstream_http_protocol_options")
+	upstreamHTTPFields    = knownFields(&upstreamhttpv3.HttpProtocolOptions{}, "common_http_protocol_options",
+		"explicit_http_config", "use_downstream_protocol_config", "auto_config", "upstream_http_protocol_options")
+	// HTTP/1 codec tuning is ignored, as in the deprecated cluster field
+	// http_protocol_options.
+	explicitHTTPFields   = knownFields(&upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig{}, "http_protocol_options", "http2_protocol_options")
+	downstreamHTTPFields = knownFields(&upstreamhttpv3.HttpProtocolOptions_UseDownstreamHttpConfig{}, "http_protocol_options", "http2_protocol_options")
+	autoHTTPFields       = knownFields(&upstreamhttpv3.HttpProtocolOptions_AutoHttpConfig{}, "http_protocol_options", "http2_protocol_options")
+	// auto_sni sets the SNI of each upstream connection from the request's
+	// host; the config model's SNI is one name per cluster (a pool keyed by
+	// host would be needed), so it and override_auto_sni_header are
+	// ignored. That cannot weaken verification: the cluster's own sni (or
+	// none) is sent and the certificate is checked as configured. A server
+	// that picks its certificate by SNI may then present its default one,
+	// which fails verification rather than passing it. auto_san_validation
+	// would add a check, so it is rejected rather than ignored.
+	upstreamHTTPOptionFields = knownFields(&corev3.UpstreamHttpProtocolOptions{}, "auto_sni", "override_auto_sni_header",
+		"auto_san_validation")
 	// Ignored: upstream response header limits and duration jitter.
 	upstreamProtocolFields = knownFields(&corev3.HttpProtocolOptions{}, "idle_timeout",
 		"max_requests_per_connection", "max_headers_count", "max_response_headers_kb",
@@ -127,14 +141,25 @@ func translateCluster(c *clusterv3.Cluster) (*config.Cluster, error) {
 			return nil, inField(err, "common_lb_config")
 		}
 	}
-	if ts := c.GetTransportSocket(); ts != nil {
-		if err := checkTransportSocket(ts); err != nil {
-			return nil, inField(err, "transport_socket")
-		}
-	}
 	if la := c.GetLoadAssignment(); la != nil {
 		if out.Endpoints, err = endpoints(la, t); err != nil {
 			return nil, inField(err, "load_assignment")
+		}
+	}
+	if ts := c.GetTransportSocket(); ts != nil {
+		tt, err := transportSocket(ts)
+		if err != nil {
+			return nil, inField(err, "transport_socket")
+		}
+		switch m := tt.msg.(type) {
+		case nil:
+		case *tlsv3.UpstreamTlsContext:
+			if out.TLS, err = upstreamTLS(m, out.Endpoints); err != nil {
+				return nil, inField(inField(err, "typed_config"), "transport_socket")
+			}
+		default:
+			return nil, inField(fmt.Errorf("%s (%s): a cluster takes %s or %s", ts.GetName(), tt.url,
+				nameUpstreamTLS, nameRawBuffer), "transport_socket")
 		}
 	}
 	switch {
@@ -317,12 +342,20 @@ func circuitBreakers(cb *clusterv3.CircuitBreakers) (config.CircuitBreakers, err
 	return out, nil
 }
 
-// upstreamProtocol sets the upstream HTTP protocol and connection reuse from
-// typed_extension_protocol_options (or the deprecated cluster fields).
+// upstreamProtocol sets the upstream HTTP protocol, its HTTP/2 options and
+// connection reuse from typed_extension_protocol_options (or the
+// deprecated cluster fields).
 func upstreamProtocol(c *clusterv3.Cluster, out *config.Cluster) error {
-	out.Protocol = "http1"
-	if c.GetHttp2ProtocolOptions() != nil {
-		out.Protocol = "http2"
+	out.Protocol = config.ProtocolHTTP1
+	if h2 := c.GetHttp2ProtocolOptions(); h2 != nil {
+		out.Protocol = config.ProtocolHTTP2
+		var err error
+		if out.HTTP2, err = http2Options(h2); err != nil {
+			return inField(err, "http2_protocol_options")
+		}
+	}
+	if c.GetProtocolSelection() == clusterv3.Cluster_USE_DOWNSTREAM_PROTOCOL {
+		out.Protocol = config.ProtocolDownstream
 	}
 	common := c.GetCommonHttpProtocolOptions()
 	commonField := "common_http_protocol_options"
@@ -343,21 +376,26 @@ func upstreamProtocol(c *clusterv3.Cluster, out *config.Cluster) error {
 		if err := upstreamHTTPFields.check(po); err != nil {
 			return inField(err, field)
 		}
-		if c.GetHttp2ProtocolOptions() != nil || common != nil || c.GetMaxRequestsPerConnection() != nil {
+		if c.GetHttp2ProtocolOptions() != nil || common != nil || c.GetMaxRequestsPerConnection() != nil ||
+			c.GetProtocolSelection() != clusterv3.Cluster_USE_CONFIGURED_PROTOCOL {
 			return inField(errors.New("may not be combined with the deprecated http2_protocol_options, "+
-				"common_http_protocol_options or max_requests_per_connection cluster fields"), field)
+				"common_http_protocol_options, max_requests_per_connection or protocol_selection cluster fields"), field)
 		}
-		if ex := po.GetExplicitHttpConfig(); ex != nil {
-			switch ex.GetProtocolConfig().(type) {
-			case *upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_HttpProtocolOptions:
-				out.Protocol = "http1"
-			case *upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions:
-				out.Protocol = "http2"
-			default:
-				return inField(unsupported("explicit_http_config.http3_protocol_options"), field)
+		if err := typedUpstreamProtocol(po, out); err != nil {
+			return inField(err, field)
+		}
+		if uo := po.GetUpstreamHttpProtocolOptions(); uo != nil {
+			if err := upstreamHTTPOptionFields.check(uo); err != nil {
+				return inField(inField(err, "upstream_http_protocol_options"), field)
+			}
+			if uo.GetAutoSanValidation() {
+				return inField(inField(unsupportedValue("auto_san_validation", true), "upstream_http_protocol_options"), field)
 			}
 		}
 		common, commonField = po.GetCommonHttpProtocolOptions(), field+".common_http_protocol_options"
+	}
+	if out.Protocol == config.ProtocolAuto && out.TLS == nil {
+		return errors.New("the auto upstream protocol is chosen by ALPN and needs a TLS transport_socket")
 	}
 	out.IdleTimeout = defaultUpstreamIdleTimeout
 	out.MaxRequestsPerConnection = int(u32(c.GetMaxRequestsPerConnection(), 0))
@@ -378,4 +416,52 @@ func upstreamProtocol(c *clusterv3.Cluster, out *config.Cluster) error {
 		out.MaxRequestsPerConnection = int(common.GetMaxRequestsPerConnection().GetValue())
 	}
 	return nil
+}
+
+// typedUpstreamProtocol sets the protocol from HttpProtocolOptions'
+// upstream_protocol_options: explicit_http_config (http1 or http2),
+// use_downstream_protocol_config (downstream) or auto_config (auto). With
+// none, the protocol stays HTTP/1.1, as in Envoy.
+func typedUpstreamProtocol(po *upstreamhttpv3.HttpProtocolOptions, out *config.Cluster) error {
+	var (
+		h2    *corev3.Http2ProtocolOptions
+		field string
+	)
+	switch {
+	case po.GetExplicitHttpConfig() != nil:
+		ex := po.GetExplicitHttpConfig()
+		field = "explicit_http_config"
+		if err := explicitHTTPFields.check(ex); err != nil {
+			return inField(err, field)
+		}
+		switch pc := ex.GetProtocolConfig().(type) {
+		case *upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_HttpProtocolOptions:
+			out.Protocol = config.ProtocolHTTP1
+		case *upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions:
+			out.Protocol = config.ProtocolHTTP2
+			h2 = pc.Http2ProtocolOptions
+		}
+	case po.GetUseDownstreamProtocolConfig() != nil:
+		ud := po.GetUseDownstreamProtocolConfig()
+		field = "use_downstream_protocol_config"
+		if err := downstreamHTTPFields.check(ud); err != nil {
+			return inField(err, field)
+		}
+		out.Protocol = config.ProtocolDownstream
+		h2 = ud.GetHttp2ProtocolOptions()
+	case po.GetAutoConfig() != nil:
+		ac := po.GetAutoConfig()
+		field = "auto_config"
+		if err := autoHTTPFields.check(ac); err != nil {
+			return inField(err, field)
+		}
+		out.Protocol = config.ProtocolAuto
+		h2 = ac.GetHttp2ProtocolOptions()
+	}
+	if h2 == nil {
+		return nil
+	}
+	var err error
+	out.HTTP2, err = http2Options(h2)
+	return inField(inField(err, "http2_protocol_options"), field)
 }

@@ -9,6 +9,13 @@
 // TranslateRouteConfiguration do the same for already decoded resources; the
 // xDS client reuses them for resources received from a control plane.
 //
+// TLS transport sockets (DownstreamTlsContext on filter chains,
+// UpstreamTlsContext on clusters) become the model's DownstreamTLS and
+// UpstreamTLS. Their certificates, keys and CAs stay file names (the engine
+// reads them when it compiles a snapshot, so a reload picks up renewed
+// files) or inline bytes; environment variables and SDS are not supported
+// yet.
+//
 // The translator never drops configuration silently: every field of a
 // translated message is either applied, deliberately ignored because it only
 // tunes observability or performance (each such field is listed next to the

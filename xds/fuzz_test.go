@@ -13,7 +13,8 @@ import (
 // FuzzLoadBootstrap feeds arbitrary documents to the loader. It must never
 // panic; it returns either an error that names the file, or a snapshot
 // whose invariants hold. The seed corpus is testdata/fuzz/FuzzLoadBootstrap
-// plus every bootstrap under testdata and the static sample.
+// (TLS and HTTP/2 configs included) plus every bootstrap under testdata and
+// the static sample.
 func FuzzLoadBootstrap(f *testing.F) {
 	seeds, _ := filepath.Glob("testdata/*/*.yaml")
 	json, _ := filepath.Glob("testdata/*/*.json")
@@ -59,6 +60,21 @@ func checkInvariants(t *testing.T, s *config.Snapshot, allClustersKnown bool) {
 		if c.ConnectTimeout < 0 || c.IdleTimeout < 0 || c.Protocol == "" {
 			t.Fatalf("cluster %q: %+v", c.Name, c)
 		}
+		switch c.Protocol {
+		case config.ProtocolHTTP1, config.ProtocolHTTP2, config.ProtocolDownstream:
+		case config.ProtocolAuto:
+			if c.TLS == nil {
+				t.Fatalf("cluster %q: auto protocol without TLS", c.Name)
+			}
+		default:
+			t.Fatalf("cluster %q: protocol %q", c.Name, c.Protocol)
+		}
+		if c.HTTP2.ConnectionKeepaliveInterval < 0 || c.HTTP2.ConnectionKeepaliveTimeout < 0 {
+			t.Fatalf("cluster %q: HTTP/2 options %+v", c.Name, c.HTTP2)
+		}
+		if tls := c.TLS; tls != nil && tls.Certificate != nil && (tls.Certificate.Chain.IsZero() || tls.Certificate.Key.IsZero()) {
+			t.Fatalf("cluster %q: client certificate %+v", c.Name, tls.Certificate)
+		}
 		for _, e := range c.Endpoints {
 			if e.Address == "" || e.Weight == 0 {
 				t.Fatalf("cluster %q: endpoint %+v", c.Name, e)
@@ -80,6 +96,21 @@ func checkInvariants(t *testing.T, s *config.Snapshot, allClustersKnown bool) {
 			h := fc.HTTP
 			if h == nil {
 				t.Fatalf("listener %q: filter chain without HCM", l.Name)
+			}
+			switch h.Codec {
+			case config.CodecAuto, config.CodecHTTP1, config.CodecHTTP2:
+			default:
+				t.Fatalf("listener %q: codec %q", l.Name, h.Codec)
+			}
+			if tls := fc.TLS; tls != nil {
+				if len(tls.Certificates) == 0 {
+					t.Fatalf("listener %q: TLS without a certificate", l.Name)
+				}
+				for _, c := range tls.Certificates {
+					if c.Chain.IsZero() || c.Key.IsZero() {
+						t.Fatalf("listener %q: certificate %+v", l.Name, c)
+					}
+				}
 			}
 			if (h.RDSName == "") == (h.RouteConfig == nil) {
 				t.Fatalf("listener %q: RDS name %q and inline route config %v", l.Name, h.RDSName, h.RouteConfig != nil)

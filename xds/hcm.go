@@ -32,13 +32,13 @@ var (
 		"codec_type", "stat_prefix", "rds", "route_config", "http_filters", "common_http_protocol_options",
 		"server_name", "max_request_headers_kb", "stream_idle_timeout", "request_timeout",
 		"request_headers_timeout", "drain_timeout", "access_log", "use_remote_address", "xff_num_trusted_hops",
-		"skip_xff_append", "generate_request_id", "preserve_external_request_id",
+		"skip_xff_append", "generate_request_id", "preserve_external_request_id", "http2_protocol_options",
 		// Checked below: only their default or no-op values are accepted.
 		"add_user_agent", "normalize_path", "path_with_escaped_slashes_action",
 		// Ignored: tracing and access log flushing (observability), codec
 		// and connection tuning.
 		"tracing", "access_log_flush_interval", "flush_access_log_on_new_request", "access_log_options",
-		"record_route_resolution_stats", "http_protocol_options", "http2_protocol_options",
+		"record_route_resolution_stats", "http_protocol_options",
 		"delayed_close_timeout", "stream_flush_timeout", "drain_timeout_jitter",
 		"http1_safe_max_connection_duration", "stream_error_on_invalid_http_message",
 		"internal_address_config")
@@ -90,6 +90,10 @@ func translateHCM(m *hcmv3.HttpConnectionManager) (*config.HTTPConnectionManager
 		out.Codec = config.CodecHTTP2
 	default:
 		return nil, unsupportedValue("codec_type", c)
+	}
+	var err error
+	if out.HTTP2, err = http2Options(m.GetHttp2ProtocolOptions()); err != nil {
+		return nil, inField(err, "http2_protocol_options")
 	}
 	if err := hcmTimeouts(m, out); err != nil {
 		return nil, err

@@ -10,6 +10,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 
 	"github.com/sluice-proxy/sluice/engine/config"
 )
@@ -28,7 +29,8 @@ var (
 		"per_connection_buffer_high_watermark_timeout")
 	filterChainFields = knownFields(&listenerv3.FilterChain{},
 		"filter_chain_match", "filters", "transport_socket", "name",
-		// Ignored: metadata, and a TLS handshake timeout (TLS is rejected).
+		// Ignored: metadata, and the TLS handshake timeout: the config model
+		// has no field for it, the engine bounds handshakes itself.
 		"metadata", "transport_socket_connect_timeout")
 	filterChainMatchFields = knownFields(&listenerv3.FilterChainMatch{},
 		"destination_port", "prefix_ranges", "source_prefix_ranges", "server_names", "transport_protocol",
@@ -124,12 +126,23 @@ func translateFilterChain(fc *listenerv3.FilterChain) (*config.FilterChain, erro
 	if err := filterChainFields.check(fc); err != nil {
 		return nil, err
 	}
+	out := &config.FilterChain{Name: fc.GetName()}
 	if ts := fc.GetTransportSocket(); ts != nil {
-		if err := checkTransportSocket(ts); err != nil {
+		t, err := transportSocket(ts)
+		if err != nil {
 			return nil, inField(err, "transport_socket")
 		}
+		switch m := t.msg.(type) {
+		case nil:
+		case *tlsv3.DownstreamTlsContext:
+			if out.TLS, err = downstreamTLS(m); err != nil {
+				return nil, inField(inField(err, "typed_config"), "transport_socket")
+			}
+		default:
+			return nil, inField(fmt.Errorf("%s (%s): a filter chain takes %s or %s", ts.GetName(), t.url,
+				nameDownstreamTLS, nameRawBuffer), "transport_socket")
+		}
 	}
-	out := &config.FilterChain{Name: fc.GetName()}
 	if m := fc.GetFilterChainMatch(); m != nil {
 		match, err := translateFilterChainMatch(m)
 		if err != nil {
@@ -171,21 +184,25 @@ func translateNetworkFilter(f *listenerv3.Filter) (*config.HTTPConnectionManager
 	return translateHCM(hcm)
 }
 
-// checkTransportSocket accepts plaintext (raw_buffer) only: TLS is not in the
-// config model yet, and serving plaintext where TLS was configured would be
-// a security bug.
-func checkTransportSocket(ts *corev3.TransportSocket) error {
+// transportSocket unpacks a transport socket's config: a zero typed (msg
+// nil) for plaintext (raw_buffer), else a TLS context for the caller to
+// translate. Any other transport socket is rejected: serving or sending
+// plaintext where something else was configured would be a security bug.
+func transportSocket(ts *corev3.TransportSocket) (typed, error) {
 	if err := transportSocketField.check(ts); err != nil {
-		return err
+		return typed{}, err
 	}
 	t, err := unpack(ts.GetTypedConfig())
 	if err != nil {
-		return inField(err, "typed_config")
+		return typed{}, inField(err, "typed_config")
 	}
-	if t.name() != nameRawBuffer {
-		return fmt.Errorf("%s (%s): %w", ts.GetName(), t.url, ErrUnsupported)
+	switch t.name() {
+	case nameRawBuffer:
+		return typed{}, nil
+	case nameDownstreamTLS, nameUpstreamTLS:
+		return t, nil
 	}
-	return nil
+	return typed{}, fmt.Errorf("%s (%s): %w", ts.GetName(), t.url, ErrUnsupported)
 }
 
 func translateFilterChainMatch(m *listenerv3.FilterChainMatch) (config.FilterChainMatch, error) {

@@ -54,6 +54,8 @@ const (
 	nameTLSInspector        = "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
 	nameHTTPInspector       = "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector"
 	nameRawBuffer           = "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
+	nameDownstreamTLS       = "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+	nameUpstreamTLS         = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 	namePreviousHosts       = "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
 	nameUpstreamHTTPOptions = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 )

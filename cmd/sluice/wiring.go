@@ -5,6 +5,7 @@ import (
 	"github.com/sluice-proxy/sluice/engine/filters/headermutation"
 	"github.com/sluice-proxy/sluice/engine/stream"
 	"github.com/sluice-proxy/sluice/protocols/http1"
+	"github.com/sluice-proxy/sluice/protocols/http2"
 )
 
 // builtins is the one place that knows every built-in protocol and filter
@@ -12,6 +13,8 @@ import (
 func builtins() *stream.Registry {
 	r := stream.NewRegistry()
 	r.RegisterCodec("http1", http1.NewServerCodec(), http1.NewClientCodec())
+	r.RegisterCodec("http2", http2.NewServerCodec(), nil)
+	r.RegisterMuxCodec("http2", http2.NewClientCodec())
 	r.RegisterFilter(headermutation.Compiler{}, headermutation.TypeNames...)
 	r.RegisterFilter(rules.Compiler{}, rules.TypeURL)
 	return r

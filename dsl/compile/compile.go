@@ -11,15 +11,23 @@
 //   - `admin ADDR` → Snapshot.Admin.
 //   - `upstream NAME {...}` → a Cluster: STATIC (every endpoint an IP) or
 //     STRICT_DNS, healthy endpoints with weights, lb policy (round_robin by
-//     default), connect_timeout (5s), protocol (http1), Envoy's default
-//     circuit breakers. The key of ring_hash(EXPR)/maglev(EXPR) becomes the
-//     HashPolicy of every route that proxies to the upstream; it must be
-//     request.headers["NAME"] or source.address.
+//     default), connect_timeout (5s), protocol (http1; auto needs tls),
+//     Envoy's default circuit breakers. The key of
+//     ring_hash(EXPR)/maglev(EXPR) becomes the HashPolicy of every route
+//     that proxies to the upstream; it must be request.headers["NAME"] or
+//     source.address. `tls {...}` → Cluster.TLS (an UpstreamTLS), `http2
+//     {...}` → Cluster.HTTP2.
 //   - `listener NAME ADDR {...}` → a Listener with one FilterChain and an
 //     HTTPConnectionManager (stat prefix NAME, codec from `protocol`, auto
 //     by default, UseRemoteAddress like an edge proxy, xDS's defaults for
 //     timeouts and limits) with an inline RouteConfiguration NAME holding one
-//     VirtualHost NAME for "*" with the routes in file order.
+//     VirtualHost NAME for "*" with the routes in file order. `tls {...}`
+//     → the chain's TLS (a DownstreamTLS: the one chain then serves TLS
+//     only), `http2 {...}` → the connection manager's HTTP2.
+//   - Files named in tls blocks are relative to the naming file and become
+//     DataSource filenames, which the engine reads when it applies the
+//     config; they are watched (Result.Watch) so renewed certificates
+//     reload.
 //   - `route NAME [when EXPR] {...}` → a Route. The `when` is lifted into
 //     path/prefix/header matchers where it has a common shape (Lift); what
 //     remains is a RouteMatch.Condition (a *rules.Condition). The terminal
@@ -102,7 +110,8 @@ const (
 var DefaultRetryOn = []string{"gateway-error", "connect-failure", "reset"}
 
 // RetryOn lists the retry conditions the proxy implements.
-var RetryOn = []string{"5xx", "gateway-error", "connect-failure", "reset", "reset-before-request", "retriable-4xx"}
+var RetryOn = []string{"5xx", "gateway-error", "connect-failure", "reset", "reset-before-request", "retriable-4xx", "refused-stream",
+	"cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable"}
 
 // Result is a compiled program.
 type Result struct {
@@ -494,9 +503,13 @@ func (c *compiler) upstream(u *syntax.Upstream, info *upstreamInfo) {
 		ConnectTimeout:  DefaultConnectTimeout,
 		LBPolicy:        config.LBRoundRobin,
 		CircuitBreakers: config.DefaultCircuitBreakers(),
-		Protocol:        "http1",
+		Protocol:        config.ProtocolHTTP1,
 		IdleTimeout:     DefaultUpstreamIdleTimeout,
 	}
+	var (
+		protocol *syntax.Protocol
+		h2       *syntax.HTTP2
+	)
 	seen := map[string]syntax.Pos{}
 	once := func(s syntax.Stmt, kw string) bool {
 		if prev, dup := seen[kw]; dup {
@@ -558,14 +571,38 @@ func (c *compiler) upstream(u *syntax.Upstream, info *upstreamInfo) {
 			if !once(s, "protocol") {
 				continue
 			}
+			protocol = s
 			cl.Protocol = s.Name.Name
+		case *syntax.TLS:
+			if !once(s, "tls") {
+				continue
+			}
+			if cl.TLS = c.upstreamTLS(s, u.Name.Name); cl.TLS == nil {
+				ok = false
+			}
+		case *syntax.HTTP2:
+			if !once(s, "http2") {
+				continue
+			}
+			h2 = s
+			var good bool
+			if cl.HTTP2, good = c.http2(s, "upstream "+strconv.Quote(u.Name.Name)); !good {
+				ok = false
+			}
 		case *syntax.HealthCheck:
 			c.errorf(s.Pos, "remove it for now; unhealthy endpoints are detected by failed requests only", "health_check is not supported yet")
 			ok = false
-		case *syntax.GenericStmt:
-			c.errorf(s.Pos, "", "`%s` in an upstream is not supported yet", s.Keyword.Name)
-			ok = false
 		}
+	}
+	switch {
+	case cl.Protocol == config.ProtocolAuto && u.TLS() == nil:
+		c.errorf(protocol.Name.Pos, "add a tls block to the upstream, or say protocol http1 or http2",
+			"protocol auto needs tls: it picks HTTP/2 or HTTP/1.1 by ALPN in the TLS handshake")
+		ok = false
+	case h2 != nil && cl.Protocol == config.ProtocolHTTP1:
+		c.errorf(h2.Pos, "add protocol http2 (or auto with tls, or downstream)",
+			"http2 settings have no effect: upstream %q speaks HTTP/1.1", u.Name.Name)
+		ok = false
 	}
 	if len(cl.Endpoints) == 0 {
 		c.errorf(u.Name.Pos, "add a line such as: endpoint 127.0.0.1:9001", "upstream %q has no endpoint", u.Name.Name)
@@ -626,7 +663,11 @@ func (c *compiler) listener(l *syntax.Listener) *listenerInfo {
 	}
 	rc := &rules.Config{}
 	needRules := false
-	var protocol *syntax.Protocol
+	var (
+		protocol *syntax.Protocol
+		tls      *syntax.TLS
+		h2       *syntax.HTTP2
+	)
 	var catchAll *syntax.Route
 	reportedUnreachable := false
 	for _, item := range l.Items {
@@ -638,6 +679,20 @@ func (c *compiler) listener(l *syntax.Listener) *listenerInfo {
 			}
 			protocol = it
 			hcm.Codec = config.Codec(it.Name.Name)
+		case *syntax.TLS:
+			if tls != nil {
+				c.errorf(it.Pos, "", "duplicate tls in listener %q (first at %s)", name, tls.Pos)
+				continue
+			}
+			tls = it
+			li.cfg.FilterChains[0].TLS = c.listenerTLS(it, name)
+		case *syntax.HTTP2:
+			if h2 != nil {
+				c.errorf(it.Pos, "", "duplicate http2 in listener %q (first at %s)", name, h2.Pos)
+				continue
+			}
+			h2 = it
+			hcm.HTTP2, _ = c.http2(it, "listener "+strconv.Quote(name))
 		case *syntax.AccessLog:
 			al := &config.AccessLog{Path: it.Path.Value}
 			if it.Format != nil {
@@ -690,6 +745,10 @@ func (c *compiler) listener(l *syntax.Listener) *listenerInfo {
 				needRules = true
 			}
 		}
+	}
+	if h2 != nil && hcm.Codec == config.CodecHTTP1 {
+		c.errorf(h2.Pos, "remove the protocol line (auto serves both) or say protocol http2",
+			"http2 settings have no effect: listener %q speaks HTTP/1.1", name)
 	}
 	if needRules {
 		li.rules = rc

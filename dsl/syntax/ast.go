@@ -74,14 +74,14 @@ type Decl interface {
 }
 
 // UpstreamStmt is a statement inside an upstream block: *Endpoint, *LB,
-// *ConnectTimeout, *Protocol, *HealthCheck or *GenericStmt.
+// *ConnectTimeout, *Protocol, *HealthCheck, *TLS or *HTTP2.
 type UpstreamStmt interface {
 	Stmt
 	upstreamStmt()
 }
 
-// ListenerItem is a statement inside a listener block: *Protocol, *On,
-// *Lua, *Wasm or *Route.
+// ListenerItem is a statement inside a listener block: *Protocol,
+// *AccessLog, *TLS, *HTTP2, *On, *Lua, *Wasm or *Route.
 type ListenerItem interface {
 	Stmt
 	listenerItem()
@@ -264,13 +264,68 @@ type HealthCheck struct {
 	Interval *Duration // nil: not given
 }
 
-// GenericStmt is a statement the grammar reserves but does not define yet
-// (`tls ...` in an upstream). It is kept so files format and round-trip;
-// the compiler must report it as not supported.
-type GenericStmt struct {
+// ---- tls and http2 blocks (listeners and upstreams) ----
+
+// TLS is `tls { ... }`: in a listener it terminates TLS, in an upstream it
+// originates TLS to the endpoints. Which statements a block may hold
+// depends on where it is; the parser checks.
+type TLS struct {
 	StmtInfo
-	Keyword *Ident
-	Args    *Expr // the rest of the statement as raw text; nil if none
+	Stmts []TLSStmt
+	Body  Block
+}
+
+// TLSStmt is a statement inside a tls block: *TLSCert or *TLSOption.
+type TLSStmt interface {
+	Stmt
+	tlsStmt()
+}
+
+// TLSCert is `cert "FILE" key "FILE"`: a PEM certificate chain and its
+// private key, paths relative to the .sluice file.
+type TLSCert struct {
+	StmtInfo
+	Cert *String
+	Key  *String
+}
+
+// TLSOption is `NAME STRING` in a tls block (alpn, cipher_suites,
+// min_version, max_version; client_ca in a listener; sni, ca and san in an
+// upstream) or the flag require_client_cert (Value nil).
+type TLSOption struct {
+	StmtInfo
+	Name  *Ident
+	Value *String // nil for a flag
+}
+
+// HTTP2 is `http2 { ... }`: HTTP/2 settings of a listener or an upstream.
+type HTTP2 struct {
+	StmtInfo
+	Stmts []HTTP2Stmt
+	Body  Block
+}
+
+// HTTP2Stmt is a statement inside an http2 block: *HTTP2Setting or
+// *Keepalive.
+type HTTP2Stmt interface {
+	Stmt
+	http2Stmt()
+}
+
+// HTTP2Setting is `max_concurrent_streams N`, `initial_stream_window N` or
+// `initial_connection_window N` (window sizes in bytes).
+type HTTP2Setting struct {
+	StmtInfo
+	Name  *Ident
+	Value *Number
+}
+
+// Keepalive is `keepalive D [timeout D]` in an http2 block: a PING every
+// D on an idle connection, closed when one is not answered in time.
+type Keepalive struct {
+	StmtInfo
+	Interval *Duration
+	Timeout  *Duration // nil: not given
 }
 
 // ---- listener items ----
@@ -489,10 +544,19 @@ func (*LB) upstreamStmt()             {}
 func (*ConnectTimeout) upstreamStmt() {}
 func (*Protocol) upstreamStmt()       {}
 func (*HealthCheck) upstreamStmt()    {}
-func (*GenericStmt) upstreamStmt()    {}
+func (*TLS) upstreamStmt()            {}
+func (*HTTP2) upstreamStmt()          {}
+
+func (*TLSCert) tlsStmt()   {}
+func (*TLSOption) tlsStmt() {}
+
+func (*HTTP2Setting) http2Stmt() {}
+func (*Keepalive) http2Stmt()    {}
 
 func (*Protocol) listenerItem()  {}
 func (*AccessLog) listenerItem() {}
+func (*TLS) listenerItem()       {}
+func (*HTTP2) listenerItem()     {}
 func (*On) listenerItem()        {}
 func (*Lua) listenerItem()       {}
 func (*Wasm) listenerItem()      {}
@@ -541,6 +605,18 @@ func (u *Upstream) Protocol() *Protocol { return first[*Protocol](u.Stmts) }
 
 // HealthCheck returns the first health_check statement of u, or nil.
 func (u *Upstream) HealthCheck() *HealthCheck { return first[*HealthCheck](u.Stmts) }
+
+// TLS returns the first tls block of u, or nil.
+func (u *Upstream) TLS() *TLS { return first[*TLS](u.Stmts) }
+
+// HTTP2 returns the first http2 block of u, or nil.
+func (u *Upstream) HTTP2() *HTTP2 { return first[*HTTP2](u.Stmts) }
+
+// TLS returns the first tls block of l, or nil.
+func (l *Listener) TLS() *TLS { return first[*TLS](l.Items) }
+
+// HTTP2 returns the first http2 block of l, or nil.
+func (l *Listener) HTTP2() *HTTP2 { return first[*HTTP2](l.Items) }
 
 // Routes returns the routes of l in order.
 func (l *Listener) Routes() []*Route { return stmtsOf[*Route](l.Items) }

@@ -38,8 +38,8 @@
 //   - after `when`: at the `{` that opens the block, at the first `{`
 //     outside brackets and strings. A CEL map literal in a condition must
 //     therefore be inside parentheses: `when ({"a": 1}[k] == 1) {`.
-//   - after `=`, `respond CODE`, `redirect CODE`, `rewrite path|host`,
-//     `by` and `tls`: at the end of the statement (a newline, `;` or an
+//   - after `=`, `respond CODE`, `redirect CODE`, `rewrite path|host`
+//     and `by`: at the end of the statement (a newline, `;` or an
 //     unmatched `}`).
 //   - in `ring_hash(EXPR)` and `maglev(EXPR)`: at the matching `)`.
 //
@@ -62,16 +62,29 @@
 //	            | "lb" ( "round_robin" | "least_request" | "random"
 //	                   | "ring_hash" "(" EXPR ")" | "maglev" "(" EXPR ")" )
 //	            | "connect_timeout" duration
-//	            | "protocol" ( "http1" | "http2" )
-//	            | "health_check" "http" string [ "interval" duration ]
-//	            | "tls" [ ANY ] .                          // kept as raw text: GenericStmt, not supported yet
+//	            | "protocol" ( "http1" | "http2" | "auto" | "downstream" )
+//	            | "tls" "{" { UpstreamTLS Term } "}"
+//	            | HTTP2
+//	            | "health_check" "http" string [ "interval" duration ] .
+//	UpstreamTLS = "sni" string | "ca" string | Cert | "san" string | TLSCommon .
 //
 //	ListenerItem = "protocol" ( "http1" | "http2" | "auto" )
+//	            | "tls" "{" { ListenerTLS Term } "}"
+//	            | HTTP2
+//	            | "access_log" string [ "format" string ]
 //	            | "on" ( "request" | "response" ) [ "when" EXPR ] "{" { Action Term } "}"
 //	            | "route" ident [ "when" EXPR ] "{" { Action Term } "}"
 //	            | Lua | Wasm .
 //	Lua         = "lua" string .                           // "file" or `inline code`
 //	Wasm        = "wasm" string { "config" string | "root_id" string } .
+//	ListenerTLS = Cert | "client_ca" string | "require_client_cert" | TLSCommon .
+//	Cert        = "cert" string "key" string .             // PEM files, relative to the file
+//	TLSCommon   = "alpn" string | "cipher_suites" string   // comma-separated lists
+//	            | "min_version" string | "max_version" string .
+//	HTTP2       = "http2" "{" { HTTP2Stmt Term } "}" .
+//	HTTP2Stmt   = "max_concurrent_streams" number
+//	            | "initial_stream_window" number | "initial_connection_window" number
+//	            | "keepalive" duration [ "timeout" duration ] .
 //
 //	Action      = ( "set" | "add" ) Header "=" EXPR
 //	            | "remove" Header
@@ -97,7 +110,9 @@
 // a test request's `header`. The parser also checks what needs no context:
 // status codes are integers from 100 to 599 (redirect: 301, 302, 303, 307
 // or 308), weights and counts are integers, percentages are from 0 to
-// 100, ports from 1 to 65535. Which actions are allowed where, terminal
+// 100, ports from 1 to 65535, HTTP/2 windows from 65535 to 2^31-1, and
+// that a tls block holds only the statements of its context (a listener's
+// or an upstream's). Which actions are allowed where, terminal
 // actions, names and CEL types are the compiler's business.
 //
 // # Diagnostics

@@ -55,6 +55,10 @@ func blockOf(s Stmt) (header string, b *Block, children []Stmt, ok bool) {
 		return "on " + s.Phase.Name + when(s.When), &s.Body, stmts(s.Actions), true
 	case *Route:
 		return "route " + s.Name.Name + when(s.When), &s.Body, stmts(s.Actions), true
+	case *TLS:
+		return "tls", &s.Body, stmts(s.Stmts), true
+	case *HTTP2:
+		return "http2", &s.Body, stmts(s.Stmts), true
 	}
 	return "", nil, nil, false
 }
@@ -210,10 +214,19 @@ func line(s Stmt) string {
 		if s.Interval != nil {
 			w(" interval ", s.Interval.Text)
 		}
-	case *GenericStmt:
-		w(s.Keyword.Name)
-		if s.Args != nil {
-			w(" ", s.Args.Text)
+	case *TLSCert:
+		w("cert ", s.Cert.Raw, " key ", s.Key.Raw)
+	case *TLSOption:
+		w(s.Name.Name)
+		if s.Value != nil {
+			w(" ", s.Value.Raw)
+		}
+	case *HTTP2Setting:
+		w(s.Name.Name, " ", s.Value.Text)
+	case *Keepalive:
+		w("keepalive ", s.Interval.Text)
+		if s.Timeout != nil {
+			w(" timeout ", s.Timeout.Text)
 		}
 	case *Lua:
 		if s.File != nil {

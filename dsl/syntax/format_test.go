@@ -138,3 +138,23 @@ func TestDSLMDCopy(t *testing.T) {
 		t.Errorf("listener: %d routes", len(l.Routes()))
 	}
 }
+
+// Every example of the language reference (docs/dsl.md) that is not a
+// shell session parses and formats.
+func TestDocsDSLMD(t *testing.T) {
+	md, err := os.ReadFile("../../docs/dsl.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for i, block := range strings.Split(string(md), "```")[1:] {
+		if i%2 == 1 || !strings.HasPrefix(block, "\n") {
+			continue // prose, or a fenced block with a language (sh, ...)
+		}
+		n++
+		checkFormat(t, "dsl.md", []byte(block))
+	}
+	if n < 3 {
+		t.Errorf("found %d examples in docs/dsl.md", n)
+	}
+}

@@ -54,11 +54,7 @@ func ParseFiles(root string, read func(path string) ([]byte, error)) (*Program, 
 				diags = append(diags, f.Errorf(imp.Path.Pos, "", "empty import path"))
 				continue
 			}
-			target := imp.Path.Value
-			if !filepath.IsAbs(target) {
-				target = filepath.Join(filepath.Dir(path), target)
-			}
-			target = filepath.Clean(target)
+			target := ResolvePath(path, imp.Path.Value)
 			if i := slices.Index(stack, target); i >= 0 {
 				chain := append(slices.Clone(stack[i:]), target)
 				diags = append(diags, f.Errorf(imp.Path.Pos, "a file cannot import itself, directly or through other files",
@@ -122,8 +118,10 @@ func (p *Program) File(path string) *File {
 }
 
 // WatchPaths returns the files a running proxy should watch to reload:
-// every *.sluice file of the program and every Lua and wasm file they name
-// (resolved relative to the naming file), each once, in order.
+// every *.sluice file of the program and every file they name: Lua and
+// wasm filters, TLS certificates, keys and CAs (so a renewed certificate
+// is picked up), resolved relative to the naming file, each once, in
+// order.
 func (p *Program) WatchPaths() []string {
 	var out []string
 	add := func(path string) {
@@ -136,24 +134,38 @@ func (p *Program) WatchPaths() []string {
 	}
 	for _, f := range p.Files {
 		Inspect(f, func(n Node) bool {
-			var s *String
+			var names []*String
 			switch n := n.(type) {
 			case *Lua:
-				s = n.File
+				names = append(names, n.File)
 			case *Wasm:
-				s = n.File
-			}
-			if s != nil && s.Value != "" {
-				path := s.Value
-				if !filepath.IsAbs(path) {
-					path = filepath.Join(filepath.Dir(f.Path), path)
+				names = append(names, n.File)
+			case *TLSCert:
+				names = append(names, n.Cert, n.Key)
+			case *TLSOption:
+				if n.Name.Name == "ca" || n.Name.Name == "client_ca" {
+					names = append(names, n.Value)
 				}
-				add(filepath.Clean(path))
+			}
+			for _, s := range names {
+				if s != nil && s.Value != "" {
+					add(ResolvePath(f.Path, s.Value))
+				}
 			}
 			return true
 		})
 	}
 	return out
+}
+
+// ResolvePath resolves a path named in the file from: relative to from's
+// directory unless it is absolute, as imports, filters and certificates
+// are.
+func ResolvePath(from, path string) string {
+	if !filepath.IsAbs(path) {
+		path = filepath.Join(filepath.Dir(from), path)
+	}
+	return filepath.Clean(path)
 }
 
 // Errorf makes a diagnostic at pos in one of p's files, with the source

@@ -27,6 +27,10 @@ func TestParseFiles(t *testing.T) {
 import "common.sluice"
 listener l 127.0.0.1:80 {
   lua "filters/a.lua"
+  tls {
+    cert "certs/server.pem" key "certs/server.key"
+    client_ca "/etc/ca.pem"
+  }
   route r {
     wasm "/abs/b.wasm"
     proxy api
@@ -36,6 +40,11 @@ listener l 127.0.0.1:80 {
 		"conf/upstreams/all.sluice": `import "../common.sluice"
 upstream api {
   endpoint 127.0.0.1:9001
+  tls {
+    ca "../certs/ca.pem"
+    cert "client.pem" key "client.key"
+    sni "api"
+  }
 }
 `,
 		"conf/common.sluice": `admin 127.0.0.1:9901
@@ -84,7 +93,8 @@ upstream shared {
 	for _, p := range prog.WatchPaths() {
 		watch = append(watch, filepath.ToSlash(p))
 	}
-	if got := strings.Join(watch, " "); got != "conf/main.sluice conf/upstreams/all.sluice conf/common.sluice conf/filters/a.lua /abs/b.wasm" {
+	if got := strings.Join(watch, " "); got != "conf/main.sluice conf/upstreams/all.sluice conf/common.sluice conf/filters/a.lua "+
+		"conf/certs/server.pem conf/certs/server.key /etc/ca.pem /abs/b.wasm conf/certs/ca.pem conf/upstreams/client.pem conf/upstreams/client.key" {
 		t.Errorf("watch paths: %s", got)
 	}
 	if d := prog.Errorf(prog.Files[2].Decls[1].Start(), "", "duplicate upstream"); d.Line != "upstream shared {" {

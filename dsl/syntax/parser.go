@@ -298,11 +298,18 @@ func (p *parser) closeBlock(b *Block) {
 
 var (
 	topWords      = []string{"admin", "import", "upstream", "listener", "test"}
-	upstreamWords = []string{"endpoint", "lb", "connect_timeout", "protocol", "health_check", "tls"}
-	listenerWords = []string{"protocol", "access_log", "on", "lua", "wasm", "route"}
+	upstreamWords = []string{"endpoint", "lb", "connect_timeout", "protocol", "http2", "tls", "health_check"}
+	listenerWords = []string{"protocol", "tls", "http2", "access_log", "on", "lua", "wasm", "route"}
 	actionWords   = []string{"set", "add", "remove", "rewrite", "ratelimit", "delay", "abort",
 		"respond", "redirect", "deny", "proxy", "lua", "wasm"}
 	testWords = []string{"request", "expect"}
+
+	listenerTLSWords = []string{"cert", "alpn", "client_ca", "require_client_cert", "min_version", "max_version", "cipher_suites"}
+	upstreamTLSWords = []string{"sni", "ca", "cert", "san", "alpn", "min_version", "max_version", "cipher_suites"}
+	http2Words       = []string{"max_concurrent_streams", "initial_stream_window", "initial_connection_window", "keepalive"}
+
+	upstreamProtocols = []string{"http1", "http2", "auto", "downstream"}
+	listenerProtocols = []string{"http1", "http2", "auto"}
 
 	lbPolicies = []string{"round_robin", "least_request", "random", "ring_hash", "maglev"}
 )
@@ -313,19 +320,24 @@ func (p *parser) unknownStmt(where string, words []string) {
 	if t.kind != tIdent {
 		p.fail(t.pos, oneOf(words), "expected a statement, found %s", t.describe())
 	}
-	home := ""
-	switch {
-	case slices.Contains(topWords, t.text):
-		home = "at the top level"
-	case slices.Contains(upstreamWords, t.text):
-		home = "in an upstream block"
-	case slices.Contains(listenerWords, t.text):
-		home = "in a listener block"
-	case slices.Contains(actionWords, t.text):
-		home = "in an `on` block or a route"
-	case slices.Contains(testWords, t.text):
-		home = "in a test block"
+	var homes []string
+	for _, h := range []struct {
+		where string
+		words []string
+	}{
+		{"at the top level", topWords},
+		{"in an upstream block", upstreamWords},
+		{"in a listener block", listenerWords},
+		{"in an `on` block or a route", actionWords},
+		{"in a test block", testWords},
+		{"in a tls block", append(slices.Clone(listenerTLSWords), upstreamTLSWords...)},
+		{"in an http2 block", http2Words},
+	} {
+		if slices.Contains(h.words, t.text) {
+			homes = append(homes, h.where)
+		}
 	}
+	home := strings.Join(homes, " or ")
 	if home != "" {
 		p.fail(t.pos, "`"+t.text+"` belongs "+home+"; here "+oneOf(words),
 			"`%s` is not allowed %s", t.text, where)
@@ -592,8 +604,12 @@ func (p *parser) upstreamStmt() UpstreamStmt {
 			s := &Protocol{}
 			s.Pos = pos
 			p.next()
-			s.Name = p.word("upstream protocol", []string{"http1", "http2"})
+			s.Name = p.word("upstream protocol", upstreamProtocols)
 			return s
+		case "tls":
+			return p.tls("an upstream's", upstreamTLSWords, "a listener's", listenerTLSWords)
+		case "http2":
+			return p.http2()
 		case "health_check":
 			s := &HealthCheck{}
 			s.Pos = pos
@@ -604,12 +620,6 @@ func (p *parser) upstreamStmt() UpstreamStmt {
 				p.next()
 				s.Interval = p.duration("a health check interval")
 			})
-			return s
-		case "tls":
-			s := &GenericStmt{}
-			s.Pos = pos
-			s.Keyword = &Ident{Pos: pos, Name: p.tok.text}
-			s.Args = p.exprAfter(exprLine)
 			return s
 		}
 	}
@@ -627,8 +637,12 @@ func (p *parser) listenerItem() ListenerItem {
 			s := &Protocol{}
 			s.Pos = pos
 			p.next()
-			s.Name = p.word("listener protocol", []string{"http1", "http2", "auto"})
+			s.Name = p.word("listener protocol", listenerProtocols)
 			return s
+		case "tls":
+			return p.tls("a listener's", listenerTLSWords, "an upstream's", upstreamTLSWords)
+		case "http2":
+			return p.http2()
 		case "on":
 			s := &On{}
 			s.Pos = pos
@@ -666,6 +680,115 @@ func (p *parser) listenerItem() ListenerItem {
 		}
 	}
 	p.unknownStmt("in a listener block", listenerWords)
+	return nil
+}
+
+// ---- tls and http2 blocks ----
+
+// tlsValues names the value of each tls option that takes one, for
+// diagnostics.
+var tlsValues = map[string]string{
+	"alpn":          `the ALPN protocols, as in "h2,http/1.1"`,
+	"cipher_suites": `TLS 1.2 cipher suites, as in "ECDHE-RSA-AES128-GCM-SHA256,ECDHE-ECDSA-AES128-GCM-SHA256"`,
+	"min_version":   `a TLS version: "TLSv1_2" or "TLSv1_3"`,
+	"max_version":   `a TLS version: "TLSv1_2" or "TLSv1_3"`,
+	"client_ca":     "the CA file that verifies client certificates",
+	"ca":            "the CA file that verifies the upstream's certificate",
+	"sni":           "the server name to send",
+	"san":           "a subject alt name the upstream's certificate must have",
+}
+
+// tls reads `tls { ... }`. where ("a listener's") and words are the block's
+// context and statements; other and otherWords those of the other context,
+// to say where a misplaced statement belongs.
+func (p *parser) tls(where string, words []string, other string, otherWords []string) *TLS {
+	s := &TLS{}
+	s.Pos = p.tok.pos
+	p.next()
+	s.Body = p.openBlock("the tls block")
+	s.Stmts = parseList(p, &s.Body, func() TLSStmt { return p.tlsStmt(where, words, other, otherWords) })
+	p.closeBlock(&s.Body)
+	return s
+}
+
+func (p *parser) tlsStmt(where string, words []string, other string, otherWords []string) TLSStmt {
+	t := p.tok
+	if t.kind == tIdent && slices.Contains(words, t.text) {
+		if t.text == "cert" {
+			s := &TLSCert{}
+			s.Pos = t.pos
+			p.next()
+			s.Cert = p.str("a certificate chain file")
+			if !p.isWord("key") {
+				p.expected("`key` and the private key file after the certificate",
+					`a certificate goes with its key: cert "server.pem" key "server.key"`)
+			}
+			p.next()
+			s.Key = p.str("a private key file")
+			return s
+		}
+		s := &TLSOption{Name: &Ident{Pos: t.pos, Name: t.text}}
+		s.Pos = t.pos
+		p.next()
+		if what, ok := tlsValues[t.text]; ok {
+			s.Value = p.str(what)
+		}
+		return s
+	}
+	in := "in " + where + " tls block"
+	if t.kind == tIdent {
+		switch {
+		case t.text == "key":
+			p.fail(t.pos, `write the certificate and its key on one line: cert "server.pem" key "server.key"`,
+				"`key` must follow `cert \"FILE\"`")
+		case slices.Contains(otherWords, t.text):
+			p.fail(t.pos, "`"+t.text+"` belongs in "+other+" tls block; here "+oneOf(words),
+				"`%s` is not allowed %s", t.text, in)
+		}
+	}
+	p.unknownStmt(in, words)
+	return nil
+}
+
+// http2 reads `http2 { ... }`.
+func (p *parser) http2() *HTTP2 {
+	s := &HTTP2{}
+	s.Pos = p.tok.pos
+	p.next()
+	s.Body = p.openBlock("the http2 block")
+	s.Stmts = parseList(p, &s.Body, p.http2Stmt)
+	p.closeBlock(&s.Body)
+	return s
+}
+
+func (p *parser) http2Stmt() HTTP2Stmt {
+	t := p.tok
+	if t.kind == tIdent {
+		switch t.text {
+		case "max_concurrent_streams", "initial_stream_window", "initial_connection_window":
+			s := &HTTP2Setting{Name: &Ident{Pos: t.pos, Name: t.text}}
+			s.Pos = t.pos
+			p.next()
+			if t.text == "max_concurrent_streams" {
+				s.Value = p.integer("a number of streams", 1, 1<<31-1)
+			} else {
+				// HTTP/2's bounds: the default window, and 2^31-1.
+				s.Value = p.integer("a window size in bytes", 65535, 1<<31-1)
+			}
+			return s
+		case "keepalive":
+			s := &Keepalive{}
+			s.Pos = t.pos
+			p.next()
+			s.Interval = p.duration("a keepalive interval")
+			p.options("keepalive", []string{"timeout"}, "", func(string) {
+				p.next()
+				s.Timeout = p.duration("a keepalive timeout")
+			})
+			return s
+		}
+	}
+	p.unknownStmt("in an http2 block", http2Words)
 	return nil
 }
 

@@ -63,12 +63,26 @@ func TestParseStatements(t *testing.T) {
 		{"upstream", "protocol http2", "[Protocol{Name:http2}]"},
 		{"upstream", `health_check http "/healthz" interval 5s`, `[HealthCheck{Kind:http Path:"/healthz" Interval:5s}]`},
 		{"upstream", `health_check http "/healthz"`, `[HealthCheck{Kind:http Path:"/healthz"}]`},
-		{"upstream", `tls sni "api.example.com" ca "ca.pem"`, `[GenericStmt{Keyword:tls Args:<sni "api.example.com" ca "ca.pem">}]`},
-		{"upstream", "tls", "[GenericStmt{Keyword:tls}]"},
+		{"upstream", "protocol auto", "[Protocol{Name:auto}]"},
+		{"upstream", "protocol downstream", "[Protocol{Name:downstream}]"},
+		{"upstream", "tls {}", "[TLS{}]"},
+		{"upstream", "tls {\n    sni \"api.example.com\"\n    ca \"certs/ca.pem\"\n    cert \"client.pem\" key \"client.key\"\n    alpn \"h2\"\n    san \"a\"; san \"b\"\n    min_version \"TLSv1_3\"\n  }",
+			`[TLS{Stmts:[TLSOption{Name:sni Value:"api.example.com"} TLSOption{Name:ca Value:"certs/ca.pem"} TLSCert{Cert:"client.pem" Key:"client.key"} ` +
+				`TLSOption{Name:alpn Value:"h2"} TLSOption{Name:san Value:"a"} TLSOption{Name:san Value:"b"} TLSOption{Name:min_version Value:"TLSv1_3"}]}]`},
+		{"upstream", `tls { sni "x" }`, `[TLS{Stmts:[TLSOption{Name:sni Value:"x"}]}]`},
+		{"upstream", "http2 {\n    max_concurrent_streams 100\n    initial_stream_window 65535\n    initial_connection_window 1048576\n    keepalive 30s timeout 5s\n  }",
+			"[HTTP2{Stmts:[HTTP2Setting{Name:max_concurrent_streams Value:100} HTTP2Setting{Name:initial_stream_window Value:65535} " +
+				"HTTP2Setting{Name:initial_connection_window Value:1048576} Keepalive{Interval:30s Timeout:5s}]}]"},
+		{"upstream", "http2 { keepalive 1m }", "[HTTP2{Stmts:[Keepalive{Interval:1m}]}]"},
 
 		// listener
 		{"listener", "protocol auto", "[Protocol{Name:auto}]"},
 		{"listener", "protocol http1", "[Protocol{Name:http1}]"},
+		{"listener", "tls {\n    cert \"a.pem\" key \"a.key\" # first\n    cert \"/etc/b.pem\" key \"/etc/b.key\"\n    alpn \"h2,http/1.1\"\n    client_ca \"ca.pem\"\n    require_client_cert\n    min_version \"TLSv1_2\"; max_version \"TLSv1_3\"\n    cipher_suites \"ECDHE-RSA-AES128-GCM-SHA256\"\n  }",
+			`[TLS{Stmts:[TLSCert{Comment:# first Cert:"a.pem" Key:"a.key"} TLSCert{Cert:"/etc/b.pem" Key:"/etc/b.key"} TLSOption{Name:alpn Value:"h2,http/1.1"} ` +
+				`TLSOption{Name:client_ca Value:"ca.pem"} TLSOption{Name:require_client_cert} TLSOption{Name:min_version Value:"TLSv1_2"} ` +
+				`TLSOption{Name:max_version Value:"TLSv1_3"} TLSOption{Name:cipher_suites Value:"ECDHE-RSA-AES128-GCM-SHA256"}]}]`},
+		{"listener", "http2 { max_concurrent_streams 10 }", "[HTTP2{Stmts:[HTTP2Setting{Name:max_concurrent_streams Value:10}]}]"},
 		{"listener", "on request {}", "[On{Phase:request}]"},
 		{"listener", "on response when response.code >= 500 {}", "[On{Phase:response When:<response.code >= 500>}]"},
 		{"listener", `on request when request.headers["x"] == "{" {}`, `[On{Phase:request When:<request.headers["x"] == "{">}]`},
@@ -296,12 +310,83 @@ t.sluice:1:11: expected ` + "`{`" + ` to open the upstream block, found end of l
 t.sluice:2:3: unknown statement ` + "`endpont`" + ` in an upstream block
       endpont 1.2.3.4:80
       ^
-    hint: did you mean ` + "`endpoint`" + `? expected one of: endpoint, lb, connect_timeout, protocol, health_check, tls`},
+    hint: did you mean ` + "`endpoint`" + `? expected one of: endpoint, lb, connect_timeout, protocol, http2, tls, health_check`},
 		{"upstream a {\n  route r {}\n}", `
 t.sluice:2:3: ` + "`route`" + ` is not allowed in an upstream block
       route r {}
       ^
-    hint: ` + "`route`" + ` belongs in a listener block; here expected one of: endpoint, lb, connect_timeout, protocol, health_check, tls`},
+    hint: ` + "`route`" + ` belongs in a listener block; here expected one of: endpoint, lb, connect_timeout, protocol, http2, tls, health_check`},
+		{"upstream a {\n  protocol http3\n}", `
+t.sluice:2:12: unknown upstream protocol ` + "`http3`" + `
+      protocol http3
+               ^
+    hint: did you mean ` + "`http1`" + `? expected one of: http1, http2, auto, downstream`},
+		{"upstream a {\n  tls sni \"x\"\n}", `
+t.sluice:2:7: expected ` + "`{`" + ` to open the tls block, found ` + "`sni`" + `
+      tls sni "x"
+          ^`},
+		{"upstream a {\n  tls {\n    client_ca \"ca.pem\"\n  }\n}", `
+t.sluice:3:5: ` + "`client_ca`" + ` is not allowed in an upstream's tls block
+        client_ca "ca.pem"
+        ^
+    hint: ` + "`client_ca`" + ` belongs in a listener's tls block; here expected one of: sni, ca, cert, san, alpn, min_version, max_version, cipher_suites`},
+		{"listener l :443 {\n  tls {\n    cert \"a.pem\"\n  }\n}", `
+t.sluice:3:17: expected ` + "`key`" + ` and the private key file after the certificate, found end of line
+        cert "a.pem"
+                    ^
+    hint: a certificate goes with its key: cert "server.pem" key "server.key"`},
+		{"listener l :443 {\n  tls {\n    cert \"a.pem\"\n    key \"a.key\"\n  }\n}", `
+t.sluice:3:17: expected ` + "`key`" + ` and the private key file after the certificate, found end of line
+        cert "a.pem"
+                    ^
+    hint: a certificate goes with its key: cert "server.pem" key "server.key"
+t.sluice:4:5: ` + "`key`" + ` must follow ` + "`cert \"FILE\"`" + `
+        key "a.key"
+        ^
+    hint: write the certificate and its key on one line: cert "server.pem" key "server.key"`},
+		{"listener l :443 {\n  tls {\n    alpn h2\n  }\n}", `
+t.sluice:3:10: expected the ALPN protocols, as in "h2,http/1.1" (a quoted string), found ` + "`h2`" + `
+        alpn h2
+             ^`},
+		{"listener l :443 {\n  tls {\n    require_client_cert true\n  }\n}", `
+t.sluice:3:25: expected end of statement, found ` + "`true`" + `
+        require_client_cert true
+                            ^
+    hint: a statement ends at a line break or ` + "`;`"},
+		{"listener l :443 {\n  tls {\n    san \"x\"\n  }\n}", `
+t.sluice:3:5: ` + "`san`" + ` is not allowed in a listener's tls block
+        san "x"
+        ^
+    hint: ` + "`san`" + ` belongs in an upstream's tls block; here expected one of: cert, alpn, client_ca, require_client_cert, min_version, max_version, cipher_suites`},
+		{"listener l :443 {\n  tls {\n    certs \"x\"\n  }\n}", `
+t.sluice:3:5: unknown statement ` + "`certs`" + ` in a listener's tls block
+        certs "x"
+        ^
+    hint: did you mean ` + "`cert`" + `? expected one of: cert, alpn, client_ca, require_client_cert, min_version, max_version, cipher_suites`},
+		{"listener l :443 {\n  alpn \"h2\"\n}", `
+t.sluice:2:3: ` + "`alpn`" + ` is not allowed in a listener block
+      alpn "h2"
+      ^
+    hint: ` + "`alpn`" + ` belongs in a tls block; here expected one of: protocol, tls, http2, access_log, on, lua, wasm, route`},
+		{"upstream a {\n  http2 {\n    initial_stream_window 1024\n  }\n}", `
+t.sluice:3:27: window size in bytes must be an integer from 65535 to 2147483647, found ` + "`1024`" + `
+        initial_stream_window 1024
+                              ^`},
+		{"upstream a {\n  http2 {\n    keepalive 30s timeot 1s\n  }\n}", `
+t.sluice:3:19: unexpected ` + "`timeot`" + ` in keepalive statement
+        keepalive 30s timeot 1s
+                      ^
+    hint: did you mean ` + "`timeout`" + `? expected one of: timeout, the end of the statement`},
+		{"upstream a {\n  http2 {\n    max_streams 10\n  }\n}", `
+t.sluice:3:5: unknown statement ` + "`max_streams`" + ` in an http2 block
+        max_streams 10
+        ^
+    hint: expected one of: max_concurrent_streams, initial_stream_window, initial_connection_window, keepalive`},
+		{"listener l :443 {\n  route r {\n    protocol http2\n  }\n}", `
+t.sluice:3:5: ` + "`protocol`" + ` is not allowed in a route
+        protocol http2
+        ^
+    hint: ` + "`protocol`" + ` belongs in an upstream block or in a listener block; here expected one of: set, add, remove, rewrite, ratelimit, delay, abort, respond, redirect, deny, proxy, lua, wasm`},
 		{"upstream a {\n  lb fastest\n}", `
 t.sluice:2:6: unknown load balancing policy ` + "`fastest`" + `
       lb fastest
@@ -338,11 +423,6 @@ t.sluice:2:19: invalid duration ` + "`5x`" + `
 t.sluice:2:30: endpoint weight must be an integer from 1 to 2147483647, found ` + "`0`" + `
       endpoint 1.2.3.4:80 weight 0
                                  ^`},
-		{"upstream a {\n  protocol auto\n}", `
-t.sluice:2:12: unknown upstream protocol ` + "`auto`" + `
-      protocol auto
-               ^
-    hint: expected one of: http1, http2`},
 		{"listener l 127.0.0.1:80 {\n  route r when {\n  }\n}", `
 t.sluice:2:16: expected a condition after ` + "`when`" + `, found ` + "`{`" + `
       route r when {
@@ -355,7 +435,7 @@ t.sluice:2:35: expected ` + "`{`" + ` after the condition, found end of line
 t.sluice:3:3: expected a statement, found ` + "`{`" + `
       {
       ^
-    hint: expected one of: protocol, access_log, on, lua, wasm, route`},
+    hint: expected one of: protocol, tls, http2, access_log, on, lua, wasm, route`},
 		{"listener l 127.0.0.1:80 {\n  route r when f(a {\n    respond 200\n  }\n}", `
 t.sluice:2:17: unclosed ` + "`(`" + ` in expression
       route r when f(a {

@@ -50,8 +50,22 @@ func Inspect(n Node, f func(Node) bool) {
 		visit(n.Path, n.Format)
 	case *HealthCheck:
 		visit(n.Kind, n.Path, n.Interval)
-	case *GenericStmt:
-		visit(n.Keyword, n.Args)
+	case *TLS:
+		for _, s := range n.Stmts {
+			Inspect(s, f)
+		}
+	case *TLSCert:
+		visit(n.Cert, n.Key)
+	case *TLSOption:
+		visit(n.Name, n.Value)
+	case *HTTP2:
+		for _, s := range n.Stmts {
+			Inspect(s, f)
+		}
+	case *HTTP2Setting:
+		visit(n.Name, n.Value)
+	case *Keepalive:
+		visit(n.Interval, n.Timeout)
 	case *On:
 		visit(n.Phase, n.When)
 		for _, s := range n.Actions {

@@ -509,6 +509,9 @@ func (e *exchange) respond(conn *upstream.Conn, cc stream.ClientConn, reusable *
 	s.route.ApplyResponseMutations(&s.resp, e.wc())
 	method := s.req.Value(":method")
 	end := method == "HEAD" || status == 204 || status == 304 || s.resp.Value("content-length") == "0"
+	if re, ok := cc.(stream.ResponseEnder); ok && re.ResponseEnded() {
+		end = true
+	}
 	if upgrade {
 		end = false
 	}

@@ -137,6 +137,14 @@ type ClientConn interface {
 	Close() error
 }
 
+// ResponseEnder is implemented by client conns that can tell a response
+// head which ended the response (HTTP/2 HEADERS with END_STREAM): the
+// proxy then forwards the head with the end of the stream, so a gRPC
+// trailers-only response stays trailers-only.
+type ResponseEnder interface {
+	ResponseEnded() bool
+}
+
 // ClientCodec wraps a dialled upstream connection.
 type ClientCodec interface {
 	NewClientConn(c net.Conn) ClientConn
