@@ -6,6 +6,8 @@ import (
 	"regexp"
 	"testing"
 	"time"
+
+	"github.com/sluice-proxy/sluice/engine/config"
 )
 
 // TestH2Load drives sluice's h2c listener with h2load: 100 connections,
@@ -14,7 +16,12 @@ import (
 func TestH2Load(t *testing.T) {
 	h2load := tool(t, "h2load")
 	up := newUpstream(t, nil)
-	srv := startServer(t, snapshot(hcm(prefixRoute("all", "/", "up")), cluster("up", up.addr())))
+	// 10,000 streams in flight at once: over Envoy's default circuit
+	// breakers (1,024 requests), which would answer the excess with 503s.
+	// The origin speaks HTTP/1.1, so requests queue for 500 connections.
+	cl := cluster("up", up.addr())
+	cl.CircuitBreakers = config.CircuitBreakers{MaxConnections: 500, MaxPendingRequests: 10000, MaxRequests: 10000, MaxRetries: 3}
+	srv := startServer(t, snapshot(hcm(prefixRoute("all", "/", "up")), cl))
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, h2load, "-c100", "-m100", "-n10000", "-t1",

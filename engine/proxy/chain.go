@@ -38,10 +38,11 @@ type phase struct {
 	src       io.Reader      // where more body comes from
 	localBody *stream.Buffer // a local reply's complete body
 
-	cc     stream.ClientConn // the upstream: request sink, response source
-	replay *stream.Buffer    // request bytes kept for a retry; nil once too big
-	err    error             // the first sink or source error
-	srcErr bool              // err came from the source, not the sink
+	cc      stream.ClientConn // the upstream: request sink, response source
+	replay  *stream.Buffer    // request bytes kept for a retry; nil once too big
+	err     error             // the first sink or source error
+	srcErr  bool              // err came from the source, not the sink
+	srcDone bool              // the source reached its end: replay holds all of it
 }
 
 // filter returns the filter at position pos, or nil when it does not take
@@ -68,6 +69,12 @@ func (p *phase) existing(pos int) stream.Filter {
 // broken filter fails its request only.
 func (p *phase) call(pos int, fn func() stream.Status) (st stream.Status) {
 	s := p.s
+	if s.duplex {
+		// The request body moves on its own goroutine: filters still see
+		// one callback at a time, as on one event loop.
+		s.fmu.Lock()
+		defer s.fmu.Unlock()
+	}
 	defer func() {
 		if r := recover(); r != nil {
 			idx := pos
@@ -314,6 +321,7 @@ func (p *phase) pump() bool {
 		}
 		eof := err == io.EOF
 		st, eof := p.runChunk(0, p.n, chunk, eof)
+		p.srcDone = eof
 		if st == stream.LocalReply {
 			return false
 		}

@@ -2,10 +2,12 @@ package proxy
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
 	"os"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -55,6 +57,11 @@ type exchange struct {
 
 	grpcStatus int    // grpc-status of a trailers-only response head, or -1
 	resetCode  uint32 // HTTP/2 error code of the last upstream stream reset
+
+	// pumpDone is closed when the request body pump running beside the
+	// response (full duplex) returns; pumpOK is its result.
+	pumpDone chan struct{}
+	pumpOK   bool
 }
 
 // codeRefusedStream is HTTP/2's REFUSED_STREAM: the upstream did not
@@ -229,10 +236,73 @@ func (e *exchange) canRetry(f failure, status int) bool {
 	return true
 }
 
-// replayable reports whether the request can be sent again.
+// replayable reports whether the request can be sent again: it had no
+// body, its body was buffered, it was never sent, or all of it was kept.
 func (e *exchange) replayable() bool {
 	p := e.p
-	return p.end || p.body != nil || !e.sentReq || p.replay != nil
+	return p.end || p.body != nil || !e.sentReq || p.replay != nil && p.srcDone
+}
+
+// startPump moves the request body upstream on its own goroutine while
+// this one waits for the response.
+func (e *exchange) startPump(cc stream.ClientConn) {
+	s := e.s
+	s.duplex = true
+	done := make(chan struct{})
+	e.pumpDone = done
+	go func() {
+		defer close(done)
+		defer func() {
+			if r := recover(); r != nil {
+				s.cm.log.Error("request body pump panicked", "panic", fmt.Sprint(r), "stream", s.id, "stack", string(debug.Stack()))
+				e.pumpOK = false
+				cc.Close()
+			}
+		}()
+		e.pumpOK = e.p.pump()
+		if !e.pumpOK && (e.p.srcErr || s.pending != nil) {
+			// The request broke on the way in: stop the upstream part,
+			// which the response side then sees fail.
+			cc.Close()
+		}
+	}()
+}
+
+// joinPump waits for the request body pump. If the exchange ended before
+// the client finished sending, the rest of the body is abandoned (HTTP/2:
+// discarded, and the stream reset with NO_ERROR once the response is
+// complete; HTTP/1: the connection closes).
+func (e *exchange) joinPump(cc stream.ClientConn) {
+	done := e.pumpDone
+	if done == nil {
+		return
+	}
+	select {
+	case <-done:
+	default:
+		if ba, ok := e.s.ss.(stream.BodyAbandoner); ok {
+			ba.AbandonBody()
+		} else {
+			e.s.ss.Reset()
+		}
+		cc.Close()
+		<-done
+	}
+	e.pumpDone = nil
+}
+
+// bodyFailedOut is bodyFailed for a pump that ran beside the response.
+func (e *exchange) bodyFailedOut() outcome {
+	out, f, _ := e.bodyFailed()
+	if out == outDone {
+		return outDone
+	}
+	e.last = f
+	if e.canRetry(f, 0) {
+		return outRetry
+	}
+	e.fail()
+	return outDone
 }
 
 // backoff sleeps Envoy's jittered exponential back-off before a retry; false
@@ -334,9 +404,24 @@ func (e *exchange) attempt(host *upstream.Host) outcome {
 	}
 	cc.SetDeadline(deadline)
 
-	out, f, status := e.send(cc)
+	defer e.joinPump(cc)
+
+	out, f, status := e.send(cc, conn.Multiplexed())
 	if out == outDone {
 		return outDone
+	}
+	if f != failNone && e.pumpDone != nil {
+		e.joinPump(cc)
+		if !e.pumpOK {
+			switch {
+			case s.up != nil && s.up.wasReset():
+			case errors.Is(e.p.err, stream.ErrBodyAbandoned):
+			case s.pending != nil || e.p.srcErr:
+				// The request failed on the way in (a filter replied, or
+				// the client's body broke) and stopped the upstream.
+				return e.bodyFailedOut()
+			}
+		}
 	}
 	if f != failNone && s.up != nil && s.up.wasReset() {
 		// The client went away: nothing to retry or reply to.
@@ -383,7 +468,7 @@ func (e *exchange) attempt(host *upstream.Host) outcome {
 }
 
 // send writes the request and reads the response head.
-func (e *exchange) send(cc stream.ClientConn) (outcome, failure, int) {
+func (e *exchange) send(cc stream.ClientConn, duplex bool) (outcome, failure, int) {
 	s := e.s
 	p := e.p
 	p.cc = cc
@@ -409,7 +494,14 @@ func (e *exchange) send(cc stream.ClientConn) (outcome, failure, int) {
 		if err := cc.WriteRequestHeaders(s.req, false); err != nil {
 			return outRetry, failReset, 0
 		}
-		if !p.pump() {
+		if duplex {
+			// HTTP/2 upstream: the response may start (and a gRPC
+			// bidirectional stream needs it to) before the request ends.
+			if err := cc.Flush(); err != nil {
+				return outRetry, e.classify(err), 0
+			}
+			e.startPump(cc)
+		} else if !p.pump() {
 			return e.bodyFailed()
 		}
 	default:

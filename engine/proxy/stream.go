@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -94,6 +95,11 @@ type activeStream struct {
 	up     *upstreamLink
 	downH2 bool
 	grpc   bool
+	// duplex is set while the request body moves on its own goroutine
+	// (HTTP/2 upstreams: bidirectional streaming); fmu then serialises
+	// filter callbacks.
+	duplex bool
+	fmu    sync.Mutex
 
 	// Per-stream working state kept here, not on the stack, because it is
 	// reached through pointers the compiler cannot prove stay local.

@@ -235,6 +235,19 @@ type ResetNotifier interface {
 	NotifyReset(fn func(code uint32))
 }
 
+// BodyAbandoner is implemented by server streams whose request body can be
+// given up while a Read of it is blocked (HTTP/2): that Read and later ones
+// fail with ErrBodyAbandoned, DATA still arriving is discarded with its
+// flow-control credit returned, and the stream itself stays usable for the
+// response. The proxy abandons the body of a full-duplex exchange whose
+// upstream part ended before the client finished sending.
+type BodyAbandoner interface {
+	AbandonBody()
+}
+
+// ErrBodyAbandoned is returned by request body reads after AbandonBody.
+var ErrBodyAbandoned = errors.New("stream: request body abandoned")
+
 // ResetWithCode is implemented by server streams that can reset with a
 // protocol error code (HTTP/2: the RST_STREAM code sent to the client).
 type ResetWithCode interface {

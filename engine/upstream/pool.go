@@ -56,6 +56,10 @@ func (conn *Conn) NetConn() net.Conn { return conn.nc }
 // retry for idempotent requests).
 func (conn *Conn) Reused() bool { return conn.reused && conn.mux == nil }
 
+// Multiplexed reports whether this is a stream of a multiplexed (HTTP/2)
+// connection, whose request and response may flow at the same time.
+func (conn *Conn) Multiplexed() bool { return conn.mux != nil }
+
 // Host is the host the connection belongs to.
 func (conn *Conn) Host() *Host { return conn.host }
 

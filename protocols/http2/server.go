@@ -506,7 +506,12 @@ func (sc *serverConn) onData(f *http2.DataFrame) error {
 		return sc.resetByCodec(st, http2.ErrCodeProtocol)
 	}
 	if len(data) > 0 {
-		st.appendBody(data)
+		if st.abandoned {
+			sc.creditConn(int64(len(data)))
+			sc.creditStream(st, int64(len(data)))
+		} else {
+			st.appendBody(data)
+		}
 	}
 	if f.StreamEnded() {
 		if st.contentLength >= 0 && st.recvTotal != st.contentLength {

@@ -46,6 +46,7 @@ type serverStream struct {
 	wroteHeaders bool
 	continueSent bool
 	handlerDone  bool
+	abandoned    bool // AbandonBody: reads fail, DATA is discarded
 	resetErr     *stream.ErrStreamReset
 	resetHeard   bool // the reset is one a ResetNotifier reports
 	onReset      func(code uint32)
@@ -58,6 +59,7 @@ type serverStream struct {
 var _ stream.ServerStream = (*serverStream)(nil)
 var _ stream.ResetNotifier = (*serverStream)(nil)
 var _ stream.ResetWithCode = (*serverStream)(nil)
+var _ stream.BodyAbandoner = (*serverStream)(nil)
 
 var streamPool = sync.Pool{New: func() any {
 	st := &serverStream{}
@@ -261,6 +263,9 @@ func (b *requestBody) Read(p []byte) (int, error) {
 		if st.resetErr != nil {
 			return 0, st.resetErr
 		}
+		if st.abandoned {
+			return 0, stream.ErrBodyAbandoned
+		}
 		if unread := len(st.recvBuf) - st.recvOff; unread > 0 {
 			n := copy(p, st.recvBuf[st.recvOff:])
 			st.recvOff += n
@@ -451,6 +456,26 @@ func (st *serverStream) WriteTrailers(t *header.Map) error {
 	}
 	sc.endLocal(st)
 	return nil
+}
+
+// AbandonBody gives up the request body: a blocked Read returns
+// stream.ErrBodyAbandoned, buffered and later DATA is discarded with its
+// credit returned (so the client is not stalled by a body nobody reads).
+// When the response ends before the request does, the stream is reset
+// with NO_ERROR as the handler returns (RFC 9113 section 8.1).
+func (st *serverStream) AbandonBody() {
+	sc := st.sc
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	if st.abandoned {
+		return
+	}
+	st.abandoned = true
+	if unread := int64(len(st.recvBuf) - st.recvOff); unread > 0 {
+		sc.creditStream(st, unread)
+	}
+	sc.dropBody(st)
+	st.readCond.Broadcast()
 }
 
 // Reset aborts the stream with RST_STREAM INTERNAL_ERROR.
