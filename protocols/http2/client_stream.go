@@ -460,7 +460,9 @@ func (s *clientStream) ReadResponseHeaders(h *header.Map) error {
 			return clErrNoRequest
 		case s.readFinal:
 			return clErrHeadRead
-		case s.readErr != nil:
+		case s.readErr != nil && !(s.resetRecv && len(s.heads) > 0):
+			// A reset by the server comes after what it sent before it, as
+			// on the wire; a local failure (Close, deadline) comes first.
 			return s.readErr
 		case len(s.heads) > 0:
 			fields := s.heads[0]
@@ -558,7 +560,7 @@ func (b *clientBody) Read(p []byte) (int, error) {
 		case !s.readFinal:
 			cc.mu.Unlock()
 			return 0, clErrBodyTooEarly
-		case s.readErr != nil:
+		case s.readErr != nil && !(s.resetRecv && s.recv.n > 0):
 			cc.mu.Unlock()
 			return 0, s.readErr
 		case s.recv.n > 0:
