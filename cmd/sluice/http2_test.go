@@ -35,11 +35,18 @@ func h2cClient() *http.Client {
 // h2cUpstream is an HTTP/2 origin without TLS (like a gRPC server).
 func h2cUpstream(t *testing.T, h http.HandlerFunc) string {
 	t.Helper()
+	return h2cUpstreamLimited(t, 0, h)
+}
+
+// h2cUpstreamLimited is h2cUpstream allowing maxStreams concurrent
+// streams per connection (0: x/net's default).
+func h2cUpstreamLimited(t *testing.T, maxStreams uint32, h http.HandlerFunc) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http2.Server{}
+	srv := &http2.Server{MaxConcurrentStreams: maxStreams}
 	go func() {
 		for {
 			c, err := ln.Accept()

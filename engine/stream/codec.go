@@ -197,6 +197,10 @@ type MuxConn interface {
 	// Usable is false once the connection received or sent GOAWAY, failed,
 	// or was closed: no new streams, existing ones finish.
 	Usable() bool
+	// Ready is closed once the peer's first SETTINGS arrived (its stream
+	// limit is known), or the connection failed: a pool hands out streams
+	// only then, so a burst does not overrun a small limit.
+	Ready() <-chan struct{}
 	// Done is closed when the connection is closed and its streams ended.
 	Done() <-chan struct{}
 	// Shutdown sends GOAWAY and closes the connection once its streams end.

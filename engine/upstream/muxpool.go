@@ -234,6 +234,28 @@ func (h *Host) dialMux(deadline time.Time) error {
 		h.muxGone(nil, true, true)
 		return &ConnectError{Addr: h.addr, Err: err}
 	}
+	// Streams are handed out once the peer's SETTINGS tell its stream
+	// limit: one round trip, bounded by the connect timeout.
+	d := c.dialer.Timeout
+	if !deadline.IsZero() {
+		d = min(d, time.Until(deadline))
+	}
+	wait := time.NewTimer(d)
+	select {
+	case <-mc.Ready():
+		wait.Stop()
+	case <-wait.C:
+		mc.Close()
+		<-mc.Done()
+		h.muxGone(nil, true, true)
+		return &ConnectError{Addr: h.addr, Timeout: true, Err: errors.New("http2: no SETTINGS from the upstream")}
+	}
+	select {
+	case <-mc.Done():
+		h.muxGone(nil, true, true)
+		return &ConnectError{Addr: h.addr, Err: errors.New("http2: connection closed before its SETTINGS")}
+	default:
+	}
 	conn := &muxConn{host: h, mc: mc, nc: nc, idleSince: monoNow()}
 	p.mu.Lock()
 	p.dialing--

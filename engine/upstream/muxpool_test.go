@@ -88,6 +88,10 @@ func (m *fakeMuxConn) Usable() bool {
 
 func (m *fakeMuxConn) Done() <-chan struct{} { return m.done }
 
+var readyNow = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+func (m *fakeMuxConn) Ready() <-chan struct{} { return readyNow }
+
 func (m *fakeMuxConn) Shutdown() error {
 	m.mu.Lock()
 	m.shutdown = true

@@ -195,10 +195,16 @@ type clientConn struct {
 	kaLastFrames    uint64
 	pingOutstanding bool
 
-	done chan struct{}
+	done  chan struct{}
+	ready     chan struct{} // closed at the server's first SETTINGS or on failure
+	readyOnce sync.Once
 }
 
 var _ stream.MuxConn = (*clientConn)(nil)
+
+// Ready is closed once the server's first SETTINGS was applied, or the
+// connection failed.
+func (cc *clientConn) Ready() <-chan struct{} { return cc.ready }
 
 // NewMuxConn writes the client preface, SETTINGS and the connection
 // window, then starts the connection's reader. It does not wait for the
@@ -241,6 +247,7 @@ func (*ClientCodec) NewMuxConn(c net.Conn, opts *stream.ClientOptions) (stream.M
 		sendWindow:        clInitialWindow,
 		recvWindow:        connWindow,
 		done:              make(chan struct{}),
+		ready:             make(chan struct{}),
 	}
 	if cc.kaInterval > 0 && cc.kaTimeout <= 0 {
 		cc.kaTimeout = cc.kaInterval
@@ -554,6 +561,7 @@ func (cc *clientConn) keepalive() {
 // fails or closes.
 func (cc *clientConn) readLoop() {
 	defer close(cc.done)
+	defer cc.readyOnce.Do(func() { close(cc.ready) })
 	for {
 		f, err := cc.fr.ReadFrame()
 		if err != nil {
@@ -798,6 +806,7 @@ func (cc *clientConn) onSettings(f *http2.SettingsFrame) error {
 		if !sawMaxStreams {
 			cc.peerMaxStreams = clientUnlimitedMaxStreams
 		}
+		cc.readyOnce.Do(func() { close(cc.ready) })
 	}
 	cc.queueControlLocked(ack)
 	cc.sendCond.Broadcast()
