@@ -7,15 +7,47 @@ import (
 	"github.com/sluice-proxy/sluice/engine/stream"
 )
 
-// MatchChain picks the filter chain for a connection the way Envoy does:
-// criteria are applied one after another — destination port, destination
-// IP, server name, transport protocol, application protocols, source IP —
-// and at each step only the chains with the most specific match go on
+// Transport protocols a filter chain can match (Envoy's names).
+const (
+	TransportTLS = "tls"
+	TransportRaw = "raw_buffer"
+)
+
+// Transport is what filter-chain matching knows of a connection beyond its
+// addresses: for TLS, the ClientHello's server name and offered ALPN
+// protocols (as Envoy's tls_inspector reports them, before the handshake).
+type Transport struct {
+	Protocol   string // TransportTLS or TransportRaw ("" means raw)
+	ServerName string
+	ALPN       []string // offered by the client
+}
+
+// MatchChain matches with the transport known from a finished handshake in
+// info.TLS (its negotiated protocol standing for the offered list); see
+// MatchChainTransport.
+func MatchChain(chains []*config.FilterChain, info *stream.ConnInfo) int {
+	t := Transport{Protocol: TransportRaw}
+	var alpn [1]string
+	if info.TLS != nil {
+		t.Protocol, t.ServerName = TransportTLS, info.TLS.ServerName
+		if info.TLS.NegotiatedProtocol != "" {
+			alpn[0] = info.TLS.NegotiatedProtocol
+			t.ALPN = alpn[:]
+		}
+	}
+	return MatchChainTransport(chains, info, &t)
+}
+
+// MatchChainTransport picks the filter chain for a connection the way
+// Envoy does: criteria are applied one after another — destination port,
+// destination IP, server name, transport protocol, application protocols
+// (a chain matches when the client offered one of its protocols), source
+// IP — and at each step only the chains with the most specific match go on
 // (a chain that leaves the criterion empty matches with the lowest
 // specificity). There is no backtracking: if the most specific chains fail
 // a later criterion, no chain matches. It returns the index into chains, or
 // -1 (use the default chain, if any).
-func MatchChain(chains []*config.FilterChain, info *stream.ConnInfo) int {
+func MatchChainTransport(chains []*config.FilterChain, info *stream.ConnInfo, t *Transport) int {
 	if len(chains) == 0 {
 		return -1
 	}
@@ -24,9 +56,9 @@ func MatchChain(chains []*config.FilterChain, info *stream.ConnInfo) int {
 	for i := range chains {
 		cand = append(cand, i)
 	}
-	sni, alpn, transport := "", "", "raw_buffer"
-	if info.TLS != nil {
-		sni, alpn, transport = info.TLS.ServerName, info.TLS.NegotiatedProtocol, "tls"
+	sni, transport := t.ServerName, t.Protocol
+	if transport == "" {
+		transport = TransportRaw
 	}
 	dst, src := info.Local.Addr().Unmap(), info.Remote.Addr().Unmap()
 	criteria := [...]func(m *config.FilterChainMatch) int{
@@ -54,7 +86,7 @@ func MatchChain(chains []*config.FilterChain, info *stream.ConnInfo) int {
 			switch {
 			case len(m.ApplicationProtocols) == 0:
 				return 0
-			case alpn != "" && contains(m.ApplicationProtocols, alpn):
+			case overlaps(m.ApplicationProtocols, t.ALPN):
 				return 1
 			}
 			return -1
@@ -123,6 +155,15 @@ func longestMatch(ranges []netip.Prefix, a netip.Addr) int {
 		}
 	}
 	return best
+}
+
+func overlaps(a, b []string) bool {
+	for _, s := range b {
+		if contains(a, s) {
+			return true
+		}
+	}
+	return false
 }
 
 func contains(list []string, s string) bool {

@@ -64,11 +64,15 @@ type ConnectionManager struct {
 	routeStats  map[*config.Route]*routeStats
 	stats       *hcmStats
 	accessLogs  []*observe.AccessLogger
-	opts        stream.ServerOptions
-	codec       stream.ServerCodec
-	log         *slog.Logger
-	bufferLimit int
-	pool        sync.Pool
+	// opts serve plaintext connections, tlsOpts TLS ones (":scheme"
+	// https); both are shared by every connection and never changed.
+	opts, tlsOpts stream.ServerOptions
+	codec         stream.ServerCodec // the configured codec; HTTP/1 for auto
+	h2codec       stream.ServerCodec // auto only: HTTP/2 when detected
+	alpn          []string           // default ALPN of a TLS chain
+	log           *slog.Logger
+	bufferLimit   int
+	pool          sync.Pool
 }
 
 // requestStats count finished requests by status class, with their time.
@@ -155,26 +159,8 @@ func CompileConnectionManager(env *Env, cfg *config.HTTPConnectionManager, table
 	}
 	cm.stats = newHCMStats(env.Stats, prefix)
 
-	codecName := string(cfg.Codec)
-	if codecName == "" || codecName == string(config.CodecAuto) {
-		// Protocol detection arrives with HTTP/2; until then auto is HTTP/1.
-		codecName = string(config.CodecHTTP1)
-	}
-	codec, err := env.Registry.ServerCodec(codecName)
-	if err != nil {
-		return nil, fmt.Errorf("proxy: codec %q: %w", cfg.Codec, err)
-	}
-	cm.codec = codec
-	cm.opts = stream.ServerOptions{
-		RequestHeadersTimeout:    cfg.RequestHeadersTimeout,
-		IdleTimeout:              cfg.IdleTimeout,
-		RequestTimeout:           cfg.RequestTimeout,
-		MaxRequestsPerConnection: cfg.MaxRequestsPerConnection,
-		MaxConnectionDuration:    cfg.MaxConnectionDuration,
-		MaxHeaderBytes:           cfg.MaxRequestHeadersBytes,
-		MaxHeaders:               cfg.MaxHeadersCount,
-		WriteTimeout:             cfg.StreamIdleTimeout,
-		Scheme:                   "http",
+	if err := cm.compileCodec(env, cfg); err != nil {
+		return nil, err
 	}
 
 	switch {
@@ -294,11 +280,95 @@ func (cm *ConnectionManager) compileOverrides(env *Env, names map[string]int) er
 	return nil
 }
 
-// Codec is the server codec that serves this manager's connections.
+// compileCodec picks the server codecs and builds the codec options.
+func (cm *ConnectionManager) compileCodec(env *Env, cfg *config.HTTPConnectionManager) error {
+	lookup := func(name string) (stream.ServerCodec, error) {
+		c, err := env.Registry.ServerCodec(name)
+		if err != nil {
+			return nil, fmt.Errorf("proxy: codec %q: %w", name, err)
+		}
+		return c, nil
+	}
+	var err error
+	switch cfg.Codec {
+	case "", config.CodecAuto:
+		if cm.codec, err = lookup(string(config.CodecHTTP1)); err != nil {
+			return err
+		}
+		// Without an HTTP/2 codec, auto is HTTP/1 and must not offer h2.
+		cm.alpn = []string{"http/1.1"}
+		if h2, err := env.Registry.ServerCodec(string(config.CodecHTTP2)); err == nil {
+			cm.h2codec = h2
+			cm.alpn = []string{"h2", "http/1.1"}
+		}
+	case config.CodecHTTP1:
+		cm.codec, err = lookup(string(cfg.Codec))
+		cm.alpn = []string{"http/1.1"}
+	case config.CodecHTTP2:
+		cm.codec, err = lookup(string(cfg.Codec))
+		cm.alpn = []string{"h2"}
+	default:
+		cm.codec, err = lookup(string(cfg.Codec))
+	}
+	if err != nil {
+		return err
+	}
+	cm.opts = stream.ServerOptions{
+		RequestHeadersTimeout:    cfg.RequestHeadersTimeout,
+		IdleTimeout:              cfg.IdleTimeout,
+		RequestTimeout:           cfg.RequestTimeout,
+		MaxRequestsPerConnection: cfg.MaxRequestsPerConnection,
+		MaxConnectionDuration:    cfg.MaxConnectionDuration,
+		MaxHeaderBytes:           cfg.MaxRequestHeadersBytes,
+		MaxHeaders:               cfg.MaxHeadersCount,
+		WriteTimeout:             cfg.StreamIdleTimeout,
+		Scheme:                   "http",
+		HTTP2: stream.HTTP2Options{
+			MaxConcurrentStreams: cfg.HTTP2.MaxConcurrentStreams,
+			InitialStreamWindow:  cfg.HTTP2.InitialStreamWindowSize,
+			InitialConnWindow:    cfg.HTTP2.InitialConnectionWindowSize,
+		},
+	}
+	cm.tlsOpts = cm.opts
+	cm.tlsOpts.Scheme = "https"
+	return nil
+}
+
+// Codec is the server codec of connections whose protocol is not detected:
+// the configured one (HTTP/1 for auto).
 func (cm *ConnectionManager) Codec() stream.ServerCodec { return cm.codec }
 
-// Options are the server codec limits of this manager.
+// DetectsHTTP2 reports whether connections must be inspected for HTTP/2:
+// the codec is auto and an "http2" server codec is registered.
+func (cm *ConnectionManager) DetectsHTTP2() bool { return cm.h2codec != nil }
+
+// SelectCodec returns the codec for a connection, given whether it was
+// detected as HTTP/2 (ALPN h2, or the plaintext preface). Only auto
+// managers switch; the others keep their configured codec.
+func (cm *ConnectionManager) SelectCodec(h2 bool) stream.ServerCodec {
+	if h2 && cm.h2codec != nil {
+		return cm.h2codec
+	}
+	return cm.codec
+}
+
+// ALPN is what a TLS chain of this manager offers when its TLS config
+// names none: h2 and http/1.1 for auto (http/1.1 alone if no HTTP/2 codec
+// is registered), else the configured codec's protocol.
+func (cm *ConnectionManager) ALPN() []string { return cm.alpn }
+
+// Options are the server codec limits of this manager's plaintext
+// connections.
 func (cm *ConnectionManager) Options() *stream.ServerOptions { return &cm.opts }
+
+// ServerOptions are the codec options of a connection: over TLS they say
+// ":scheme" https. They are shared and must not be changed.
+func (cm *ConnectionManager) ServerOptions(tls bool) *stream.ServerOptions {
+	if tls {
+		return &cm.tlsOpts
+	}
+	return &cm.opts
+}
 
 // Config returns the manager's config.
 func (cm *ConnectionManager) Config() *config.HTTPConnectionManager { return cm.cfg }

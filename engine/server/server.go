@@ -7,12 +7,15 @@ package server
 
 import (
 	"context"
+	ctls "crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,6 +27,7 @@ import (
 	"github.com/sluice-proxy/sluice/engine/proxy"
 	"github.com/sluice-proxy/sluice/engine/proxy/route"
 	"github.com/sluice-proxy/sluice/engine/stream"
+	enginetls "github.com/sluice-proxy/sluice/engine/tls"
 	"github.com/sluice-proxy/sluice/engine/upstream"
 )
 
@@ -82,13 +86,37 @@ type listenerGraph struct {
 	cfg    *config.Listener
 	chains []*proxy.ConnectionManager // parallel to cfg.FilterChains
 	def    *proxy.ConnectionManager
+	// tls holds each chain's compiled server config (nil: plaintext),
+	// parallel to chains; defTLS is the default chain's.
+	tls    []*ctls.Config
+	defTLS *ctls.Config
+	// sniffTLS is set when some chain terminates TLS: the first byte of
+	// each connection then tells TLS from plaintext.
+	sniffTLS bool
+	// detectTimeout bounds TLS detection and the handshake: the longest
+	// request-headers timeout of the chains.
+	detectTimeout time.Duration
 }
 
-func (lg *listenerGraph) match(info *stream.ConnInfo) *proxy.ConnectionManager {
-	if i := netio.MatchChain(lg.cfg.FilterChains, info); i >= 0 {
-		return lg.chains[i]
+// defaultDetectTimeout bounds protocol detection and the TLS handshake
+// when the connection manager sets no request-headers timeout (Envoy's
+// listener_filters_timeout).
+const defaultDetectTimeout = 15 * time.Second
+
+func detectTimeout(cm *proxy.ConnectionManager) time.Duration {
+	if d := cm.Config().RequestHeadersTimeout; d > 0 {
+		return d
 	}
-	return lg.def
+	return defaultDetectTimeout
+}
+
+// pick returns the chain serving a connection: its manager and TLS config
+// (nil for a plaintext chain). A nil manager means no chain matches.
+func (lg *listenerGraph) pick(info *stream.ConnInfo, t *netio.Transport) (*proxy.ConnectionManager, *ctls.Config) {
+	if i := netio.MatchChainTransport(lg.cfg.FilterChains, info, t); i >= 0 {
+		return lg.chains[i], lg.tls[i]
+	}
+	return lg.def, lg.defTLS
 }
 
 // New returns a server with no config.
@@ -262,20 +290,22 @@ func (s *Server) compile(snap *config.Snapshot, env *proxy.Env) (*graph, error) 
 		tables[rc.Name] = t
 	}
 	for _, l := range snap.Listeners {
-		lg := &listenerGraph{cfg: l, chains: make([]*proxy.ConnectionManager, len(l.FilterChains))}
+		lg := &listenerGraph{cfg: l, chains: make([]*proxy.ConnectionManager, len(l.FilterChains)), tls: make([]*ctls.Config, len(l.FilterChains))}
 		for i, fc := range l.FilterChains {
-			cm, err := compileChain(env, fc, tables, set)
+			cm, tc, err := compileChain(env, fc, tables, set)
 			if err != nil {
 				return nil, fmt.Errorf("server: listener %q: filter chain %d: %w", l.Name, i, err)
 			}
-			lg.chains[i] = cm
+			lg.chains[i], lg.tls[i] = cm, tc
+			lg.addChain(cm, tc)
 		}
 		if l.DefaultFilterChain != nil {
-			cm, err := compileChain(env, l.DefaultFilterChain, tables, set)
+			cm, tc, err := compileChain(env, l.DefaultFilterChain, tables, set)
 			if err != nil {
 				return nil, fmt.Errorf("server: listener %q: default filter chain: %w", l.Name, err)
 			}
-			lg.def = cm
+			lg.def, lg.defTLS = cm, tc
+			lg.addChain(cm, tc)
 		}
 		g.listeners[l.Name] = lg
 	}
@@ -300,11 +330,29 @@ func sameAddress(old *graph, l *config.Listener) bool {
 	return ok && prev.cfg.Address == l.Address
 }
 
-func compileChain(env *proxy.Env, fc *config.FilterChain, tables map[string]*route.Table, set *upstream.Set) (*proxy.ConnectionManager, error) {
+func compileChain(env *proxy.Env, fc *config.FilterChain, tables map[string]*route.Table, set *upstream.Set) (*proxy.ConnectionManager, *ctls.Config, error) {
 	if fc.HTTP == nil {
-		return nil, errors.New("no network filter (only the HTTP connection manager is supported so far)")
+		return nil, nil, errors.New("no network filter (only the HTTP connection manager is supported so far)")
 	}
-	return proxy.CompileConnectionManager(env, fc.HTTP, tables, set)
+	cm, err := proxy.CompileConnectionManager(env, fc.HTTP, tables, set)
+	if err != nil {
+		return nil, nil, err
+	}
+	if fc.TLS == nil {
+		return cm, nil, nil
+	}
+	tc, err := enginetls.ServerConfig(fc.TLS, cm.ALPN())
+	if err != nil {
+		return nil, nil, err
+	}
+	return cm, tc, nil
+}
+
+func (lg *listenerGraph) addChain(cm *proxy.ConnectionManager, tc *ctls.Config) {
+	if tc != nil {
+		lg.sniffTLS = true
+	}
+	lg.detectTimeout = max(lg.detectTimeout, detectTimeout(cm))
 }
 
 func (s *Server) drainListener(ln *netio.Listener) {
@@ -322,34 +370,147 @@ func (s *Server) drainListener(ln *netio.Listener) {
 // the graph it started with.
 func (s *Server) serveConn(listener string, ctx context.Context, c net.Conn, info *stream.ConnInfo) {
 	h := &connHandler{s: s, listener: listener, info: info}
-	cm := h.resolve()
-	if cm == nil {
+	c, cm, h2, err := s.accept(ctx, c, h)
+	if err != nil {
+		s.log.Debug("connection refused", "listener", listener, "remote", info.Remote.String(), "err", err)
 		return
 	}
-	if err := cm.Codec().ServeConn(ctx, c, info, h, cm.Options()); err != nil && !errors.Is(err, net.ErrClosed) {
+	if err := cm.SelectCodec(h2).ServeConn(ctx, c, info, h, cm.ServerOptions(info.TLS != nil)); err != nil && !errors.Is(err, net.ErrClosed) {
 		s.log.Debug("connection ended", "listener", listener, "err", err)
 	}
 }
 
+// aLongTimeAgo is a deadline that has passed: it interrupts blocked I/O.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// accept runs what comes before the codec, each step bounded by a
+// deadline so a silent client cannot hold the connection: TLS detection,
+// the filter-chain match (on the ClientHello's SNI and ALPN, as Envoy's
+// tls_inspector allows), the handshake, and HTTP/2 detection for auto
+// managers. It returns the connection the codec reads (TLS, or one that
+// replays peeked bytes), the chain's manager, and whether the connection
+// speaks HTTP/2.
+func (s *Server) accept(ctx context.Context, c net.Conn, h *connHandler) (net.Conn, *proxy.ConnectionManager, bool, error) {
+	g := s.current.Load()
+	lg := g.listeners[h.listener]
+	if lg == nil {
+		return nil, nil, false, errors.New("server: listener removed")
+	}
+	start := time.Now()
+	var stop func() bool // set once a step may block
+	bound := func(d time.Duration) {
+		if stop == nil {
+			// Draining interrupts detection and the handshake.
+			raw := c
+			stop = context.AfterFunc(ctx, func() { raw.SetDeadline(aLongTimeAgo) })
+		}
+		c.SetDeadline(start.Add(d))
+	}
+	defer func() {
+		if stop != nil {
+			stop()
+		}
+	}()
+
+	h.transport.Protocol = netio.TransportRaw
+	isTLS := false
+	if lg.sniffTLS {
+		bound(lg.detectTimeout)
+		var err error
+		if c, isTLS, err = netio.SniffTLS(c); err != nil {
+			return nil, nil, false, err
+		}
+	}
+	var cm *proxy.ConnectionManager
+	h2 := false
+	if isTLS {
+		// The chain is matched on the ClientHello; its compiled config
+		// serves the handshake. The config built here only carries the
+		// callback for this connection.
+		base := &ctls.Config{GetConfigForClient: func(hello *ctls.ClientHelloInfo) (*ctls.Config, error) {
+			h.transport = netio.Transport{Protocol: netio.TransportTLS,
+				ServerName: strings.ToLower(hello.ServerName), ALPN: slices.Clone(hello.SupportedProtos)}
+			m, tc := lg.pick(h.info, &h.transport)
+			switch {
+			case m == nil:
+				return nil, errors.New("server: no filter chain matches")
+			case tc == nil:
+				return nil, errors.New("server: TLS client matched a filter chain without TLS")
+			}
+			cm = m
+			return tc, nil
+		}}
+		tc := ctls.Server(c, base)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			return nil, nil, false, fmt.Errorf("server: TLS handshake: %w", err)
+		}
+		st := tc.ConnectionState()
+		h.info.TLS = &st
+		c, h2 = tc, st.NegotiatedProtocol == "h2"
+	} else {
+		var tc *ctls.Config
+		if cm, tc = lg.pick(h.info, &h.transport); cm == nil {
+			return nil, nil, false, errors.New("server: no filter chain matches")
+		}
+		if tc != nil {
+			return nil, nil, false, errors.New("server: plaintext client matched a filter chain with TLS")
+		}
+		if cm.DetectsHTTP2() {
+			bound(detectTimeout(cm))
+			var err error
+			if c, h2, err = netio.SniffHTTP2(c); err != nil {
+				return nil, nil, false, err
+			}
+		}
+	}
+	if stop != nil {
+		if !stop() {
+			return nil, nil, false, errors.New("server: draining")
+		}
+		c.SetDeadline(time.Time{}) // the codec sets its own
+	}
+	h.cur.Store(&resolved{g: g, cm: cm})
+	return c, cm, h2, nil
+}
+
+// connHandler serves the streams of one connection. HTTP/2 codecs call
+// ServeStream from a goroutine per stream, so the chain resolved for the
+// current graph is kept in an atomic pointer to an immutable pair: the
+// common case (no swap since) is one load and no allocation.
 type connHandler struct {
 	s        *Server
 	listener string
 	info     *stream.ConnInfo
-	g        *graph
-	cm       *proxy.ConnectionManager
+	// transport is what the chain was matched on at accept (the
+	// ClientHello's SNI and ALPN list); written before the codec starts.
+	transport netio.Transport
+	cur       atomic.Pointer[resolved]
+}
+
+type resolved struct {
+	g  *graph
+	cm *proxy.ConnectionManager
 }
 
 func (h *connHandler) resolve() *proxy.ConnectionManager {
 	g := h.s.current.Load()
-	if g == h.g && h.cm != nil {
-		return h.cm
+	if r := h.cur.Load(); r != nil && r.g == g {
+		return r.cm
 	}
-	h.g = g
-	h.cm = nil
+	r := &resolved{g: g}
 	if lg := g.listeners[h.listener]; lg != nil {
-		h.cm = lg.match(h.info)
+		cm, tc := lg.pick(h.info, &h.transport)
+		// A connection stays with the kind of chain it was accepted on:
+		// after a swap, a TLS connection must not be served by a
+		// plaintext chain, nor a plaintext one by a chain that demands TLS.
+		if cm != nil && (tc != nil) == (h.info.TLS != nil) {
+			r.cm = cm
+		}
 	}
-	return h.cm
+	// Concurrent streams may both resolve after a swap; either result
+	// is the same.
+	h.cur.Store(r)
+	return r.cm
 }
 
 func (h *connHandler) ServeStream(ss stream.ServerStream) {

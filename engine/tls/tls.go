@@ -58,6 +58,18 @@ func ServerConfig(d *config.DownstreamTLS, defaultALPN []string) (*ctls.Config, 
 		return nil, errors.New("tls: client certificate required but no client CA set")
 	}
 	cfg.NextProtos = alpn(d.ALPN, defaultALPN)
+	// Session tickets are sealed with this config's own keys (generated
+	// and rotated by crypto/tls). Without this, a config returned from a
+	// GetConfigForClient callback seals with the caller's base config's
+	// keys: tickets would not resume if that config is per connection, and
+	// a ticket from a chain could resume on another chain with other
+	// client-certificate rules (resumption does not re-verify the peer).
+	cfg.WrapSession = func(cs ctls.ConnectionState, ss *ctls.SessionState) ([]byte, error) {
+		return cfg.EncryptTicket(cs, ss)
+	}
+	cfg.UnwrapSession = func(ticket []byte, cs ctls.ConnectionState) (*ctls.SessionState, error) {
+		return cfg.DecryptTicket(ticket, cs)
+	}
 	return cfg, nil
 }
 

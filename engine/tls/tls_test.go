@@ -3,6 +3,7 @@ package tls
 import (
 	"context"
 	ctls "crypto/tls"
+	"fmt"
 	"net"
 	"path/filepath"
 	"reflect"
@@ -97,7 +98,9 @@ func TestServerConfigErrors(t *testing.T) {
 			wantErr: []string{`tls: unknown minimum version "TLSv1_4"`}},
 		{name: "min above max", mod: func(d *config.DownstreamTLS) { d.Params.MinVersion, d.Params.MaxVersion = "TLSv1_3", "TLSv1_2" },
 			wantErr: []string{"tls: minimum version TLSv1_3 is above maximum version TLSv1_2"}},
-		{name: "unknown cipher", mod: func(d *config.DownstreamTLS) { d.Params.CipherSuites = []string{"ECDHE-ECDSA-AES128-GCM-SHA256", "RC4-MD5"} },
+		{name: "unknown cipher", mod: func(d *config.DownstreamTLS) {
+			d.Params.CipherSuites = []string{"ECDHE-ECDSA-AES128-GCM-SHA256", "RC4-MD5"}
+		},
 			wantErr: []string{`tls: unknown cipher suite "RC4-MD5"`}},
 		{name: "client certificate without CA", mod: func(d *config.DownstreamTLS) { d.RequireClientCertificate = true },
 			wantErr: []string{"tls: client certificate required but no client CA set"}},
@@ -400,3 +403,78 @@ func TestCipherSuites(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// Sessions resume on the config that issued the ticket, also when it is
+// handed out by a per-connection GetConfigForClient (as the server does
+// per filter chain), and never on another chain's config.
+func TestSessionResumptionScopedToConfig(t *testing.T) {
+	ca := tlstest.NewCA(t, "ca")
+	leaf := ca.Issue(t, "s.example.com")
+	compile := func() *ctls.Config {
+		cfg, err := ServerConfig(&config.DownstreamTLS{Certificates: []config.Certificate{inlineCert(leaf)}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cfg
+	}
+	chainA, chainB := compile(), compile()
+	perConn := func(chain *ctls.Config) *ctls.Config {
+		return &ctls.Config{GetConfigForClient: func(*ctls.ClientHelloInfo) (*ctls.Config, error) { return chain, nil }}
+	}
+	for _, v := range []uint16{ctls.VersionTLS12, ctls.VersionTLS13} {
+		cache := ctls.NewLRUClientSessionCache(4)
+		client := &ctls.Config{ServerName: "s.example.com", RootCAs: ca.Pool(), ClientSessionCache: cache, MaxVersion: v}
+		tests := []struct {
+			name       string
+			server     *ctls.Config
+			wantResume bool
+		}{
+			{"first", perConn(chainA), false},
+			{"same chain resumes", perConn(chainA), true},
+			{"other chain does not", perConn(chainB), false},
+		}
+		for _, tt := range tests {
+			t.Run(fmt.Sprintf("%x/%s", v, tt.name), func(t *testing.T) {
+				// Reads inside handshake let TLS 1.3 tickets arrive.
+				_, cs, err := handshakeAndRead(t, tt.server, client)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if cs.DidResume != tt.wantResume {
+					t.Errorf("DidResume = %v, want %v", cs.DidResume, tt.wantResume)
+				}
+			})
+		}
+	}
+}
+
+// handshakeAndRead is handshake, then one byte from server to client so
+// the client has processed the server's session tickets.
+func handshakeAndRead(t *testing.T, server, client *ctls.Config) (ss, cs ctls.ConnectionState, err error) {
+	t.Helper()
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	a.SetDeadline(time.Now().Add(5 * time.Second))
+	b.SetDeadline(time.Now().Add(5 * time.Second))
+	srv, cli := ctls.Server(a, server), ctls.Client(b, client)
+	errc := make(chan error, 1)
+	go func() {
+		if err := srv.Handshake(); err != nil {
+			errc <- err
+			return
+		}
+		_, err := srv.Write([]byte{1})
+		errc <- err
+	}()
+	if err := cli.Handshake(); err != nil {
+		return ss, cs, err
+	}
+	if _, err := cli.Read(make([]byte, 1)); err != nil {
+		return ss, cs, err
+	}
+	if err := <-errc; err != nil {
+		return ss, cs, err
+	}
+	return srv.ConnectionState(), cli.ConnectionState(), nil
+}
