@@ -91,8 +91,8 @@ func TestSampleGRPC(t *testing.T) {
 			refl.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}})
 			_, err = refl.Recv()
 		}
-		if status.Code(err) != codes.PermissionDenied {
-			t.Fatalf("reflection through sluice: %v, want PermissionDenied", err)
+		if status.Code(err) != codes.PermissionDenied || status.Convert(err).Message() != "forbidden" {
+			t.Fatalf("reflection through sluice: %v, want PermissionDenied: forbidden", err)
 		}
 	})
 

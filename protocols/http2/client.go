@@ -195,7 +195,7 @@ type clientConn struct {
 	kaLastFrames    uint64
 	pingOutstanding bool
 
-	done  chan struct{}
+	done      chan struct{}
 	ready     chan struct{} // closed at the server's first SETTINGS or on failure
 	readyOnce sync.Once
 }

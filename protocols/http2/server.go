@@ -193,6 +193,7 @@ type serverConn struct {
 	windowUpdates  int64
 	dataFramesSent int64
 	streamsOpened  int64
+	maxRequests    int64 // streams after which the connection drains (0: none)
 	resetTokens    float64
 	resetRefill    time.Time
 }
@@ -233,6 +234,7 @@ func newServerConn(c net.Conn, info *stream.ConnInfo, h stream.Handler, o *strea
 		idleTimeout:       o.IdleTimeout,
 		headersTimeout:    o.RequestHeadersTimeout,
 		maxAge:            o.MaxConnectionDuration,
+		maxRequests:       int64(o.MaxRequestsPerConnection),
 		writerDone:        make(chan struct{}),
 		peerMaxFrame:      16 << 10,
 		peerInitialWindow: defaultWindow,
@@ -665,6 +667,11 @@ func (sc *serverConn) openStream(b *headerBlock) error {
 	st.open = true
 	sc.streams[st.id] = st
 	sc.streamsOpened++
+	if sc.maxRequests > 0 && sc.streamsOpened >= sc.maxRequests {
+		// max_requests_per_connection: this stream is the last one; the
+		// client moves to a new connection (Envoy sends GOAWAY too).
+		sc.drainLocked()
+	}
 	if sc.awaitingFirst {
 		sc.awaitingFirst = false
 		sc.conn.SetReadDeadline(time.Time{})
@@ -871,6 +878,11 @@ func runNotes(notes []resetNote) {
 func (sc *serverConn) drain() {
 	sc.mu.Lock()
 	defer sc.mu.Unlock()
+	sc.drainLocked()
+}
+
+// drainLocked is drain with mu held.
+func (sc *serverConn) drainLocked() {
 	if sc.closing || sc.draining {
 		return
 	}

@@ -610,3 +610,14 @@ func TestWriteTimeout(t *testing.T) {
 		t.Fatalf("WriteBody error %v, want os.ErrDeadlineExceeded", err)
 	}
 }
+
+func TestMaxRequestsPerConnection(t *testing.T) {
+	srv := startServer(t, okHandler, &stream.ServerOptions{MaxRequestsPerConnection: 2}, nil)
+	rc := dialRaw(t, srv.addr)
+	rc.writeRequest(1, true)
+	rc.writeRequest(3, true)
+	ga := rc.goAway()
+	if ga == nil || ga.ErrCode != http2.ErrCodeNo || ga.LastStreamID != 3 {
+		t.Fatalf("GOAWAY %+v, want NO_ERROR after stream 3", ga)
+	}
+}
