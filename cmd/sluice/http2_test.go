@@ -286,3 +286,51 @@ func TestTLSListenerAndUpstream(t *testing.T) {
 		})
 	}
 }
+
+// TestHTTP2Backpressure: a client that stops reading stalls the upstream
+// (flow-control windows end to end), instead of the proxy buffering the
+// whole response.
+func TestHTTP2Backpressure(t *testing.T) {
+	const total = 64 << 20
+	var written atomic.Int64
+	up := h2cUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		chunk := bytes.Repeat([]byte("z"), 64<<10)
+		for written.Load() < total {
+			n, err := w.Write(chunk)
+			written.Add(int64(n))
+			if err != nil {
+				return
+			}
+		}
+	})
+	cl := cluster("h2", up)
+	cl.Protocol = config.ProtocolHTTP2
+	srv := startServer(t, snapshot(hcm(prefixRoute("all", "/", "h2")), cl))
+	client := h2cClient()
+	client.Timeout = 60 * time.Second
+	resp, err := client.Get(proxyURL(srv) + "/big")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	// The client reads nothing: the upstream must stall after the windows
+	// and socket buffers on the way are full.
+	var last int64 = -1
+	for range 100 {
+		time.Sleep(20 * time.Millisecond)
+		n := written.Load()
+		if n == last {
+			break
+		}
+		last = n
+	}
+	if stalled := written.Load(); stalled > 32<<20 {
+		t.Fatalf("upstream wrote %d MiB to a client that reads nothing", stalled>>20)
+	} else {
+		t.Logf("upstream stalled after %.1f MiB", float64(stalled)/(1<<20))
+	}
+	n, err := io.Copy(io.Discard, resp.Body)
+	if err != nil || n != total {
+		t.Fatalf("read %d bytes, err %v; want %d", n, err, total)
+	}
+}
