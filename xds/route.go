@@ -35,9 +35,9 @@ var (
 	routeFields = knownFields(&routev3.Route{},
 		"name", "match", "route", "redirect", "direct_response", "typed_per_filter_config",
 		"request_headers_to_add", "request_headers_to_remove", "response_headers_to_add",
-		"response_headers_to_remove",
-		// Ignored: metadata, tracing, stats and buffer limits.
-		"metadata", "decorator", "tracing", "stat_prefix", "per_request_buffer_limit_bytes",
+		"response_headers_to_remove", "metadata", // filter_metadata only
+		// Ignored: tracing, stats and buffer limits.
+		"decorator", "tracing", "stat_prefix", "per_request_buffer_limit_bytes",
 		"request_body_buffer_limit")
 	routeMatchFields = knownFields(&routev3.RouteMatch{},
 		"prefix", "path", "safe_regex", "path_separated_prefix", "case_sensitive", "headers", "query_parameters",
@@ -169,6 +169,13 @@ func translateRoute(r *routev3.Route, bodyLimit int) (*config.Route, error) {
 	out := &config.Route{Name: r.GetName(), Match: match, HeaderMutations: hm}
 	if out.TypedPerFilterConfig, err = perFilterConfig(r.GetTypedPerFilterConfig()); err != nil {
 		return nil, err
+	}
+	if fm := r.GetMetadata().GetFilterMetadata(); len(fm) > 0 {
+		// What filters read as route metadata (Lua's handle:metadata()).
+		out.Metadata = make(map[string]map[string]any, len(fm))
+		for ns, st := range fm {
+			out.Metadata[ns] = st.AsMap()
+		}
 	}
 	switch a := r.GetAction().(type) {
 	case *routev3.Route_Route:

@@ -82,6 +82,9 @@ import (
 	"strings"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	luav3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/lua/v3"
+
 	"github.com/sluice-proxy/sluice/dsl/expr"
 	"github.com/sluice-proxy/sluice/dsl/internal/suggest"
 	"github.com/sluice-proxy/sluice/dsl/rules"
@@ -136,13 +139,14 @@ func (res *Result) SetLogger(l *slog.Logger) {
 
 // listenerInfo keeps what Explain needs about one listener.
 type listenerInfo struct {
-	name   string
-	pos    syntax.Pos
-	port   string
-	cfg    *config.Listener
-	hcm    *config.HTTPConnectionManager
-	rules  *rules.Config // nil: no rules filter
-	routes map[string]*routeInfo
+	routeLua int // route-level Lua filters needed: the most any route has
+	name     string
+	pos      syntax.Pos
+	port     string
+	cfg      *config.Listener
+	hcm      *config.HTTPConnectionManager
+	rules    *rules.Config // nil: no rules filter
+	routes   map[string]*routeInfo
 }
 
 type routeInfo struct {
@@ -153,6 +157,7 @@ type routeInfo struct {
 	rest      string   // the CEL left as a condition
 	constTrue bool     // `when` is the constant true
 	actions   *rules.RouteActions
+	lua       []*luav3.LuaPerRoute // the route's own Lua filters, in order
 }
 
 // Test is a compiled `test` block.
@@ -661,8 +666,12 @@ func (c *compiler) listener(l *syntax.Listener) *listenerInfo {
 			FilterChains: []*config.FilterChain{{Name: name, HTTP: hcm}},
 		},
 	}
-	rc := &rules.Config{}
+	rc := &rules.Config{} // every `on` block, for explain and tests
 	needRules := false
+	// Listener filters run in file order: each run of `on` blocks is one
+	// rules filter, with Lua (and later Wasm) filters between them.
+	var chain []*config.HTTPFilter
+	var seg *rules.Config // the rules filter `on` blocks go to now
 	var (
 		protocol *syntax.Protocol
 		tls      *syntax.TLS
@@ -709,13 +718,22 @@ func (c *compiler) listener(l *syntax.Listener) *listenerInfo {
 				continue
 			}
 			needRules = true
+			if seg == nil {
+				seg = &rules.Config{}
+				chain = append(chain, &config.HTTPFilter{TypeURL: rules.TypeURL, Config: seg})
+			}
 			if it.Phase.Name == "request" {
 				rc.Request = append(rc.Request, b)
+				seg.Request = append(seg.Request, b)
 			} else {
 				rc.Response = append(rc.Response, b)
+				seg.Response = append(seg.Response, b)
 			}
 		case *syntax.Lua:
-			c.luaWasm(it)
+			if f := c.luaFilter(it, fmt.Sprintf("sluice.lua.%d", c.luaCount(chain))); f != nil {
+				chain = append(chain, f)
+				seg = nil
+			}
 		case *syntax.Wasm:
 			c.luaWasm(it)
 		case *syntax.Route:
@@ -740,6 +758,7 @@ func (c *compiler) listener(l *syntax.Listener) *listenerInfo {
 				}
 			}
 			li.routes[it.Name.Name] = ri
+			li.routeLua = max(li.routeLua, len(ri.lua))
 			vh.Routes = append(vh.Routes, ri.cfg)
 			if ri.actions != nil {
 				needRules = true
@@ -752,19 +771,86 @@ func (c *compiler) listener(l *syntax.Listener) *listenerInfo {
 	}
 	if needRules {
 		li.rules = rc
-		// Without `on` blocks the filter only serves routes with actions:
-		// it is off in the chain and their per-route config turns it on,
-		// so other routes do not pay for it.
-		off := len(rc.Request) == 0 && len(rc.Response) == 0
-		hcm.HTTPFilters = []*config.HTTPFilter{{Name: rules.FilterName, TypeURL: rules.TypeURL, Config: rc, Disabled: off}}
+		// Route actions are the per-route config of the last rules filter
+		// (named rules.FilterName), which runs after every listener
+		// filter; without a trailing run of `on` blocks it is one of its
+		// own, off in the chain so that only routes with actions pay.
+		last := len(chain) - 1
+		if last < 0 || chain[last].TypeURL != rules.TypeURL {
+			chain = append(chain, &config.HTTPFilter{TypeURL: rules.TypeURL, Config: &rules.Config{}, Disabled: true})
+			last = len(chain) - 1
+		}
+		n := 0
+		for i, f := range chain {
+			if f.TypeURL != rules.TypeURL {
+				continue
+			}
+			if i == last {
+				f.Name = rules.FilterName
+			} else {
+				f.Name = fmt.Sprintf("%s.%d", rules.FilterName, n)
+				n++
+			}
+		}
 	}
+	// Route-level Lua filters run last, each off unless its route turns
+	// it on with its script.
+	for i := 0; i < li.routeLua; i++ {
+		chain = append(chain, &config.HTTPFilter{Name: routeLuaName(i), TypeURL: TypeLua, Config: &luav3.Lua{}, Disabled: true})
+	}
+	hcm.HTTPFilters = chain
 	return li
+}
+
+// TypeLua and TypeLuaPerRoute are Envoy's Lua filter config types: the
+// DSL produces the same configs an Envoy bootstrap or xDS would, so one
+// compiler serves all three.
+const (
+	TypeLua         = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
+	TypeLuaPerRoute = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute"
+)
+
+func routeLuaName(i int) string { return fmt.Sprintf("sluice.lua.route.%d", i) }
+
+func (c *compiler) luaCount(chain []*config.HTTPFilter) int {
+	n := 0
+	for _, f := range chain {
+		if f.TypeURL == TypeLua {
+			n++
+		}
+	}
+	return n
+}
+
+// luaSource is a `lua` statement's code as Envoy's DataSource: a file
+// (relative to the .sluice file, read when the config is compiled) or
+// inline source.
+func (c *compiler) luaSource(l *syntax.Lua) *corev3.DataSource {
+	if l.File != nil {
+		path := syntax.ResolvePath(l.File.Pos.File, l.File.Value)
+		if _, err := os.Stat(path); err != nil {
+			c.errorf(l.File.Pos, "", "lua file: %v", err)
+			return nil
+		}
+		return &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: path}}
+	}
+	return &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: l.Code.Value}}
+}
+
+// luaFilter is a listener's `lua` statement as an Envoy Lua filter.
+func (c *compiler) luaFilter(l *syntax.Lua, name string) *config.HTTPFilter {
+	src := c.luaSource(l)
+	if src == nil {
+		return nil
+	}
+	return &config.HTTPFilter{Name: name, TypeURL: TypeLua, Config: &luav3.Lua{DefaultSourceCode: src}}
 }
 
 func (c *compiler) luaWasm(s syntax.Stmt) {
 	switch s.(type) {
 	case *syntax.Lua:
-		c.errorf(s.Info().Pos, "remove the statement for now", "lua filters are not available yet (issue 6)")
+		c.errorf(s.Info().Pos, "put it in the listener (every request) or in a route (that route's requests)",
+			"a lua filter is a statement of a listener or a route, not an action of an `on` block")
 	case *syntax.Wasm:
 		c.errorf(s.Info().Pos, "remove the statement for now", "wasm filters are not available yet (issue 7)")
 	}
@@ -1129,6 +1215,14 @@ func (c *compiler) route(r *syntax.Route) *routeInfo {
 		if syntax.IsTerminal(a) {
 			terminal = a
 		}
+		if l, isLua := a.(*syntax.Lua); isLua {
+			if src := c.luaSource(l); src != nil {
+				ri.lua = append(ri.lua, &luav3.LuaPerRoute{Override: &luav3.LuaPerRoute_SourceCode{SourceCode: src}})
+			} else {
+				ok = false
+			}
+			continue
+		}
 		if p, isProxy := a.(*syntax.Proxy); isProxy {
 			ra := c.proxy(p)
 			if ra == nil {
@@ -1162,6 +1256,12 @@ func (c *compiler) route(r *syntax.Route) *routeInfo {
 		rt.TypedPerFilterConfig = map[string]*config.FilterOverride{
 			rules.FilterName: {TypeURL: rules.TypeURL, Config: ri.actions},
 		}
+	}
+	for i, l := range ri.lua {
+		if rt.TypedPerFilterConfig == nil {
+			rt.TypedPerFilterConfig = map[string]*config.FilterOverride{}
+		}
+		rt.TypedPerFilterConfig[routeLuaName(i)] = &config.FilterOverride{TypeURL: TypeLuaPerRoute, Config: l}
 	}
 	return ri
 }

@@ -219,8 +219,8 @@ func TestDSLMDSnapshot(t *testing.T) {
 	}
 }
 
-// The lua and wasm lines of DSL.md are errors until issues 6 and 7 land,
-// reported where they are, not skipped.
+// The wasm line of DSL.md is an error until issue 7 lands, reported where
+// it is, not skipped; its lua line compiles to an Envoy Lua filter.
 func TestDSLMDLuaWasm(t *testing.T) {
 	_, err := Load("../syntax/testdata/dslmd.sluice", os.ReadFile, testEnv)
 	var ds syntax.Diagnostics
@@ -232,14 +232,13 @@ func TestDSLMDLuaWasm(t *testing.T) {
 		got = append(got, d.Short())
 	}
 	want := []string{
-		"../syntax/testdata/dslmd.sluice:23:3: lua filters are not available yet (issue 6)",
 		"../syntax/testdata/dslmd.sluice:24:3: wasm filters are not available yet (issue 7)",
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("got %q\nwant %q", got, want)
 	}
 	// The rendering has the source line and a caret.
-	if s := ds[0].Error(); !strings.Contains(s, "\n      lua \"filters/add-header.lua\"") || !strings.Contains(s, "\n      ^") {
+	if s := ds[0].Error(); !strings.Contains(s, "\n      wasm \"filters/auth.wasm\"") || !strings.Contains(s, "\n      ^") {
 		t.Errorf("rendering:\n%s", s)
 	}
 }
@@ -291,8 +290,10 @@ func TestCompileErrors(t *testing.T) {
 		{"request action in on response", "listener l :8080 {\n  on response {\n    set request.headers[\"a\"] = \"b\"\n    rewrite path \"/x\"\n  }\n  route r { deny }\n}\n",
 			[]string{"3:9: request headers cannot change in an `on response` block: the request was already sent",
 				"4:5: `rewrite` is not allowed in an `on response` block: it acts on requests"}},
-		{"lua", "listener l :8080 {\n  lua `print(1)`\n  route r {\n    wasm \"a.wasm\"\n    deny\n  }\n}\n",
-			[]string{"2:3: lua filters are not available yet (issue 6)", "4:5: wasm filters are not available yet (issue 7)"}},
+		{"lua and wasm", "listener l :8080 {\n  lua `print(1)`\n  lua \"missing.lua\"\n  on request {\n    lua `x()`\n  }\n  route r {\n    wasm \"a.wasm\"\n    deny\n  }\n}\n",
+			[]string{"3:7: lua file: stat missing.lua: no such file or directory",
+				"5:5: a lua filter is a statement of a listener or a route, not an action of an `on` block",
+				"8:5: wasm filters are not available yet (issue 7)"}},
 		{"health_check", "upstream u {\n  endpoint 10.0.0.1:80\n  health_check http \"/h\" interval 5s\n}\n",
 			[]string{"3:3: health_check is not supported yet"}},
 		{"listener tls without certificate", "listener l :8443 {\n  tls {\n    alpn \"h2\"\n  }\n  route r { deny }\n}\n",

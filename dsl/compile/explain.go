@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"net/url"
@@ -450,6 +451,7 @@ func splitText(ws []*config.WeightedCluster) string {
 // route table, CEL and the rules filter see it. It traces the rules filter.
 type dryStream struct {
 	req, resp, trailers header.Map
+	meta, state         stream.Metadata
 	code                int
 	reqID               string
 	start               time.Time
@@ -491,16 +493,25 @@ func (d *dryStream) RouteName() string {
 	}
 	return d.route.Name()
 }
-func (d *dryStream) ClusterName() string       { return "" }
-func (d *dryStream) RequestBodySize() int64    { return d.reqSize }
-func (d *dryStream) ResponseBodySize() int64   { return 0 }
-func (d *dryStream) Context() context.Context  { return context.Background() }
-func (d *dryStream) Resume()                   {}
-func (d *dryStream) ClearRouteCache()          {}
-func (d *dryStream) FilterOverride() any       { return d.override }
-func (d *dryStream) StreamID() uint64          { return 0 }
-func (d *dryStream) Trace(e rules.Event)       { d.events = append(d.events, e) }
-func (d *dryStream) Roll(percent float64) bool { return percent >= 100 }
+func (d *dryStream) ClusterName() string      { return "" }
+func (d *dryStream) RequestBodySize() int64   { return d.reqSize }
+func (d *dryStream) ResponseBodySize() int64  { return 0 }
+func (d *dryStream) Context() context.Context { return context.Background() }
+func (d *dryStream) Resume()                  {}
+func (d *dryStream) ClearRouteCache()         {}
+func (d *dryStream) FilterOverride() any      { return d.override }
+func (d *dryStream) StreamID() uint64         { return 0 }
+func (d *dryStream) Trace(e rules.Event)      { d.events = append(d.events, e) }
+
+// A dry run calls nothing: explain shows routing and rules, not callouts.
+func (d *dryStream) HTTPCall(context.Context, string, *header.Map, []byte, time.Duration) (*stream.HTTPResponse, error) {
+	return nil, errors.New("explain: no HTTP calls in a dry run")
+}
+func (d *dryStream) DynamicMetadata() *stream.Metadata   { return &d.meta }
+func (d *dryStream) FilterState() *stream.Metadata       { return &d.state }
+func (d *dryStream) RouteMetadata(string) map[string]any { return nil }
+func (d *dryStream) Logger() *slog.Logger                { return slog.New(slog.DiscardHandler) }
+func (d *dryStream) Roll(percent float64) bool           { return percent >= 100 }
 func (d *dryStream) SendLocalReply(status int, body string, hs []header.Field, details string) {
 	d.reply = &dryReply{status: status, body: body, headers: hs, details: details}
 }

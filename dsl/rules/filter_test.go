@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -440,3 +441,11 @@ func BenchmarkOnRequest(b *testing.B) {
 		}
 	}
 }
+
+func (*fakeStream) HTTPCall(context.Context, string, *header.Map, []byte, time.Duration) (*stream.HTTPResponse, error) {
+	return nil, errors.New("no calls in this test")
+}
+func (*fakeStream) DynamicMetadata() *stream.Metadata   { return &stream.Metadata{} }
+func (*fakeStream) FilterState() *stream.Metadata       { return &stream.Metadata{} }
+func (*fakeStream) RouteMetadata(string) map[string]any { return nil }
+func (*fakeStream) Logger() *slog.Logger                { return slog.New(slog.DiscardHandler) }

@@ -274,6 +274,9 @@ type Route struct {
 
 	HeaderMutations
 	TypedPerFilterConfig map[string]*FilterOverride
+	// Metadata is the route's filter_metadata: values by namespace
+	// (usually a filter name), as filters read them (Lua's metadata()).
+	Metadata map[string]map[string]any
 }
 
 // RouteMatch is Envoy's RouteMatch. Exactly one path specifier is set, or

@@ -101,6 +101,8 @@ type activeStream struct {
 	duplex bool
 	fmu    sync.Mutex
 
+	dynMeta, filterState *stream.Metadata // made on first use
+
 	// Per-stream working state kept here, not on the stack, because it is
 	// reached through pointers the compiler cannot prove stay local.
 	reqPhase phase

@@ -6,6 +6,10 @@ package stream
 
 import (
 	"context"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
 
 	"github.com/sluice-proxy/sluice/engine/attr"
 	"github.com/sluice-proxy/sluice/engine/header"
@@ -90,6 +94,89 @@ type Callbacks interface {
 	FilterOverride() any
 	// StreamID identifies the stream in logs.
 	StreamID() uint64
+
+	// HTTPCall sends a request to a cluster and waits for the whole
+	// response (Envoy's async HTTP client, behind Lua's httpCall and
+	// proxy-wasm's http_call). h needs :method, :path and :authority;
+	// timeout 0 means none (ctx still bounds it). It blocks only the
+	// calling stream.
+	HTTPCall(ctx context.Context, cluster string, h *header.Map, body []byte, timeout time.Duration) (*HTTPResponse, error)
+	// DynamicMetadata is the stream's dynamic metadata (Envoy's
+	// dynamic_metadata), shared by its filters and the access log.
+	DynamicMetadata() *Metadata
+	// FilterState is the stream's filter state: values by name (the
+	// namespace is "").
+	FilterState() *Metadata
+	// RouteMetadata is the current route's filter_metadata for namespace
+	// ns (usually a filter name), or nil.
+	RouteMetadata(ns string) map[string]any
+	// Logger logs for the stream's filters.
+	Logger() *slog.Logger
+}
+
+// HTTPResponse is the answer to Callbacks.HTTPCall.
+type HTTPResponse struct {
+	Headers  header.Map // ":status" first
+	Body     []byte
+	Trailers header.Map
+}
+
+// Metadata holds values by namespace and key (Envoy's dynamic metadata
+// and filter state). Safe for concurrent use: an asynchronous call may
+// set values while the stream's filters read them.
+type Metadata struct {
+	mu sync.Mutex
+	m  map[string]map[string]any
+}
+
+// Get returns the value of key in namespace ns.
+func (m *Metadata) Get(ns, key string) (any, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	v, ok := m.m[ns][key]
+	return v, ok
+}
+
+// Set stores v under key in namespace ns.
+func (m *Metadata) Set(ns, key string, v any) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.m == nil {
+		m.m = map[string]map[string]any{}
+	}
+	n := m.m[ns]
+	if n == nil {
+		n = map[string]any{}
+		m.m[ns] = n
+	}
+	n[key] = v
+}
+
+// Namespace returns a copy of one namespace's values.
+func (m *Metadata) Namespace(ns string) map[string]any {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	src := m.m[ns]
+	if src == nil {
+		return nil
+	}
+	out := make(map[string]any, len(src))
+	for k, v := range src {
+		out[k] = v
+	}
+	return out
+}
+
+// Namespaces lists the namespaces that hold values, sorted.
+func (m *Metadata) Namespaces() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]string, 0, len(m.m))
+	for ns := range m.m {
+		out = append(out, ns)
+	}
+	sort.Strings(out)
+	return out
 }
 
 // Factory makes filter instances; it is built once per config and must be

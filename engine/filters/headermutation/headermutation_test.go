@@ -3,6 +3,8 @@ package headermutation
 import (
 	"context"
 	"crypto/tls"
+	"errors"
+	"log/slog"
 	"net/netip"
 	"reflect"
 	"strings"
@@ -407,3 +409,11 @@ func TestCompileTypedNil(t *testing.T) {
 		})
 	}
 }
+
+func (*fakeCallbacks) HTTPCall(context.Context, string, *header.Map, []byte, time.Duration) (*stream.HTTPResponse, error) {
+	return nil, errors.New("no calls in this test")
+}
+func (*fakeCallbacks) DynamicMetadata() *stream.Metadata   { return &stream.Metadata{} }
+func (*fakeCallbacks) FilterState() *stream.Metadata       { return &stream.Metadata{} }
+func (*fakeCallbacks) RouteMetadata(string) map[string]any { return nil }
+func (*fakeCallbacks) Logger() *slog.Logger                { return slog.New(slog.DiscardHandler) }
