@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
 
@@ -66,8 +67,10 @@ func TestSampleGRPC(t *testing.T) {
 		}
 	})
 
+	keyed := metadata.AppendToOutgoingContext(ctx, "x-api-key", "let-me-in")
+
 	t.Run("server streaming", func(t *testing.T) {
-		wctx, wcancel := context.WithCancel(ctx)
+		wctx, wcancel := context.WithCancel(keyed)
 		defer wcancel()
 		watch, err := health.Watch(wctx, &healthpb.HealthCheckRequest{Service: "greeter"})
 		if err != nil {
@@ -86,18 +89,30 @@ func TestSampleGRPC(t *testing.T) {
 	})
 
 	t.Run("local reply is a gRPC status", func(t *testing.T) {
-		refl, err := reflectionpb.NewServerReflectionClient(conn).ServerReflectionInfo(ctx)
+		watch, err := health.Watch(ctx, &healthpb.HealthCheckRequest{Service: "greeter"})
 		if err == nil {
-			refl.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}})
-			_, err = refl.Recv()
+			_, err = watch.Recv()
 		}
 		if status.Code(err) != codes.PermissionDenied || status.Convert(err).Message() != "forbidden" {
-			t.Fatalf("reflection through sluice: %v, want PermissionDenied: forbidden", err)
+			t.Fatalf("Watch without the key: %v, want PermissionDenied: forbidden", err)
 		}
 	})
 
+	t.Run("reflection passes through", func(t *testing.T) {
+		refl, err := reflectionpb.NewServerReflectionClient(conn).ServerReflectionInfo(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		refl.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}})
+		resp, err := refl.Recv()
+		if err != nil || len(resp.GetListServicesResponse().GetService()) == 0 {
+			t.Fatalf("list services through sluice: %v, %v", resp, err)
+		}
+		refl.CloseSend()
+	})
+
 	t.Run("client deadline", func(t *testing.T) {
-		wctx, wcancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		wctx, wcancel := context.WithTimeout(keyed, 200*time.Millisecond)
 		defer wcancel()
 		watch, err := health.Watch(wctx, &healthpb.HealthCheckRequest{Service: "greeter"})
 		if err == nil {

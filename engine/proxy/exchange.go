@@ -640,6 +640,18 @@ func (e *exchange) respond(conn *upstream.Conn, cc stream.ClientConn, reusable *
 		s.pending = nil
 		s.flags |= flagLocalReset
 		s.ss.Reset()
+	case rp.srcErr && s.grpc && isTimeout(rp.err) && s.downH2:
+		// The route timeout (capped by grpc-timeout) ended a gRPC call
+		// mid-response: end it as a gRPC server would, with
+		// DEADLINE_EXCEEDED in trailers, not with a reset the client
+		// would report as INTERNAL.
+		s.flags |= flagUpstreamTimeout
+		var t header.Map
+		t.Add("grpc-status", "4")
+		t.Add("grpc-message", "upstream request timeout")
+		if s.ss.WriteTrailers(&t) != nil {
+			s.ss.Reset()
+		}
 	case rp.srcErr:
 		s.flags |= flagUpstreamReset
 		resetDownstream(s.ss, rp.err)
