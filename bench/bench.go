@@ -13,6 +13,7 @@ const (
 	VariantPlain          = "plain"          // router only
 	VariantHeaderMutation = "headermutation" // + a native header_mutation filter
 	VariantRoutes100      = "routes100"      // 100 prefix routes, the last one matches
+	VariantLua            = "lua"            // + an Envoy Lua filter doing what the header_mutation variant does
 )
 
 // SluiceConfig is an Envoy v3 bootstrap: one listener, one HCM with Envoy's
@@ -49,6 +50,20 @@ static_resources:
                 - append:
                     header: { key: x-proxied-by, value: sluice }
                     append_action: OVERWRITE_IF_EXISTS_OR_ADD
+`)
+	}
+	if variant == VariantLua {
+		b.WriteString(`          - name: envoy.filters.http.lua
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua
+              default_source_code:
+                inline_string: |
+                  function envoy_on_request(handle)
+                    handle:headers():replace("x-bench-request", "1")
+                  end
+                  function envoy_on_response(handle)
+                    handle:headers():replace("x-proxied-by", "sluice")
+                  end
 `)
 	}
 	b.WriteString(`          - name: envoy.filters.http.router

@@ -62,6 +62,7 @@ var targetInfo = map[string]struct{ label, kind string }{
 	"sluice":                {"sluice (GOMAXPROCS=1)", "sluice"},
 	"sluice-gmp2":           {"sluice (GOMAXPROCS=2)", "sluice"},
 	"sluice-headermutation": {"sluice + header_mutation filter", "sluice"},
+	"sluice-lua":            {"sluice + Lua header filter", "sluice"},
 	"sluice-routes100":      {"sluice, 100 prefix routes (last matches)", "sluice"},
 	"sluice-dsl-routes100":  {"sluice, 100 DSL routes (last matches)", "sluice"},
 	"sluice-cel":            {"sluice + CEL `on request` filter (DSL)", "sluice"},
@@ -83,13 +84,15 @@ func (e *env) startTarget(id string) (*target, error) {
 	t := &target{id: id, label: info.label, kind: info.kind}
 	var err error
 	switch id {
-	case "sluice", "sluice-gmp2", "sluice-headermutation", "sluice-routes100":
+	case "sluice", "sluice-gmp2", "sluice-headermutation", "sluice-routes100", "sluice-lua":
 		variant, procs := bench.VariantPlain, 1
 		switch id {
 		case "sluice-gmp2":
 			procs = 2
 		case "sluice-headermutation":
 			variant = bench.VariantHeaderMutation
+		case "sluice-lua":
+			variant = bench.VariantLua
 		case "sluice-routes100":
 			variant = bench.VariantRoutes100
 		}
@@ -165,7 +168,7 @@ func (e *env) startTarget(id string) (*target, error) {
 	}
 	checks := []check{{e.check, t.h1 + path, 35, ""}, {e.check, t.h1 + "/16k", 16384, ""}}
 	switch id {
-	case "sluice-headermutation":
+	case "sluice-headermutation", "sluice-lua":
 		checks = append(checks, check{e.check, t.h1 + "/small", 35, "X-Proxied-By"})
 	case "sluice-routes100", "sluice-dsl-routes100":
 		checks = checks[:1]
@@ -322,7 +325,7 @@ func buildScenarios(o options) []*Scenario {
 		row("sluice-routes100", "100 prefix routes, the last one matches", "/p099/small"),
 		row("sluice-dsl-routes100", "100 DSL routes (`when request.path.startsWith`), the last one matches", bench.DSLRoutes100Path),
 		row("sluice-cel", "CEL `on request` filter (DSL; 1 request header from a string expression)", "/small"),
-		{Target: "sluice-lua", Label: "Lua header filter", Kind: "sluice", NA: notImplemented},
+		row("sluice-lua", "Envoy Lua filter (1 request + 1 response header, as header_mutation)", "/small"),
 		{Target: "sluice-wasm", Label: "Wasm header filter", Kind: "sluice", NA: notImplemented},
 	}
 	out = append(out, f)
