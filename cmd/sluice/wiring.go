@@ -1,9 +1,12 @@
 package main
 
 import (
+	"log/slog"
+
 	"github.com/sluice-proxy/sluice/dsl/rules"
 	"github.com/sluice-proxy/sluice/engine/filters/headermutation"
 	"github.com/sluice-proxy/sluice/engine/stream"
+	"github.com/sluice-proxy/sluice/lua"
 	"github.com/sluice-proxy/sluice/protocols/http1"
 	"github.com/sluice-proxy/sluice/protocols/http2"
 )
@@ -17,5 +20,6 @@ func builtins() *stream.Registry {
 	r.RegisterMuxCodec("http2", http2.NewClientCodec())
 	r.RegisterFilter(headermutation.Compiler{}, headermutation.TypeNames...)
 	r.RegisterFilter(rules.Compiler{}, rules.TypeURL)
+	r.RegisterFilter(lua.Compiler{Log: slog.Default()}, lua.TypeURL, lua.TypeURLPerRoute)
 	return r
 }
