@@ -13,6 +13,7 @@ import (
 	"github.com/sluice-proxy/sluice/engine/filters/headermutation"
 	"github.com/sluice-proxy/sluice/engine/server"
 	"github.com/sluice-proxy/sluice/engine/stream"
+	"github.com/sluice-proxy/sluice/lua"
 	"github.com/sluice-proxy/sluice/protocols/http1"
 	"github.com/sluice-proxy/sluice/xds"
 )
@@ -22,6 +23,7 @@ func builtins() *stream.Registry {
 	r := stream.NewRegistry()
 	r.RegisterCodec("http1", http1.NewServerCodec(), http1.NewClientCodec())
 	r.RegisterFilter(headermutation.Compiler{}, headermutation.TypeNames...)
+	r.RegisterFilter(lua.Compiler{Log: slog.New(slog.DiscardHandler)}, lua.TypeURL, lua.TypeURLPerRoute)
 	return r
 }
 
@@ -38,6 +40,7 @@ var proxyCases = []proxyCase{
 	{"keepalive-16k", VariantPlain, "/16k"},
 	{"header-mutation", VariantHeaderMutation, "/small"},
 	{"routes100-last", VariantRoutes100, "/p099/small"},
+	{"lua-headers", VariantLua, "/small"},
 }
 
 // startOrigin serves ServeOrigin on a loopback port until the test ends.
