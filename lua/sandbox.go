@@ -84,6 +84,7 @@ func (v *vm) openSandbox() error {
 	}
 	str.RawSetString("dump", glua.LNil)
 	str.RawSetString("rep", L.NewFunction(strRepBounded))
+	str.RawSetString("gsub", L.NewFunction(strGsub)) // linear; see gsub.go
 	origFormat := str.RawGetString("format").(*glua.LFunction).GFunction
 	str.RawSetString("format", L.NewFunction(func(L *glua.LState) int {
 		if err := checkFormat(L.CheckString(1)); err != nil {

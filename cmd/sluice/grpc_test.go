@@ -152,7 +152,10 @@ func TestHTTP2PoolOpensConnectionsAtStreamLimit(t *testing.T) {
 	eventually(t, "six requests at the upstream at once", func() bool { return inFlight.Load() == 6 })
 	close(gate)
 	wg.Wait()
-	if len(conns) != 3 {
-		t.Fatalf("upstream connections = %d, want 3 (2 streams each)", len(conns))
+	mu.Lock()
+	n := len(conns)
+	mu.Unlock()
+	if n != 3 {
+		t.Fatalf("upstream connections = %d, want 3 (2 streams each)", n)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/sluice-proxy/sluice/engine/config"
+	"github.com/sluice-proxy/sluice/engine/observe"
 	"github.com/sluice-proxy/sluice/engine/server"
 	"github.com/sluice-proxy/sluice/engine/stream"
 )
@@ -32,11 +33,12 @@ func testLog() *slog.Logger {
 // filter registrations) and stops it when the test ends.
 func startServer(t testing.TB, snap *config.Snapshot, register ...func(*stream.Registry)) *server.Server {
 	t.Helper()
-	reg := builtins()
+	stats := observe.NewStore()
+	reg := builtins(stats)
 	for _, r := range register {
 		r(reg)
 	}
-	srv := server.New(server.Options{Registry: reg, Log: testLog(), AdminAddress: "127.0.0.1:0", DrainTimeout: 2 * time.Second})
+	srv := server.New(server.Options{Registry: reg, Stats: stats, Log: testLog(), AdminAddress: "127.0.0.1:0", DrainTimeout: 2 * time.Second})
 	if err := srv.Apply(snap); err != nil {
 		t.Fatalf("apply: %v", err)
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/sluice-proxy/sluice/dsl/compile"
 	"github.com/sluice-proxy/sluice/engine/config"
+	"github.com/sluice-proxy/sluice/engine/observe"
 	"github.com/sluice-proxy/sluice/engine/server"
 	"github.com/sluice-proxy/sluice/xds"
 )
@@ -138,7 +139,7 @@ func cmdValidate(args []string, stdout, stderr io.Writer) int {
 	for _, path := range fs.Args() {
 		snap, err := loadConfig(path)
 		if err == nil {
-			err = server.Check(snap, builtins())
+			err = server.Check(snap, builtins(observe.NewStore()))
 		}
 		if err != nil {
 			msg := err.Error()
@@ -214,7 +215,8 @@ Flags:
 		return 1
 	}
 
-	srv := server.New(server.Options{Registry: builtins(), Log: log, Version: Version, AdminAddress: *adminAddr, DrainTimeout: *drain})
+	stats := observe.NewStore()
+	srv := server.New(server.Options{Registry: builtins(stats), Stats: stats, Log: log, Version: Version, AdminAddress: *adminAddr, DrainTimeout: *drain})
 	if err := srv.Apply(snap); err != nil {
 		log.Error("config rejected", "err", err)
 		return 1

@@ -84,6 +84,10 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	luav3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/lua/v3"
+	wasmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/wasm/v3"
+	wasmextv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/wasm/v3"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/sluice-proxy/sluice/dsl/expr"
 	"github.com/sluice-proxy/sluice/dsl/internal/suggest"
@@ -139,14 +143,15 @@ func (res *Result) SetLogger(l *slog.Logger) {
 
 // listenerInfo keeps what Explain needs about one listener.
 type listenerInfo struct {
-	routeLua int // route-level Lua filters needed: the most any route has
-	name     string
-	pos      syntax.Pos
-	port     string
-	cfg      *config.Listener
-	hcm      *config.HTTPConnectionManager
-	rules    *rules.Config // nil: no rules filter
-	routes   map[string]*routeInfo
+	routeLua  int                  // route-level Lua filters needed: the most any route has
+	routeWasm []*config.HTTPFilter // route-level Wasm filters, one per statement
+	name      string
+	pos       syntax.Pos
+	port      string
+	cfg       *config.Listener
+	hcm       *config.HTTPConnectionManager
+	rules     *rules.Config // nil: no rules filter
+	routes    map[string]*routeInfo
 }
 
 type routeInfo struct {
@@ -158,6 +163,7 @@ type routeInfo struct {
 	constTrue bool     // `when` is the constant true
 	actions   *rules.RouteActions
 	lua       []*luav3.LuaPerRoute // the route's own Lua filters, in order
+	wasm      []*syntax.Wasm       // the route's own Wasm filters, in order
 }
 
 // Test is a compiled `test` block.
@@ -735,7 +741,10 @@ func (c *compiler) listener(l *syntax.Listener) *listenerInfo {
 				seg = nil
 			}
 		case *syntax.Wasm:
-			c.luaWasm(it)
+			if f := c.wasmFilter(it, fmt.Sprintf("sluice.wasm.%d", c.countType(chain, TypeWasm))); f != nil {
+				chain = append(chain, f)
+				seg = nil
+			}
 		case *syntax.Route:
 			if prev := li.routes[it.Name.Name]; prev != nil {
 				c.errorf(it.Name.Pos, "", "duplicate route %q in listener %q (first declared at %s)", it.Name.Name, name, prev.pos)
@@ -759,6 +768,18 @@ func (c *compiler) listener(l *syntax.Listener) *listenerInfo {
 			}
 			li.routes[it.Name.Name] = ri
 			li.routeLua = max(li.routeLua, len(ri.lua))
+			for _, w := range ri.wasm {
+				f := c.wasmFilter(w, fmt.Sprintf("sluice.wasm.route.%d", len(li.routeWasm)))
+				if f == nil {
+					continue
+				}
+				f.Disabled = true
+				li.routeWasm = append(li.routeWasm, f)
+				if ri.cfg.TypedPerFilterConfig == nil {
+					ri.cfg.TypedPerFilterConfig = map[string]*config.FilterOverride{}
+				}
+				ri.cfg.TypedPerFilterConfig[f.Name] = &config.FilterOverride{} // on for this route
+			}
 			vh.Routes = append(vh.Routes, ri.cfg)
 			if ri.actions != nil {
 				needRules = true
@@ -798,6 +819,10 @@ func (c *compiler) listener(l *syntax.Listener) *listenerInfo {
 	for i := 0; i < li.routeLua; i++ {
 		chain = append(chain, &config.HTTPFilter{Name: routeLuaName(i), TypeURL: TypeLua, Config: &luav3.Lua{}, Disabled: true})
 	}
+	// Route-level Wasm filters: Envoy's Wasm filter has no per-route
+	// config, so each is a filter of its own, off in the chain and turned
+	// on by its route.
+	chain = append(chain, li.routeWasm...)
 	hcm.HTTPFilters = chain
 	return li
 }
@@ -812,14 +837,52 @@ const (
 
 func routeLuaName(i int) string { return fmt.Sprintf("sluice.lua.route.%d", i) }
 
-func (c *compiler) luaCount(chain []*config.HTTPFilter) int {
+func (c *compiler) luaCount(chain []*config.HTTPFilter) int { return c.countType(chain, TypeLua) }
+
+func (c *compiler) countType(chain []*config.HTTPFilter, typeURL string) int {
 	n := 0
 	for _, f := range chain {
-		if f.TypeURL == TypeLua {
+		if f.TypeURL == typeURL {
 			n++
 		}
 	}
 	return n
+}
+
+// TypeWasm is Envoy's Wasm HTTP filter config type.
+const TypeWasm = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+
+// wasmFilter is a `wasm "FILE" [config S] [root_id S]` statement as
+// Envoy's Wasm filter config (the module file relative to the .sluice
+// file, read and compiled when the config is applied).
+func (c *compiler) wasmFilter(w *syntax.Wasm, name string) *config.HTTPFilter {
+	path := syntax.ResolvePath(w.File.Pos.File, w.File.Value)
+	if _, err := os.Stat(path); err != nil {
+		c.errorf(w.File.Pos, "", "wasm file: %v", err)
+		return nil
+	}
+	pc := &wasmextv3.PluginConfig{
+		Name: name,
+		Vm: &wasmextv3.PluginConfig_VmConfig{VmConfig: &wasmextv3.VmConfig{
+			VmId:    name,
+			Runtime: "envoy.wasm.runtime.v8",
+			Code: &corev3.AsyncDataSource{Specifier: &corev3.AsyncDataSource_Local{
+				Local: &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: path}},
+			}},
+		}},
+	}
+	if w.RootID != nil {
+		pc.RootId = w.RootID.Value
+	}
+	if w.Config != nil {
+		cfg, err := anypb.New(wrapperspb.String(w.Config.Value))
+		if err != nil {
+			c.errorf(w.Config.Pos, "", "wasm config: %v", err)
+			return nil
+		}
+		pc.Configuration = cfg
+	}
+	return &config.HTTPFilter{Name: name, TypeURL: TypeWasm, Config: &wasmv3.Wasm{Config: pc}}
 }
 
 // luaSource is a `lua` statement's code as Envoy's DataSource: a file
@@ -852,7 +915,8 @@ func (c *compiler) luaWasm(s syntax.Stmt) {
 		c.errorf(s.Info().Pos, "put it in the listener (every request) or in a route (that route's requests)",
 			"a lua filter is a statement of a listener or a route, not an action of an `on` block")
 	case *syntax.Wasm:
-		c.errorf(s.Info().Pos, "remove the statement for now", "wasm filters are not available yet (issue 7)")
+		c.errorf(s.Info().Pos, "put it in the listener (every request) or in a route (that route's requests)",
+			"a wasm filter is a statement of a listener or a route, not an action of an `on` block")
 	}
 }
 
@@ -1214,6 +1278,10 @@ func (c *compiler) route(r *syntax.Route) *routeInfo {
 		}
 		if syntax.IsTerminal(a) {
 			terminal = a
+		}
+		if w, isWasm := a.(*syntax.Wasm); isWasm {
+			ri.wasm = append(ri.wasm, w)
+			continue
 		}
 		if l, isLua := a.(*syntax.Lua); isLua {
 			if src := c.luaSource(l); src != nil {

@@ -219,27 +219,25 @@ func TestDSLMDSnapshot(t *testing.T) {
 	}
 }
 
-// The wasm line of DSL.md is an error until issue 7 lands, reported where
-// it is, not skipped; its lua line compiles to an Envoy Lua filter.
+// DSL.md's whole-file example compiles, its lua and wasm lines to
+// Envoy's Lua and Wasm filter configs in file order after the rules.
 func TestDSLMDLuaWasm(t *testing.T) {
-	_, err := Load("../syntax/testdata/dslmd.sluice", os.ReadFile, testEnv)
-	var ds syntax.Diagnostics
-	if !errors.As(err, &ds) {
-		t.Fatalf("err = %v", err)
+	res, err := Load("../syntax/testdata/dslmd.sluice", os.ReadFile, testEnv)
+	if err != nil {
+		t.Fatal(err)
 	}
-	var got []string
-	for _, d := range ds {
-		got = append(got, d.Short())
+	var types []string
+	for _, f := range res.Snapshot.Listeners[0].FilterChains[0].HTTP.HTTPFilters {
+		types = append(types, f.Name+" "+f.TypeURL)
 	}
 	want := []string{
-		"../syntax/testdata/dslmd.sluice:24:3: wasm filters are not available yet (issue 7)",
+		"sluice.rules.0 sluice.rules",
+		"sluice.lua.0 " + TypeLua,
+		"sluice.wasm.0 " + TypeWasm,
+		"sluice.rules sluice.rules",
 	}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("got %q\nwant %q", got, want)
-	}
-	// The rendering has the source line and a caret.
-	if s := ds[0].Error(); !strings.Contains(s, "\n      wasm \"filters/auth.wasm\"") || !strings.Contains(s, "\n      ^") {
-		t.Errorf("rendering:\n%s", s)
+	if !reflect.DeepEqual(types, want) {
+		t.Errorf("filters %q\nwant %q", types, want)
 	}
 }
 
@@ -293,7 +291,7 @@ func TestCompileErrors(t *testing.T) {
 		{"lua and wasm", "listener l :8080 {\n  lua `print(1)`\n  lua \"missing.lua\"\n  on request {\n    lua `x()`\n  }\n  route r {\n    wasm \"a.wasm\"\n    deny\n  }\n}\n",
 			[]string{"3:7: lua file: stat missing.lua: no such file or directory",
 				"5:5: a lua filter is a statement of a listener or a route, not an action of an `on` block",
-				"8:5: wasm filters are not available yet (issue 7)"}},
+				"8:10: wasm file: stat a.wasm: no such file or directory"}},
 		{"health_check", "upstream u {\n  endpoint 10.0.0.1:80\n  health_check http \"/h\" interval 5s\n}\n",
 			[]string{"3:3: health_check is not supported yet"}},
 		{"listener tls without certificate", "listener l :8443 {\n  tls {\n    alpn \"h2\"\n  }\n  route r { deny }\n}\n",

@@ -34,8 +34,12 @@ import (
 // Options configure a Server.
 type Options struct {
 	Registry *stream.Registry
-	Log      *slog.Logger
-	Version  string
+	// Stats is the store the server's and its filters' statistics go to
+	// (filters that define metrics, like Wasm plugins, were given it when
+	// registered); nil: a new one.
+	Stats   *observe.Store
+	Log     *slog.Logger
+	Version string
 	// AdminAddress overrides the snapshot's admin address when set.
 	AdminAddress string
 	// DrainTimeout bounds a graceful drain (default 10s).
@@ -127,7 +131,10 @@ func New(opts Options) *Server {
 	if opts.DrainTimeout == 0 {
 		opts.DrainTimeout = 10 * time.Second
 	}
-	stats := observe.NewStore()
+	stats := opts.Stats
+	if stats == nil {
+		stats = observe.NewStore()
+	}
 	s := &Server{
 		opts:       opts,
 		log:        opts.Log,

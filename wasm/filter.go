@@ -1,0 +1,242 @@
+package wasm
+
+import (
+	"sync/atomic"
+
+	"github.com/sluice-proxy/sluice/engine/header"
+	"github.com/sluice-proxy/sluice/engine/stream"
+)
+
+// filter is one stream's proxy-wasm HTTP context. It binds to one VM on its
+// first callback (context ids are per VM) and keeps it for its life.
+//
+// How the guest's actions map onto the filter contract:
+//   - Continue → stream.Continue.
+//   - Pause on headers while an http_call of this context is in flight, or
+//     on headers that end the stream → stream.StopAndWait, until the guest
+//     calls proxy_continue_stream or sends a local response.
+//   - Pause on headers with a body to come and no call in flight →
+//     stream.StopAndBuffer: the headers are held and the guest gets the
+//     body; Continue from the body continues the headers too (as in Envoy,
+//     where a body Continue resumes iteration).
+//   - Pause on a body chunk that does not end the stream →
+//     stream.StopAndBuffer: the chain buffers the rest and calls again
+//     with the whole body and end_of_stream set. The guest sees the body
+//     grow, but in one step rather than chunk by chunk as in Envoy.
+//   - Pause on the last body chunk or on trailers → stream.StopAndWait.
+type filter struct {
+	p  *plugin
+	cb stream.Callbacks
+	v  *vm
+	id uint32 // context id in v, 0 before the first callback
+
+	passThrough atomic.Bool // failed open: the guest is out of the picture
+
+	// Guarded by v.mu.
+	reqHeaders, reqTrailers   *header.Map
+	respHeaders, respTrailers *header.Map
+	body                      *stream.Buffer
+	bodyType                  uint32
+	inCallback                bool
+	waiting                   bool // returned StopAndWait, not resumed yet
+	replied                   bool
+	done                      bool
+	pendingContinue           bool
+	pendingReply              *localReply
+	pendingCalls              int
+}
+
+type callbackKind int
+
+const (
+	kindHeaders callbackKind = iota
+	kindBody
+	kindTrailers
+)
+
+func b2u(b bool) uint64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// lockVM returns the stream's VM locked, binding the stream to a VM and
+// creating its context on first use; nil when no healthy VM is there.
+func (f *filter) lockVM() *vm {
+	if v := f.v; v != nil {
+		v.mu.Lock()
+		if v.broken.Load() {
+			v.mu.Unlock()
+			return nil
+		}
+		return v
+	}
+	v, err := f.p.pick()
+	if err != nil {
+		f.p.log.Error("wasm: no vm for the stream", "plugin", f.p.name, "error", err)
+		return nil
+	}
+	v.mu.Lock()
+	if v.broken.Load() {
+		v.mu.Unlock()
+		return nil
+	}
+	f.v, f.id = v, v.nextID
+	v.nextID++
+	v.streams[f.id] = f
+	v.effective = f.id
+	if _, err := v.invoke(v.ex.onContextCreate, uint64(f.id), uint64(v.root)); err != nil {
+		v.trapped(err)
+		v.mu.Unlock()
+		return nil
+	}
+	f.p.active.Inc()
+	return v
+}
+
+// run calls one stream callback of the guest and maps its action.
+func (f *filter) run(k callbackKind, e func(*exports) export, prep func() uint64, end bool) stream.Status {
+	if f.passThrough.Load() {
+		return stream.Continue
+	}
+	v := f.lockVM()
+	if v == nil {
+		return f.fail()
+	}
+	defer v.mu.Unlock()
+	n := prep() // records the stream's maps under the lock host calls take
+	f.inCallback = true
+	v.effective = f.id
+	action, err := v.invoke(e(&v.ex), uint64(f.id), n, b2u(end))
+	if err != nil {
+		f.inCallback = false
+		v.trapped(err)
+		return f.fail()
+	}
+	v.flush()
+	f.inCallback = false
+	return f.status(k, uint32(action), end)
+}
+
+// status turns the guest's action and what it asked for during the
+// callback into the chain status. Callers hold v.mu.
+func (f *filter) status(k callbackKind, action uint32, end bool) stream.Status {
+	reply, cont := f.pendingReply, f.pendingContinue
+	f.pendingReply, f.pendingContinue = nil, false
+	if reply != nil && !f.replied {
+		f.replied, f.body = true, nil
+		f.cb.SendLocalReply(reply.status, reply.body, reply.headers, reply.details)
+		return stream.LocalReply
+	}
+	if action == actionContinue || cont {
+		f.body = nil
+		return stream.Continue
+	}
+	switch k {
+	case kindHeaders:
+		if f.pendingCalls == 0 && !end {
+			return stream.StopAndBuffer
+		}
+	case kindBody:
+		if !end {
+			f.body = nil
+			return stream.StopAndBuffer
+		}
+	}
+	f.waiting = true
+	return stream.StopAndWait
+}
+
+// fail applies the fail policy to a stream whose VM trapped in its own
+// callback: pass through when fail_open, else a local 503.
+func (f *filter) fail() stream.Status {
+	f.passThrough.Store(true) // the guest is out either way
+	if f.p.failOpen {
+		return stream.Continue
+	}
+	f.cb.SendLocalReply(503, "wasm filter failed\n", nil, "wasm_fail_closed")
+	return stream.LocalReply
+}
+
+// failAsync applies the fail policy to a waiting stream whose VM trapped
+// elsewhere (in an http call response, a tick...).
+func (f *filter) failAsync() {
+	f.passThrough.Store(true)
+	f.body = nil
+	if f.p.failOpen {
+		f.cb.Resume()
+		return
+	}
+	f.replied = true
+	f.cb.SendLocalReply(503, "wasm filter failed\n", nil, "wasm_fail_closed")
+}
+
+func (f *filter) OnRequestHeaders(h *header.Map, end bool) stream.Status {
+	return f.run(kindHeaders, func(e *exports) export { return e.onRequestHeaders }, func() uint64 {
+		f.reqHeaders = h
+		return uint64(h.Len())
+	}, end)
+}
+
+func (f *filter) OnRequestBody(b *stream.Buffer, end bool) stream.Status {
+	return f.run(kindBody, func(e *exports) export { return e.onRequestBody }, func() uint64 {
+		f.body, f.bodyType = b, bufferRequestBody
+		return uint64(b.Len())
+	}, end)
+}
+
+func (f *filter) OnRequestTrailers(t *header.Map) stream.Status {
+	return f.run(kindTrailers, func(e *exports) export { return e.onRequestTrailers }, func() uint64 {
+		f.reqTrailers = t
+		return uint64(t.Len())
+	}, false)
+}
+
+func (f *filter) OnResponseHeaders(h *header.Map, end bool) stream.Status {
+	return f.run(kindHeaders, func(e *exports) export { return e.onResponseHeaders }, func() uint64 {
+		f.respHeaders = h
+		return uint64(h.Len())
+	}, end)
+}
+
+func (f *filter) OnResponseBody(b *stream.Buffer, end bool) stream.Status {
+	return f.run(kindBody, func(e *exports) export { return e.onResponseBody }, func() uint64 {
+		f.body, f.bodyType = b, bufferResponseBody
+		return uint64(b.Len())
+	}, end)
+}
+
+func (f *filter) OnResponseTrailers(t *header.Map) stream.Status {
+	return f.run(kindTrailers, func(e *exports) export { return e.onResponseTrailers }, func() uint64 {
+		f.respTrailers = t
+		return uint64(t.Len())
+	}, false)
+}
+
+// OnDone ends the context: proxy_on_done, proxy_on_log (where SDKs run
+// their "stream done" hooks and properties are still readable), then
+// proxy_on_delete.
+func (f *filter) OnDone() {
+	v := f.v
+	if v == nil {
+		return
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	f.done = true
+	if v.broken.Load() || v.streams[f.id] != f {
+		return
+	}
+	v.effective = f.id
+	for _, e := range []export{v.ex.onDone, v.ex.onLog, v.ex.onDelete} {
+		if _, err := v.invoke(e, uint64(f.id)); err != nil {
+			v.trapped(err)
+			return
+		}
+	}
+	delete(v.streams, f.id)
+	f.p.active.Dec()
+	f.body = nil
+	v.flush()
+}

@@ -1,0 +1,308 @@
+//go:build wasip1
+
+// The Go test guest of Sluice's wasm host. Its plugin configuration
+// ("mode=<name>") selects what it does; see the cases below.
+package main
+
+import (
+	"strconv"
+	"strings"
+	"unsafe"
+)
+
+func main() {}
+
+var (
+	mode     string
+	vmConfig string
+	queueID  uint32
+
+	requests, gauge, hist uint32 // metric ids
+
+	// Per stream context.
+	paths = map[uint32]string{}
+)
+
+//go:wasmexport proxy_on_context_create
+func proxyOnContextCreate(id, root uint32) {}
+
+//go:wasmexport proxy_on_vm_start
+func proxyOnVMStart(root, size uint32) uint32 {
+	vmConfig = string(getBuffer(bufVMConfig, 0, size))
+	requests = defineMetric(0, "goguest_requests_total")
+	gauge = defineMetric(1, "goguest_gauge")
+	hist = defineMetric(2, "goguest_hist")
+	q := "goguest_queue"
+	proxyRegisterSharedQueue(sptr(q), uint32(len(q)), unsafe.Pointer(&queueID))
+	return 1
+}
+
+//go:wasmexport proxy_on_configure
+func proxyOnConfigure(root, size uint32) uint32 {
+	cfg := string(getBuffer(bufPluginConfig, 0, size))
+	mode = strings.TrimPrefix(cfg, "mode=")
+	switch mode {
+	case "refuse":
+		return 0
+	case "tick":
+		proxySetTickPeriod(5)
+	case "trap-configure":
+		panic("trap in on_configure")
+	}
+	return 1
+}
+
+//go:wasmexport proxy_on_tick
+func proxyOnTick(root uint32) {
+	incShared("ticks")
+}
+
+//go:wasmexport proxy_on_queue_ready
+func proxyOnQueueReady(root, id uint32) {
+	for {
+		b, r := call(func(p, n unsafe.Pointer) uint32 { return proxyDequeueSharedQueue(id, p, n) })
+		if r != resultOk {
+			return
+		}
+		setShared("dequeued", b, 0)
+	}
+}
+
+// incShared increments a counter in shared data with compare-and-swap.
+func incShared(key string) int {
+	for {
+		b, cas, r := getShared(key)
+		n := 0
+		if r == resultOk {
+			n, _ = strconv.Atoi(string(b))
+		}
+		n++
+		if setShared(key, []byte(strconv.Itoa(n)), cas) != resultCasMismatch {
+			return n
+		}
+	}
+}
+
+//go:wasmexport proxy_on_request_headers
+func proxyOnRequestHeaders(id, n, end uint32) uint32 {
+	proxyIncrementMetric(requests, 1)
+	path, _ := getHeader(mapRequestHeaders, ":path")
+	paths[id] = path
+	switch mode {
+	case "addheader":
+		addHeader(mapRequestHeaders, "x-wasm", "1")
+	case "headers":
+		addHeader(mapRequestHeaders, "x-wasm-req", "added")
+		replaceHeader(mapRequestHeaders, "x-replace", "replaced")
+		removeHeader(mapRequestHeaders, "x-remove")
+		var size uint32
+		proxyGetHeaderMapSize(mapRequestHeaders, unsafe.Pointer(&size))
+		addHeader(mapRequestHeaders, "x-size", strconv.Itoa(int(size)))
+		pairs, _ := call(func(p, n unsafe.Pointer) uint32 { return proxyGetHeaderMapPairs(mapRequestHeaders, p, n) })
+		addHeader(mapRequestHeaders, "x-first", decodePairs(pairs)[0][0])
+		addHeader(mapRequestHeaders, "x-vm-config", vmConfig)
+		if _, ok := getHeader(mapRequestHeaders, "x-absent"); !ok {
+			addHeader(mapRequestHeaders, "x-absent-result", "notfound")
+		}
+	case "setpairs":
+		p := encodePairs(":method", "GET", ":path", "/replaced", ":authority", "example", "x-only", "1")
+		proxySetHeaderMapPairs(mapRequestHeaders, ptr(p), uint32(len(p)))
+	case "local":
+		if path == "/grpc" {
+			sendLocal(403, "wasm_denied", "no way", 7, "x-wasm", "local")
+		} else {
+			sendLocal(403, "wasm_denied", "denied by wasm\n", -1, "x-wasm", "local")
+		}
+		return actionPause
+	case "close":
+		proxyCloseStream(0)
+		return actionPause
+	case "props":
+		v, _ := getProperty("request", "path")
+		addHeader(mapRequestHeaders, "x-path", string(v))
+		v, _ = getProperty("source", "address")
+		addHeader(mapRequestHeaders, "x-source", string(v))
+		v, _ = getProperty("xds", "route_name")
+		addHeader(mapRequestHeaders, "x-route", string(v))
+		v, _ = getProperty("plugin_root_id")
+		addHeader(mapRequestHeaders, "x-root-id", string(v))
+		v, _ = getProperty("source", "port")
+		if len(v) == 8 {
+			addHeader(mapRequestHeaders, "x-port", strconv.Itoa(int(uint64(v[0])|uint64(v[1])<<8)))
+		}
+		v, _ = getProperty("request", "headers", "user-agent")
+		addHeader(mapRequestHeaders, "x-ua", string(v))
+		if _, r := getProperty("no", "such"); r == resultNotFound {
+			addHeader(mapRequestHeaders, "x-missing", "notfound")
+		}
+		k, val := "my_prop", "v1"
+		proxySetProperty(sptr(k), uint32(len(k)), sptr(val), uint32(len(val)))
+		v, _ = getProperty("my_prop")
+		addHeader(mapRequestHeaders, "x-prop", string(v))
+	case "httpcall", "httpcall-body":
+		h := encodePairs(":method", "GET", ":path", "/check"+path, ":authority", "auth")
+		body := "probe"
+		up := "auth_cluster"
+		var token uint32
+		if r := proxyHTTPCall(sptr(up), uint32(len(up)), ptr(h), uint32(len(h)), sptr(body), uint32(len(body)), nil, 0, 1000, unsafe.Pointer(&token)); r != resultOk {
+			sendLocal(500, "call_failed", "call failed "+strconv.Itoa(int(r)), -1)
+			return actionPause
+		}
+		return actionPause
+	case "shared":
+		addHeader(mapRequestHeaders, "x-count", strconv.Itoa(incShared("count")))
+	case "queue":
+		var q uint32
+		vm, name := "", "goguest_queue"
+		proxyResolveSharedQueue(sptr(vm), 0, sptr(name), uint32(len(name)), unsafe.Pointer(&q))
+		proxyEnqueueSharedQueue(q, sptr(path), uint32(len(path)))
+	case "metrics":
+		proxyRecordMetric(gauge, 42)
+		proxyRecordMetric(hist, 7)
+		var v uint64
+		proxyGetMetric(requests, unsafe.Pointer(&v))
+		addHeader(mapRequestHeaders, "x-requests", strconv.FormatUint(v, 10))
+	case "misc":
+		logInfo("hello from the go guest")
+		var lvl uint32
+		proxyGetLogLevel(unsafe.Pointer(&lvl))
+		addHeader(mapRequestHeaders, "x-log-level", strconv.Itoa(int(lvl)))
+		var t uint64
+		proxyGetCurrentTime(unsafe.Pointer(&t))
+		if t > 1600000000000000000 {
+			addHeader(mapRequestHeaders, "x-time", "ok")
+		}
+		fn := "nope"
+		var p, sz uint32
+		r := proxyCallForeignFunction(sptr(fn), uint32(len(fn)), nil, 0, unsafe.Pointer(&p), unsafe.Pointer(&sz))
+		addHeader(mapRequestHeaders, "x-foreign", strconv.Itoa(int(r)))
+		var tok uint32
+		r = proxyGrpcCall(nil, 0, nil, 0, nil, 0, nil, 0, nil, 0, 100, unsafe.Pointer(&tok))
+		addHeader(mapRequestHeaders, "x-grpc", strconv.Itoa(int(r)))
+		addHeader(mapRequestHeaders, "x-effective-bad", strconv.Itoa(int(proxySetEffectiveContext(9999))))
+		proxySetEffectiveContext(id)
+		addHeader(mapRequestHeaders, "x-done", strconv.Itoa(int(proxyDone())))
+	case "trap":
+		switch path {
+		case "/panic":
+			panic("deliberate panic")
+		case "/nil":
+			var p *struct{ x int }
+			addHeader(mapRequestHeaders, "x", strconv.Itoa(p.x))
+		case "/oom":
+			var keep [][]byte
+			for {
+				keep = append(keep, make([]byte, 1<<20))
+				keep[len(keep)-1][0] = 1
+			}
+		}
+		addHeader(mapRequestHeaders, "x-trap-mode", "alive")
+	case "wait-body":
+		if end == 0 {
+			return actionPause // see the whole body first
+		}
+	}
+	return actionContinue
+}
+
+//go:wasmexport proxy_on_http_call_response
+func proxyOnHTTPCallResponse(id, token, nh, bodySize, nt uint32) {
+	if paths[id] == "/call-panic" {
+		panic("panic in the call response")
+	}
+	status, _ := getHeader(mapCallResponseHeaders, ":status")
+	body := string(getBuffer(bufCallResponseBody, 0, bodySize))
+	if status != "200" {
+		sendLocal(403, "wasm_auth_denied", "denied: "+status+" "+body, -1)
+		return
+	}
+	addHeader(mapRequestHeaders, "x-auth", body)
+	proxyContinueStream(0)
+}
+
+//go:wasmexport proxy_on_request_body
+func proxyOnRequestBody(id, size, end uint32) uint32 {
+	switch mode {
+	case "body", "wait-body":
+		if end == 0 {
+			return actionPause
+		}
+		var n, flags uint32
+		proxyGetBufferStatus(bufRequestBody, unsafe.Pointer(&n), unsafe.Pointer(&flags))
+		b := getBuffer(bufRequestBody, 0, n)
+		setBuffer(bufRequestBody, []byte("REQ:"+strings.ToUpper(string(b))))
+		if mode == "wait-body" {
+			replaceHeader(mapRequestHeaders, "x-body-seen", strconv.Itoa(len(b)))
+		}
+	case "trap":
+		if paths[id] == "/body-panic" {
+			panic("body panic")
+		}
+	}
+	return actionContinue
+}
+
+//go:wasmexport proxy_on_request_trailers
+func proxyOnRequestTrailers(id, n uint32) uint32 {
+	if mode == "headers" {
+		addHeader(mapRequestTrailers, "x-wasm-trailer", "yes")
+	}
+	return actionContinue
+}
+
+//go:wasmexport proxy_on_response_headers
+func proxyOnResponseHeaders(id, n, end uint32) uint32 {
+	switch mode {
+	case "headers":
+		addHeader(mapResponseHeaders, "x-wasm-resp", "yes")
+		replaceHeader(mapResponseHeaders, "server", "wasm")
+		removeHeader(mapResponseHeaders, "x-secret")
+		v, _ := getHeader(mapRequestHeaders, "x-wasm-req")
+		addHeader(mapResponseHeaders, "x-saw-req", v)
+	case "trap":
+		if paths[id] == "/resp-panic" {
+			panic("response panic")
+		}
+	}
+	return actionContinue
+}
+
+//go:wasmexport proxy_on_response_body
+func proxyOnResponseBody(id, size, end uint32) uint32 {
+	if mode == "body" {
+		if end == 0 {
+			return actionPause
+		}
+		b := getBuffer(bufResponseBody, 0, size)
+		setBuffer(bufResponseBody, []byte("RESP:"+string(b)))
+		suffix := "!"
+		proxySetBufferBytes(bufResponseBody, size+5, 0, sptr(suffix), 1) // append
+		prefix := ">"
+		proxySetBufferBytes(bufResponseBody, 0, 0, sptr(prefix), 1) // prepend
+	}
+	return actionContinue
+}
+
+//go:wasmexport proxy_on_response_trailers
+func proxyOnResponseTrailers(id, n uint32) uint32 {
+	if mode == "headers" {
+		replaceHeader(mapResponseTrailers, "grpc-status", "0")
+	}
+	return actionContinue
+}
+
+//go:wasmexport proxy_on_done
+func proxyOnDone(id uint32) uint32 { return 1 }
+
+//go:wasmexport proxy_on_log
+func proxyOnLog(id uint32) {
+	if mode == "log" {
+		v, _ := getProperty("response", "code")
+		if len(v) == 8 {
+			setShared("last_code", []byte(strconv.Itoa(int(uint64(v[0])|uint64(v[1])<<8))), 0)
+		}
+	}
+}
+
+//go:wasmexport proxy_on_delete
+func proxyOnDelete(id uint32) { delete(paths, id) }
