@@ -15,6 +15,7 @@ import (
 	"github.com/sluice-proxy/sluice/engine/stream"
 	"github.com/sluice-proxy/sluice/lua"
 	"github.com/sluice-proxy/sluice/protocols/http1"
+	"github.com/sluice-proxy/sluice/wasm"
 	"github.com/sluice-proxy/sluice/xds"
 )
 
@@ -24,6 +25,7 @@ func builtins() *stream.Registry {
 	r.RegisterCodec("http1", http1.NewServerCodec(), http1.NewClientCodec())
 	r.RegisterFilter(headermutation.Compiler{}, headermutation.TypeNames...)
 	r.RegisterFilter(lua.Compiler{Log: slog.New(slog.DiscardHandler)}, lua.TypeURL, lua.TypeURLPerRoute)
+	r.RegisterFilter(wasm.Compiler{Log: slog.New(slog.DiscardHandler)}, wasm.TypeURL)
 	return r
 }
 
@@ -41,6 +43,7 @@ var proxyCases = []proxyCase{
 	{"header-mutation", VariantHeaderMutation, "/small"},
 	{"routes100-last", VariantRoutes100, "/p099/small"},
 	{"lua-headers", VariantLua, "/small"},
+	{"wasm-header", VariantWasm, "/small"},
 }
 
 // startOrigin serves ServeOrigin on a loopback port until the test ends.
@@ -160,3 +163,6 @@ func BenchmarkProxyRequest(b *testing.B) {
 		})
 	}
 }
+
+// The tests run in bench/: the Wasm variant's module is one level up.
+func init() { WasmModule = "../wasm/testdata/goguest.wasm" }

@@ -14,7 +14,14 @@ const (
 	VariantHeaderMutation = "headermutation" // + a native header_mutation filter
 	VariantRoutes100      = "routes100"      // 100 prefix routes, the last one matches
 	VariantLua            = "lua"            // + an Envoy Lua filter doing what the header_mutation variant does
+	VariantWasm           = "wasm"           // + a proxy-wasm filter (standard-Go guest) adding a request header
 )
+
+// WasmModule is the proxy-wasm module of VariantWasm: the host's
+// standard-Go test guest in its "addheader" mode. Relative paths are
+// resolved by the process that loads the config; set it to an absolute
+// path when that is not the repository root.
+var WasmModule = "wasm/testdata/goguest.wasm"
 
 // SluiceConfig is an Envoy v3 bootstrap: one listener, one HCM with Envoy's
 // defaults (so x-request-id generation is on, as in Envoy), no access log.
@@ -65,6 +72,20 @@ static_resources:
                     handle:headers():replace("x-proxied-by", "sluice")
                   end
 `)
+	}
+	if variant == VariantWasm {
+		fmt.Fprintf(&b, `          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: bench
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: mode=addheader
+                vm_config:
+                  runtime: envoy.wasm.runtime.v8
+                  code: { local: { filename: %q } }
+`, WasmModule)
 	}
 	b.WriteString(`          - name: envoy.filters.http.router
             typed_config:

@@ -63,6 +63,7 @@ var targetInfo = map[string]struct{ label, kind string }{
 	"sluice-gmp2":           {"sluice (GOMAXPROCS=2)", "sluice"},
 	"sluice-headermutation": {"sluice + header_mutation filter", "sluice"},
 	"sluice-lua":            {"sluice + Lua header filter", "sluice"},
+	"sluice-wasm":           {"sluice + Wasm header filter", "sluice"},
 	"sluice-routes100":      {"sluice, 100 prefix routes (last matches)", "sluice"},
 	"sluice-dsl-routes100":  {"sluice, 100 DSL routes (last matches)", "sluice"},
 	"sluice-cel":            {"sluice + CEL `on request` filter (DSL)", "sluice"},
@@ -84,7 +85,7 @@ func (e *env) startTarget(id string) (*target, error) {
 	t := &target{id: id, label: info.label, kind: info.kind}
 	var err error
 	switch id {
-	case "sluice", "sluice-gmp2", "sluice-headermutation", "sluice-routes100", "sluice-lua":
+	case "sluice", "sluice-gmp2", "sluice-headermutation", "sluice-routes100", "sluice-lua", "sluice-wasm":
 		variant, procs := bench.VariantPlain, 1
 		switch id {
 		case "sluice-gmp2":
@@ -93,6 +94,11 @@ func (e *env) startTarget(id string) (*target, error) {
 			variant = bench.VariantHeaderMutation
 		case "sluice-lua":
 			variant = bench.VariantLua
+		case "sluice-wasm":
+			variant = bench.VariantWasm
+			if abs, err := filepath.Abs(bench.WasmModule); err == nil {
+				bench.WasmModule = abs
+			}
 		case "sluice-routes100":
 			variant = bench.VariantRoutes100
 		}
@@ -326,7 +332,7 @@ func buildScenarios(o options) []*Scenario {
 		row("sluice-dsl-routes100", "100 DSL routes (`when request.path.startsWith`), the last one matches", bench.DSLRoutes100Path),
 		row("sluice-cel", "CEL `on request` filter (DSL; 1 request header from a string expression)", "/small"),
 		row("sluice-lua", "Envoy Lua filter (1 request + 1 response header, as header_mutation)", "/small"),
-		{Target: "sluice-wasm", Label: "Wasm header filter", Kind: "sluice", NA: notImplemented},
+		row("sluice-wasm", "proxy-wasm filter (standard-Go guest; adds 1 request header, counts a metric)", "/small"),
 	}
 	out = append(out, f)
 	for _, sc := range out {
