@@ -21,7 +21,12 @@ func TestH2Load(t *testing.T) {
 	// The origin speaks HTTP/1.1, so requests queue for 500 connections.
 	cl := cluster("up", up.addr())
 	cl.CircuitBreakers = config.CircuitBreakers{MaxConnections: 500, MaxPendingRequests: 10000, MaxRequests: 10000, MaxRetries: 3}
-	srv := startServer(t, snapshot(hcm(prefixRoute("all", "/", "up")), cl))
+	// All 10,000 are in flight at once: on a slow machine (-race, a busy
+	// CI) the last ones wait seconds for a connection, longer than the
+	// harness's 5 s route timeout.
+	rt := prefixRoute("all", "/", "up")
+	rt.Action.Timeout = 2 * time.Minute
+	srv := startServer(t, snapshot(hcm(rt), cl))
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, h2load, "-c100", "-m100", "-n10000", "-t1",
