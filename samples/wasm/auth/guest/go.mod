@@ -1,0 +1,3 @@
+module sluice.sample/wasm/auth
+
+go 1.26

@@ -1,0 +1,3 @@
+module sluice.sample/wasm/header
+
+go 1.26
