@@ -335,9 +335,13 @@ func (f *filter) maybeRelease() {
 	if f.vm == nil || f.dirs[reqDir].th != nil || f.dirs[respDir].th != nil {
 		return
 	}
-	if f.sc.hasResponse && !f.dirs[respDir].ran {
+	if f.sc.hasResponse && !f.dirs[respDir].ran && !f.vm.envEmpty() {
 		return // envoy_on_response may read globals the request set
 	}
+	// Most scripts set no globals: the state goes back now and the
+	// response callback takes whichever is warm, instead of every stream
+	// waiting on its upstream holding a state of its own (50 connections
+	// kept 50 states cycling through the CPU cache).
 	f.releaseVM()
 }
 
