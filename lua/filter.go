@@ -274,6 +274,9 @@ func (f *filter) resume(d *direction, fn *glua.LFunction, arg glua.LValue) strea
 	}
 	if err != nil {
 		d.th = nil
+		if v.budget.outOfMem.Load() {
+			return f.fail(errMemory)
+		}
 		if v.budget.expired.Load() {
 			return f.fail(errBudget)
 		}
@@ -322,8 +325,8 @@ func (f *filter) fail(err error) stream.Status {
 		f.dirs[i].th = nil
 	}
 	body := "lua: script error\n"
-	if errors.Is(err, errBudget) {
-		body = errBudget.Error() + "\n"
+	if errors.Is(err, errBudget) || errors.Is(err, errMemory) {
+		body = err.Error() + "\n"
 	}
 	f.cb.SendLocalReply(500, body, nil, "lua_error")
 	return stream.LocalReply

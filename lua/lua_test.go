@@ -511,6 +511,29 @@ func TestBudgetAndErrors(t *testing.T) {
 	}
 }
 
+// TestMemoryBudget: a callback that keeps allocating is stopped by the
+// memory budget (checked every few milliseconds), with a time budget long
+// enough that the memory check is what stops it even under -race.
+func TestMemoryBudget(t *testing.T) {
+	fac, err := Compiler{TimeBudget: 5 * time.Second}.Compile(mustFile(t, "budget.lua"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cb := newCB()
+	start := time.Now()
+	o := exchange(fac, cb, get("/hog"), message{})
+	if !o.local || len(cb.replies) != 1 || cb.replies[0].status != 500 || cb.replies[0].body != "lua: script exceeded its memory budget\n" {
+		t.Fatalf("want 500 memory budget, got %+v", cb.replies)
+	}
+	if el := time.Since(start); el > 4*time.Second {
+		t.Errorf("took %v", el)
+	}
+	cb = newCB()
+	if o = exchange(fac, cb, get("/fine"), message{}); o.local || o.req.Value("x-ok") != "1" {
+		t.Errorf("the next request failed: %+v %s", cb.replies, cb.logs.text())
+	}
+}
+
 func TestGlobalsDoNotLeak(t *testing.T) {
 	fac := mustCompile(t, mustFile(t, "globals.lua"))
 	for i := 0; i < 3; i++ {

@@ -25,10 +25,14 @@ import (
 //   - call depth and value-stack size are bounded (vm.go); string.rep,
 //     string.format widths and loadstring sizes are bounded.
 //
-// What it does not guarantee: gopher-lua has no allocator hook, so the
-// memory of tables a script fills and of strings it concatenates with ..
-// is bounded only by the time budget (a loop doubling a string can reach
-// hundreds of MiB before 100 ms pass). Tables created by the script's top
+//   - every callback has a memory budget (16 MiB allocated, budget.go),
+//     checked every 5 ms while it runs.
+//
+// What it does not guarantee: gopher-lua has no allocator hook, so memory
+// is measured from the process's allocation counter between slices, not
+// per allocation: a single instruction (s = s .. s on a large s) allocates
+// before anything can look, and allocations of other streams in the same
+// 5 ms count against the callback. Tables created by the script's top
 // level and upvalues of its functions are shared by the streams a state
 // serves, as in Envoy (per worker there); mutating them is visible to
 // later requests. Lua patterns (string.find/match/gsub) run in Go and are

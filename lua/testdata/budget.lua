@@ -7,6 +7,13 @@ function envoy_on_request(h)
   elseif path == "/error" then
     local t = nil
     return t.field
+  elseif path == "/hog" then
+    -- A table that grows without end: stopped by the memory budget long
+    -- before the time budget.
+    local t = {}
+    while true do
+      t[#t + 1] = string.rep("x", 4 * 1024 * 1024)
+    end
   elseif path == "/yield" then
     coroutine.yield()
   end
