@@ -351,10 +351,15 @@ func (f *filter) maybeRelease() {
 func (f *filter) releaseVM() {
 	v := f.vm
 	f.vm = nil
-	if v.release() && !f.poisoned {
-		f.sc.put(v)
-	} else {
+	switch {
+	case !v.release() || f.poisoned:
 		v.close()
+	case v.keepsTooMuch():
+		f.cb.Logger().Warn("lua: state dropped: the script keeps more than the retained-memory limit in its shared tables",
+			"script", v.s.name, "limit_bytes", MaxRetainedBytes)
+		v.close()
+	default:
+		f.sc.put(v)
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -717,5 +718,38 @@ func BenchmarkNoOpScript(b *testing.B) {
 		f := fac.NewFilter(cb)
 		f.OnRequestHeaders(&req, true)
 		f.OnDone()
+	}
+}
+
+// TestRetainedMemory: a script that fills a table of its top level, shared
+// by the streams its state serves, gets that state dropped once it keeps
+// more than MaxRetainedBytes; requests keep working on fresh states.
+func TestRetainedMemory(t *testing.T) {
+	fac := mustCompile(t, inline(`
+		local cache = {}
+		function envoy_on_request(h)
+		  cache[#cache + 1] = string.rep("x", 1024 * 1024)
+		  h:headers():add("x-cached", tostring(#cache))
+		end`))
+	maxSeen := 0
+	for i := 0; i < 3*retainedCheckEvery; i++ {
+		cb := newCB()
+		o := exchange(fac, cb, get("/"), message{})
+		if o.local {
+			t.Fatalf("request %d failed: %+v", i, cb.replies)
+		}
+		n, _ := strconv.Atoi(o.req.Value("x-cached"))
+		maxSeen = max(maxSeen, n)
+		if i == 3*retainedCheckEvery-1 && !strings.Contains(cb.logs.text(), "") {
+			t.Log(cb.logs.text())
+		}
+	}
+	// 1 MiB per stream: a state is dropped at its first check past 32 MiB,
+	// so no state ever holds more than retainedCheckEvery MiB.
+	if maxSeen > retainedCheckEvery {
+		t.Fatalf("a state kept %d MiB", maxSeen)
+	}
+	if maxSeen < MaxRetainedBytes>>20 {
+		t.Fatalf("states were dropped too early: at most %d MiB", maxSeen)
 	}
 }

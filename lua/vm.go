@@ -126,6 +126,7 @@ func (s *script) newVM() (*vm, error) {
 		L.Close()
 		return nil, fmt.Errorf("lua: script %q: sandbox: %w", s.name, err)
 	}
+	v.noteLibraries()
 	fn := L.NewFunctionFromProto(s.proto)
 	fn.Env = v.env
 	L.SetContext(v.budget)
@@ -166,6 +167,8 @@ type vm struct {
 
 	f           *filter // the stream being served
 	clearedKeys int
+	uses        int // streams served, for the periodic retained-memory check
+	libs, seen  map[glua.LValue]struct{}
 
 	objs objects
 }
@@ -210,6 +213,13 @@ func (v *vm) release() bool {
 	v.objs.unbind()
 	v.clearEnv()
 	return v.clearedKeys <= maxClearedGlobals && !v.budget.expired.Load()
+}
+
+// keepsTooMuch counts a stream served and, every retainedCheckEvery,
+// reports whether the state holds more than MaxRetainedBytes.
+func (v *vm) keepsTooMuch() bool {
+	v.uses++
+	return v.uses%retainedCheckEvery == 0 && v.retainedOver(MaxRetainedBytes)
 }
 
 func (v *vm) close() {
