@@ -445,11 +445,11 @@ func hDone(v *vm, _ []uint64) result {
 
 // hHTTPCall sends the request through Callbacks.HTTPCall on a goroutine
 // and delivers the answer with proxy_on_http_call_response under the VM
-// lock. Only stream contexts can call out: the root context has no
-// stream to borrow the callbacks from, so it gets InternalFailure.
+// lock. The root context, which has no stream, calls through the
+// plugin's Callout (the server's clusters) instead.
 func hHTTPCall(v *vm, s []uint64) result {
 	f := v.current()
-	if f == nil {
+	if f == nil && v.p.callout == nil {
 		return resultInternalFailure
 	}
 	cluster, ok1 := v.str(uint32(s[0]), uint32(s[1]))
@@ -476,6 +476,10 @@ func hHTTPCall(v *vm, s []uint64) result {
 	}
 	timeout := time.Duration(uint32(s[8])) * time.Millisecond
 	body = append([]byte(nil), body...)
+	if f == nil {
+		go v.rootCallout(token, cluster, &h, body, timeout)
+		return resultOk
+	}
 	ctx := f.cb.Context()
 	f.pendingCalls++
 	go func() {
@@ -483,6 +487,38 @@ func hHTTPCall(v *vm, s []uint64) result {
 		v.deliverCallResponse(f, token, resp, err)
 	}()
 	return resultOk
+}
+
+// rootCallout is a root context's http_call: made through the plugin's
+// Callout, answered to the root context (if the VM is still the one that
+// asked: a VM replaced after a trap does not get its predecessor's answer).
+func (v *vm) rootCallout(token uint32, cluster string, h *header.Map, body []byte, timeout time.Duration) {
+	ctx := context.Background()
+	if timeout <= 0 {
+		// Envoy requires a timeout; an unbounded call would pin the VM's
+		// answer forever.
+		timeout = 30 * time.Second
+	}
+	resp, err := v.p.callout(ctx, cluster, h, body, timeout)
+	if err != nil {
+		v.logger().Debug("wasm: http call from the root context failed", "plugin", v.p.name, "error", err)
+		resp = &stream.HTTPResponse{}
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.broken.Load() {
+		return
+	}
+	v.callResp = resp
+	v.effective = v.root
+	_, cerr := v.invoke(v.ex.onHTTPCallResponse, uint64(v.root), uint64(token),
+		uint64(resp.Headers.Len()), uint64(len(resp.Body)), uint64(resp.Trailers.Len()))
+	v.callResp = nil
+	if cerr != nil {
+		v.trapped(cerr)
+		return
+	}
+	v.flush()
 }
 
 func (v *vm) deliverCallResponse(f *filter, token uint32, resp *stream.HTTPResponse, err error) {

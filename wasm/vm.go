@@ -35,6 +35,7 @@ type plugin struct {
 
 	created, traps *observe.Counter
 	active         *observe.Gauge
+	callout        stream.HTTPCaller // http_call from the root context; nil: none
 
 	mu     sync.RWMutex
 	vms    []*vm

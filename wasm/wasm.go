@@ -14,9 +14,10 @@
 //   - Guest actions map onto the stream.Filter statuses as documented on
 //     filter; a body paused mid-stream is handed back whole once, not
 //     chunk by chunk.
-//   - proxy_http_call works from stream contexts only (through
-//     Callbacks.HTTPCall, request trailers dropped); from the root context
-//     it returns InternalFailure. The proxy_grpc_* family and
+//   - proxy_http_call goes through Callbacks.HTTPCall from stream
+//     contexts and through Compiler.Callout (the server's clusters) from
+//     the root context, which gets InternalFailure without one; request
+//     trailers are dropped. The proxy_grpc_* family and
 //     proxy_get_status return Unimplemented; proxy_call_foreign_function
 //     returns NotFound.
 //   - proxy_close_stream answers a local 503 (details wasm_close_stream):
@@ -71,6 +72,10 @@ type Compiler struct {
 	// MemoryLimitPages bounds each VM's memory in 64 KiB pages; 0 means
 	// DefaultMemoryLimitPages.
 	MemoryLimitPages uint32
+	// Callout serves proxy_http_call from a root context (no stream to
+	// call through): cmd/sluice passes the registry's HTTPCall, which
+	// reaches the running server's clusters. Nil: such calls fail.
+	Callout stream.HTTPCaller
 }
 
 var (
@@ -166,6 +171,7 @@ func (c Compiler) Compile(cfg any) (stream.Factory, error) {
 		env:      envVars(vmc.GetEnvironmentVariables()),
 		eng:      eng, mod: mod, log: log.With("wasm_plugin", statName), metrics: metricsFor(st),
 		created: scope.Counter("created"), traps: scope.Counter("traps"), active: scope.Gauge("active"),
+		callout: c.Callout,
 	}
 	n := c.PoolSize
 	if n <= 0 {

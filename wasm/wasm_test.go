@@ -1,6 +1,7 @@
 package wasm
 
 import (
+	"context"
 	"crypto/sha256"
 	"fmt"
 	"io"
@@ -310,6 +311,37 @@ func TestTick(t *testing.T) {
 	eventually(t, "ticks", func() bool {
 		n, _ := strconv.Atoi(sharedValueOf("vm-"+t.Name(), "ticks"))
 		return n >= 3
+	})
+}
+
+// TestRootContextHTTPCall: an http_call made from the root context (on a
+// tick, no stream) goes through the Compiler's Callout and its answer comes
+// back to the root context.
+func TestRootContextHTTPCall(t *testing.T) {
+	var mu sync.Mutex
+	var calls []string
+	callout := func(_ context.Context, cluster string, h *header.Map, body []byte, timeout time.Duration) (*stream.HTTPResponse, error) {
+		mu.Lock()
+		calls = append(calls, cluster+" "+h.Value(":path"))
+		mu.Unlock()
+		resp := &stream.HTTPResponse{Body: []byte("tick-ok")}
+		resp.Headers.Add(":status", "200")
+		return resp, nil
+	}
+	compileGo(t, "tick-call", func(c *Compiler, _ *wasmhttpv3.Wasm) { c.Callout = callout })
+	eventually(t, "the root context's call answered", func() bool { return sharedValueOf("vm-"+t.Name(), "tick_call") == "200 tick-ok" })
+	mu.Lock()
+	defer mu.Unlock()
+	if len(calls) == 0 || calls[0] != "auth_cluster /from-tick" {
+		t.Fatalf("calls %q", calls)
+	}
+}
+
+// Without a Callout the root context's call fails cleanly.
+func TestRootContextHTTPCallWithoutCallout(t *testing.T) {
+	compileGo(t, "tick-call")
+	eventually(t, "the failed call recorded", func() bool {
+		return strings.HasPrefix(sharedValueOf("vm-"+t.Name(), "tick_call"), "failed ")
 	})
 }
 

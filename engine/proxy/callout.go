@@ -25,8 +25,18 @@ func (s *activeStream) HTTPCall(ctx context.Context, cluster string, h *header.M
 	return s.cm.httpCall(ctx, cluster, h, body, timeout)
 }
 
-func (cm *ConnectionManager) httpCall(ctx context.Context, cluster string, h *header.Map, body []byte, timeout time.Duration) (_ *stream.HTTPResponse, err error) {
-	cl := cm.clusters.Get(cluster)
+func (cm *ConnectionManager) httpCall(ctx context.Context, cluster string, h *header.Map, body []byte, timeout time.Duration) (*stream.HTTPResponse, error) {
+	return HTTPCall(ctx, cm.clusters, cm.bufferLimit, cluster, h, body, timeout)
+}
+
+// HTTPCall makes a request of a filter's own to a cluster of set, outside
+// any stream (a Wasm root context's http_call, a timer): as
+// Callbacks.HTTPCall, with the response body bounded by bodyLimit.
+func HTTPCall(ctx context.Context, set *upstream.Set, bodyLimit int, cluster string, h *header.Map, body []byte, timeout time.Duration) (_ *stream.HTTPResponse, err error) {
+	if bodyLimit <= 0 {
+		bodyLimit = defaultBufferLimit
+	}
+	cl := set.Get(cluster)
 	if cl == nil {
 		return nil, fmt.Errorf("%w %q", ErrUnknownCluster, cluster)
 	}
@@ -104,9 +114,9 @@ func (cm *ConnectionManager) httpCall(ctx context.Context, cluster string, h *he
 	if !noBody {
 		buf := stream.GetBuffer()
 		defer stream.PutBuffer(buf)
-		if err := readAll(buf, cc.ResponseBody(), cm.bufferLimit); err != nil {
+		if err := readAll(buf, cc.ResponseBody(), bodyLimit); err != nil {
 			if errors.Is(err, errBodyTooLarge) {
-				return nil, fmt.Errorf("%w (%d bytes) from %q", ErrCalloutTooLarge, cm.bufferLimit, cluster)
+				return nil, fmt.Errorf("%w (%d bytes) from %q", ErrCalloutTooLarge, bodyLimit, cluster)
 			}
 			return nil, fmt.Errorf("proxy: http call to %q: reading the body: %w", cluster, err)
 		}

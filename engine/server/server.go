@@ -145,6 +145,9 @@ func New(opts Options) *Server {
 		accessLogs: map[string]*observe.AccessLogger{},
 		quit:       make(chan struct{}),
 	}
+	if opts.Registry != nil {
+		opts.Registry.SetHTTPCaller(s.HTTPCall)
+	}
 	sc := stats.Scope("server.", "server_")
 	s.applied = sc.Counter("config_applied")
 	s.rejected = sc.Counter("config_rejected")
@@ -613,4 +616,15 @@ func (s *Server) LastError() string {
 func hostname() string {
 	h, _ := os.Hostname()
 	return h
+}
+
+// HTTPCall sends a request of a filter's own to a cluster of the current
+// config, outside any stream (proxy-wasm's http_call from a root context,
+// for instance): the cluster's pools, stats and circuit breakers apply.
+func (s *Server) HTTPCall(ctx context.Context, cluster string, h *header.Map, body []byte, timeout time.Duration) (*stream.HTTPResponse, error) {
+	g := s.current.Load()
+	if g == nil || g.clusters == nil {
+		return nil, fmt.Errorf("server: http call to %q: no config applied yet", cluster)
+	}
+	return proxy.HTTPCall(ctx, g.clusters, 0, cluster, h, body, timeout)
 }

@@ -1,9 +1,14 @@
 package stream
 
 import (
+	"context"
 	"fmt"
 	"sort"
 	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sluice-proxy/sluice/engine/header"
 )
 
 // Registry maps filter config type names (Envoy type URLs or sluice.* names)
@@ -15,6 +20,27 @@ type Registry struct {
 	servers   map[string]ServerCodec
 	clients   map[string]ClientCodec
 	muxes     map[string]MuxClientCodec
+	caller    atomic.Pointer[HTTPCaller]
+}
+
+// HTTPCaller makes a request of a filter's own to a cluster of the running
+// config, outside any stream.
+type HTTPCaller func(ctx context.Context, cluster string, h *header.Map, body []byte, timeout time.Duration) (*HTTPResponse, error)
+
+// SetHTTPCaller installs what HTTPCall uses; the server does it when it is
+// created with this registry.
+func (r *Registry) SetHTTPCaller(fn HTTPCaller) { r.caller.Store(&fn) }
+
+// HTTPCall is a request outside any stream (proxy-wasm's http_call from a
+// root context, a timer): filters are given this method when they are
+// registered, before a server exists, and it reaches the server's clusters
+// once one runs.
+func (r *Registry) HTTPCall(ctx context.Context, cluster string, h *header.Map, body []byte, timeout time.Duration) (*HTTPResponse, error) {
+	fn := r.caller.Load()
+	if fn == nil {
+		return nil, fmt.Errorf("stream: http call to %q: no server is running", cluster)
+	}
+	return (*fn)(ctx, cluster, h, body, timeout)
 }
 
 // NewRegistry returns an empty registry.

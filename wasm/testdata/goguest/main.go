@@ -44,7 +44,7 @@ func proxyOnConfigure(root, size uint32) uint32 {
 	switch mode {
 	case "refuse":
 		return 0
-	case "tick":
+	case "tick", "tick-call":
 		proxySetTickPeriod(5)
 	case "trap-configure":
 		panic("trap in on_configure")
@@ -55,7 +55,20 @@ func proxyOnConfigure(root, size uint32) uint32 {
 //go:wasmexport proxy_on_tick
 func proxyOnTick(root uint32) {
 	incShared("ticks")
+	if mode == "tick-call" && !tickCalled {
+		// An http_call from the root context: no stream to borrow.
+		tickCalled = true
+		h := encodePairs(":method", "GET", ":path", "/from-tick", ":authority", "auth")
+		up := "auth_cluster"
+		var token uint32
+		if r := proxyHTTPCall(sptr(up), uint32(len(up)), ptr(h), uint32(len(h)), nil, 0, nil, 0, 1000, unsafe.Pointer(&token)); r != resultOk {
+			setShared("tick_call", []byte("failed "+strconv.Itoa(int(r))), 0)
+		}
+	}
 }
+
+// tickCalled makes the tick-call mode call once per VM.
+var tickCalled bool
 
 //go:wasmexport proxy_on_queue_ready
 func proxyOnQueueReady(root, id uint32) {
@@ -207,6 +220,12 @@ func proxyOnRequestHeaders(id, n, end uint32) uint32 {
 
 //go:wasmexport proxy_on_http_call_response
 func proxyOnHTTPCallResponse(id, token, nh, bodySize, nt uint32) {
+	if mode == "tick-call" {
+		status, _ := getHeader(mapCallResponseHeaders, ":status")
+		body := string(getBuffer(bufCallResponseBody, 0, bodySize))
+		setShared("tick_call", []byte(status+" "+body), 0)
+		return
+	}
 	if paths[id] == "/call-panic" {
 		panic("panic in the call response")
 	}
