@@ -116,8 +116,9 @@ func (h *Host) acquireMux(deadline time.Time) (*Conn, error) {
 				continue
 			}
 			mc.streams++
-			reused := mc.streams > 1
-			last := c.maxRequestsPerConn > 0 && mc.streams >= c.maxRequestsPerConn
+			n := mc.streams
+			reused := n > 1
+			last := c.maxRequestsPerConn > 0 && n >= c.maxRequestsPerConn
 			if last {
 				p.remove(mc)
 			}
@@ -129,7 +130,7 @@ func (h *Host) acquireMux(deadline time.Time) (*Conn, error) {
 				mc.mc.Shutdown()
 			}
 			conn := streamConns.Get().(*Conn)
-			*conn = Conn{host: h, nc: mc.nc, cc: cc, mux: mc, reused: reused, requests: mc.streams}
+			*conn = Conn{host: h, nc: mc.nc, cc: cc, mux: mc, reused: reused, requests: n}
 			return conn, nil
 		}
 		// No room. Dial unless the connections being dialled will take the
