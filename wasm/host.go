@@ -271,6 +271,11 @@ func (v *vm) buffer(t uint32) (data []byte, mutable *stream.Buffer, ok bool) {
 			return nil, nil, false
 		}
 		return v.callResp.Body, nil, true
+	case bufferGrpcReceive:
+		if !v.inGrpcRecv {
+			return nil, nil, false
+		}
+		return v.grpcRecv, nil, true
 	case bufferVMConfiguration:
 		return v.p.vmConfig, nil, true
 	case bufferPluginConfig:

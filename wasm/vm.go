@@ -55,6 +55,7 @@ type exports struct {
 	onRequestHeaders, onRequestBody, onRequestTrailers                export
 	onResponseHeaders, onResponseBody, onResponseTrailers             export
 	onHTTPCallResponse, onDone, onLog, onDelete, allocate, initialize export
+	onGrpcReceive, onGrpcClose                                        export
 }
 
 // vm is one instance of the module with its root context. A wazero
@@ -82,7 +83,14 @@ type vm struct {
 
 	callResp  *stream.HTTPResponse // during proxy_on_http_call_response
 	nextToken uint32
-	config    []byte // what proxy_get_configuration returns now
+
+	grpcCalls  map[uint32]*grpcCall // outstanding proxy_grpc_call by token
+	grpcRecv   []byte               // during proxy_on_grpc_receive
+	inGrpcRecv bool
+	status     uint32 // proxy_get_status: set during proxy_on_grpc_close
+	statusMsg  string
+
+	config []byte // what proxy_get_configuration returns now
 
 	tickStop chan struct{}
 }
@@ -125,6 +133,7 @@ func (p *plugin) newVM() (*vm, error) {
 		onResponseBody: get("proxy_on_response_body"), onResponseTrailers: get("proxy_on_response_trailers"),
 		onHTTPCallResponse: get("proxy_on_http_call_response"), onDone: get("proxy_on_done"),
 		onLog: get("proxy_on_log"), onDelete: get("proxy_on_delete"),
+		onGrpcReceive: get("proxy_on_grpc_receive"), onGrpcClose: get("proxy_on_grpc_close"),
 	}
 	// Proxy-wasm's allocator first, then the libc-style one (the
 	// AssemblyScript SDK exports only malloc).
@@ -232,6 +241,7 @@ func (v *vm) closeLocked() {
 	}
 	v.closed = true
 	v.broken.Store(true)
+	v.cancelGrpcCalls()
 	if v.tickStop != nil {
 		close(v.tickStop)
 		v.tickStop = nil

@@ -17,9 +17,23 @@
 //   - proxy_http_call goes through Callbacks.HTTPCall from stream
 //     contexts and through Compiler.Callout (the server's clusters) from
 //     the root context, which gets InternalFailure without one; request
-//     trailers are dropped. The proxy_grpc_* family and
-//     proxy_get_status return Unimplemented; proxy_call_foreign_function
-//     returns NotFound.
+//     trailers are dropped.
+//   - proxy_grpc_call is a unary gRPC call sent the same way: an HTTP/2
+//     POST to /<service>/<method> on the envoy_grpc cluster of the
+//     serialized GrpcService (or the bytes as a cluster name, as Envoy
+//     accepts); the cluster must speak HTTP/2. An unknown cluster is not
+//     refused at the call (ParseFailure in Envoy) but closes it with
+//     UNAVAILABLE. google_grpc services are not supported. As in Envoy, an
+//     OK call gets only proxy_on_grpc_receive, any other outcome only
+//     proxy_on_grpc_close (transport failure UNAVAILABLE, timeout
+//     DEADLINE_EXCEEDED, non-200 HTTP mapped as gRPC specifies, OK without
+//     a message INTERNAL); no metadata callbacks for unary calls.
+//     proxy_get_status reads the status and grpc-message during
+//     proxy_on_grpc_close (Envoy reads the root context's), 0 and empty
+//     elsewhere. A root-context call without a timeout gets 30 s.
+//     proxy_grpc_cancel / proxy_grpc_close end an outstanding call of the
+//     current context; proxy_grpc_stream and proxy_grpc_send (streaming)
+//     return Unimplemented. proxy_call_foreign_function returns NotFound.
 //   - proxy_close_stream answers a local 503 (details wasm_close_stream):
 //     the filter contract has no stream reset.
 //   - proxy_set_property stores a string in filter state under

@@ -390,7 +390,7 @@ func TestMiscHostFunctions(t *testing.T) {
 	f := fac.NewFilter(cb)
 	f.OnRequestHeaders(&cb.req, true)
 	for k, v := range map[string]string{
-		"x-log-level": "3", "x-time": "ok", "x-foreign": "1" /* NotFound */, "x-grpc": "12", /* Unimplemented */
+		"x-log-level": "3", "x-time": "ok", "x-foreign": "1" /* NotFound */, "x-grpc": "4", /* ParseFailure: no upstream */
 		"x-effective-bad": "2" /* BadArgument */, "x-done": "0",
 	} {
 		if got := cb.req.Value(k); got != v {

@@ -72,6 +72,12 @@ func proxyHTTPCall(up unsafe.Pointer, upSize uint32, h unsafe.Pointer, hSize uin
 //go:wasmimport env proxy_grpc_call
 func proxyGrpcCall(a unsafe.Pointer, b uint32, c unsafe.Pointer, d uint32, e unsafe.Pointer, f uint32, g unsafe.Pointer, h uint32, i unsafe.Pointer, j uint32, timeout uint32, token unsafe.Pointer) uint32
 
+//go:wasmimport env proxy_grpc_cancel
+func proxyGrpcCancel(token uint32) uint32
+
+//go:wasmimport env proxy_get_status
+func proxyGetStatus(code, msgPtr, msgSize unsafe.Pointer) uint32
+
 //go:wasmimport env proxy_set_effective_context
 func proxySetEffectiveContext(id uint32) uint32
 
@@ -122,6 +128,7 @@ const (
 	bufRequestBody      = 0
 	bufResponseBody     = 1
 	bufCallResponseBody = 4
+	bufGrpcReceive      = 5
 	bufVMConfig         = 6
 	bufPluginConfig     = 7
 

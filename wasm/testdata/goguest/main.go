@@ -5,6 +5,7 @@
 package main
 
 import (
+	"encoding/hex"
 	"strconv"
 	"strings"
 	"unsafe"
@@ -162,6 +163,33 @@ func proxyOnRequestHeaders(id, n, end uint32) uint32 {
 			return actionPause
 		}
 		return actionPause
+	case "grpccall":
+		// grpc.health.v1.Health/Check with an empty request. "/raw" names
+		// the cluster directly; otherwise it goes in a serialized
+		// envoy.config.core.v3.GrpcService (envoy_grpc.cluster_name).
+		cluster := "grpc_cluster"
+		svc := []byte(cluster)
+		if path != "/raw" {
+			inner := append([]byte{0x0a, byte(len(cluster))}, cluster...)
+			svc = append([]byte{0x0a, byte(len(inner))}, inner...)
+		}
+		if path == "/bad-service" {
+			svc = nil
+		}
+		service, method := "grpc.health.v1.Health", "Check"
+		md := encodePairs("x-from-wasm", "1")
+		var token uint32
+		r := proxyGrpcCall(ptr(svc), uint32(len(svc)), sptr(service), uint32(len(service)), sptr(method), uint32(len(method)), ptr(md), uint32(len(md)), nil, 0, 1000, unsafe.Pointer(&token))
+		if r != resultOk {
+			sendLocal(500, "grpc_call_failed", "grpc call failed "+strconv.Itoa(int(r)), -1)
+			return actionPause
+		}
+		if path == "/cancel" {
+			first, second := proxyGrpcCancel(token), proxyGrpcCancel(token)
+			addHeader(mapRequestHeaders, "x-cancel", strconv.Itoa(int(first))+" "+strconv.Itoa(int(second)))
+			return actionContinue
+		}
+		return actionPause
 	case "shared":
 		addHeader(mapRequestHeaders, "x-count", strconv.Itoa(incShared("count")))
 	case "queue":
@@ -237,6 +265,29 @@ func proxyOnHTTPCallResponse(id, token, nh, bodySize, nt uint32) {
 	}
 	addHeader(mapRequestHeaders, "x-auth", body)
 	proxyContinueStream(0)
+}
+
+//go:wasmexport proxy_on_grpc_receive
+func proxyOnGrpcReceive(id, token, size uint32) {
+	if paths[id] == "/grpc-panic" {
+		panic("panic in the grpc response")
+	}
+	msg := getBuffer(bufGrpcReceive, 0, size)
+	addHeader(mapRequestHeaders, "x-grpc-result", "0 "+hex.EncodeToString(msg))
+	proxyContinueStream(0)
+}
+
+//go:wasmexport proxy_on_grpc_close
+func proxyOnGrpcClose(id, token, status uint32) {
+	if paths[id] == "/grpc-panic" {
+		panic("panic in the grpc close")
+	}
+	var code, p, n uint32
+	msg := ""
+	if proxyGetStatus(unsafe.Pointer(&code), unsafe.Pointer(&p), unsafe.Pointer(&n)) == resultOk {
+		msg = string(take(p, n))
+	}
+	sendLocal(503, "wasm_grpc_failed", "grpc "+strconv.Itoa(int(status))+" "+strconv.Itoa(int(code))+" "+msg, -1)
 }
 
 //go:wasmexport proxy_on_request_body
