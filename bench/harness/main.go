@@ -40,6 +40,7 @@ type options struct {
 	profile     bool
 	profileOnly bool
 	profileDur  int
+	baseline    string // another sluice binary, measured beside this one
 }
 
 func fatalf(format string, args ...any) {
@@ -70,6 +71,7 @@ func main() {
 	}
 	flag.IntVar(&niceLevel, "nice", defNice, "nice level of every process started (default -20 as root: other work on the machine yields to the benchmark)")
 	flag.BoolVar(&o.noPeers, "no-peers", false, "skip nginx and haproxy")
+	flag.StringVar(&o.baseline, "baseline", "", "a sluice binary (say, built from an earlier commit) measured in the same rounds as this one, GOMAXPROCS=1, HTTP/1.1 scenarios: tells a regression from the machine's drift")
 	flag.BoolVar(&o.profile, "profile", false, "after the run, profile sluice (CPU and allocations) under the keep-alive load")
 	flag.BoolVar(&o.profileOnly, "profile-only", false, "only the profiles (no scenarios; results/latest.* untouched)")
 	flag.IntVar(&o.profileDur, "profile-seconds", 10, "CPU profile length with -profile")
@@ -192,6 +194,7 @@ type target struct {
 
 type env struct {
 	bin        string
+	baseline   string // --baseline binary, or ""
 	origin     *proc
 	originPort int
 	direct     *target

@@ -22,8 +22,9 @@ var originPids []int
 // startOrigin starts the origin (for the whole run) and the check clients.
 func startOrigin(o options) *env {
 	e := &env{
-		bin:   o.bin,
-		check: &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}},
+		bin:      o.bin,
+		baseline: o.baseline,
+		check:    &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}},
 	}
 	var p http.Protocols
 	p.SetUnencryptedHTTP2(true)
@@ -63,6 +64,7 @@ var targetInfo = map[string]struct{ label, kind string }{
 	"sluice-gmp2":           {"sluice (GOMAXPROCS=2)", "sluice"},
 	"sluice-headermutation": {"sluice + header_mutation filter", "sluice"},
 	"sluice-lua":            {"sluice + Lua header filter", "sluice"},
+	"sluice-baseline":       {"sluice --baseline binary (GOMAXPROCS=1)", "sluice"},
 	"sluice-wasm":           {"sluice + Wasm header filter", "sluice"},
 	"sluice-routes100":      {"sluice, 100 prefix routes (last matches)", "sluice"},
 	"sluice-dsl-routes100":  {"sluice, 100 DSL routes (last matches)", "sluice"},
@@ -85,7 +87,7 @@ func (e *env) startTarget(id string) (*target, error) {
 	t := &target{id: id, label: info.label, kind: info.kind}
 	var err error
 	switch id {
-	case "sluice", "sluice-gmp2", "sluice-headermutation", "sluice-routes100", "sluice-lua", "sluice-wasm":
+	case "sluice", "sluice-gmp2", "sluice-headermutation", "sluice-routes100", "sluice-lua", "sluice-wasm", "sluice-baseline":
 		variant, procs := bench.VariantPlain, 1
 		switch id {
 		case "sluice-gmp2":
@@ -107,8 +109,12 @@ func (e *env) startTarget(id string) (*target, error) {
 		if err := os.WriteFile(cfg, []byte(bench.SluiceConfig(port, e.originPort, variant)), 0o644); err != nil {
 			return nil, err
 		}
+		binary := filepath.Join(e.bin, "sluice")
+		if id == "sluice-baseline" {
+			binary = e.baseline
+		}
 		t.proc, err = startProc(name, proxyCore, []string{"GOMAXPROCS=" + strconv.Itoa(procs)}, nil,
-			filepath.Join(e.bin, "sluice"), "run", "-c", cfg, "--admin", "127.0.0.1:0", "--log-level", "warn")
+			binary, "run", "-c", cfg, "--admin", "127.0.0.1:0", "--log-level", "warn")
 		// codec_type AUTO: HTTP/1.1 and h2c (prior knowledge) on one port.
 		t.h1 = fmt.Sprintf("http://127.0.0.1:%d", port)
 		t.h2 = t.h1
@@ -299,6 +305,8 @@ func buildScenarios(o options) []*Scenario {
 		ids := []string{"direct", "sluice", "sluice-gmp2", "nginx", "haproxy"}
 		if h2 {
 			ids = []string{"direct", "sluice", "nginx", "haproxy"}
+		} else if o.baseline != "" {
+			ids = []string{"direct", "sluice", "sluice-baseline", "sluice-gmp2", "nginx", "haproxy"}
 		}
 		var rows []*Row
 		for _, id := range ids {
