@@ -214,7 +214,7 @@ func metricsFor(st *observe.Store) *metricRegistry {
 	defer registriesMu.Unlock()
 	r := registries[st]
 	if r == nil {
-		r = &metricRegistry{scope: st.Scope("wasmcustom.", "wasmcustom_"), byName: map[string]uint32{}}
+		r = &metricRegistry{scope: st.CustomScope("wasmcustom."), byName: map[string]uint32{}}
 		registries[st] = r
 	}
 	return r

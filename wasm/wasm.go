@@ -41,8 +41,9 @@
 //     through engine/attr, plugin_name / plugin_root_id / plugin_vm_id,
 //     request.headers.<name>, and those filter-state values. Node,
 //     metadata and listener properties are NotFound.
-//   - Guest metrics are named "wasmcustom.<name>" (Prometheus
-//     envoy_wasmcustom_<name>); histograms record the raw values.
+//   - Guest metrics are named "wasmcustom.<name>" in /stats and plain
+//     <name> in /stats/prometheus, as Envoy exports its custom stat
+//     namespace; histograms record the raw values.
 //   - Shared queues wake the root context of the VM that registered the
 //     queue last; each VM of a pool has its own ticker.
 //   - code.remote is fetched directly with net/http (not through

@@ -371,7 +371,9 @@ func TestMetrics(t *testing.T) {
 	}
 	var prom bool
 	for _, m := range st.Metrics() {
-		if m.PromName == "envoy_wasmcustom_goguest_requests_total" {
+		// Envoy exports custom-namespace stats without "envoy_" and
+		// without the namespace.
+		if m.PromName == "goguest_requests_total" {
 			prom = true
 		}
 	}

@@ -162,6 +162,7 @@ type Scope struct {
 	prefix     string
 	promPrefix string
 	labels     []Label
+	custom     bool // a custom namespace: Prometheus names carry no "envoy_"
 }
 
 // Scope returns a scope. For example Scope("cluster.api.", "cluster_",
@@ -170,7 +171,18 @@ func (s *Store) Scope(prefix, promPrefix string, labels ...Label) *Scope {
 	return &Scope{store: s, prefix: prefix, promPrefix: promPrefix, labels: labels}
 }
 
+// CustomScope is a scope for a custom stat namespace, as Envoy's
+// "wasmcustom.": text names are prefix + name, Prometheus names are just
+// the (sanitised) name, with no "envoy_" and no namespace — how Envoy
+// exports the metrics Wasm plugins define.
+func (s *Store) CustomScope(prefix string) *Scope {
+	return &Scope{store: s, prefix: prefix, custom: true}
+}
+
 func (sc *Scope) meta(name string) meta {
+	if sc.custom {
+		return meta{Name: sc.prefix + name, PromName: promSanitize(name), Labels: sc.labels}
+	}
 	return meta{Name: sc.prefix + name, PromName: "envoy_" + sc.promPrefix + promSanitize(name), Labels: sc.labels}
 }
 
