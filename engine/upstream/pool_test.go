@@ -128,7 +128,11 @@ func TestIdleTimeout(t *testing.T) {
 	h := c.Hosts()[0]
 	a := mustAcquire(t, h)
 	a.Release(true)
-	eventually(t, "the reaper", func() bool { return h.IdleConns() == 0 })
+	// The reaper takes the connection off the idle list, then closes it
+	// and counts it: wait for all of it.
+	eventually(t, "the reaper", func() bool {
+		return h.IdleConns() == 0 && c.Stats.CxActive.Value() == 0 && a.cc.(*fakeConn).closed.Load()
+	})
 	if c.Stats.CxIdleTimeout.Value() != 1 || c.Stats.CxActive.Value() != 0 || !a.cc.(*fakeConn).closed.Load() {
 		t.Fatalf("idle_timeout %d active %d", c.Stats.CxIdleTimeout.Value(), c.Stats.CxActive.Value())
 	}
