@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/sluice-proxy/sluice/engine/header"
+	"github.com/sluice-proxy/sluice/engine/proxy"
 	"github.com/sluice-proxy/sluice/engine/stream"
 )
 
@@ -188,7 +189,8 @@ func grpcOutcome(resp *stream.HTTPResponse, err error, timedOut bool) (uint32, s
 		return grpcUnavailable, err.Error(), nil
 	}
 	if st := resp.Headers.Value(":status"); st != "200" {
-		return httpToGrpcStatus(st), "http status " + st, nil
+		code, _ := strconv.Atoi(st) // not a number: 0, UNKNOWN
+		return uint32(proxy.GRPCStatusForHTTP(code)), "http status " + st, nil
 	}
 	// The status is in the trailers, or in the headers of a trailers-only
 	// response.
@@ -228,24 +230,6 @@ func grpcOutcome(resp *stream.HTTPResponse, err error, timedOut bool) (uint32, s
 		return grpcInternal, "truncated response message", nil
 	}
 	return grpcOK, "", append([]byte{}, b[5:5+size]...)
-}
-
-// httpToGrpcStatus maps a non-200 HTTP status as the gRPC spec
-// (doc/http-grpc-status-mapping.md) and Envoy do.
-func httpToGrpcStatus(status string) uint32 {
-	switch status {
-	case "400":
-		return grpcInternal
-	case "401":
-		return grpcUnauthenticated
-	case "403":
-		return grpcPermissionDenied
-	case "404":
-		return grpcUnimplemented
-	case "429", "502", "503", "504":
-		return grpcUnavailable
-	}
-	return grpcUnknown
 }
 
 // deliverGrpc hands a call's outcome to the context that made it, under

@@ -736,7 +736,7 @@ func (c *compiler) listener(l *syntax.Listener) *listenerInfo {
 				seg.Response = append(seg.Response, b)
 			}
 		case *syntax.Lua:
-			if f := c.luaFilter(it, fmt.Sprintf("sluice.lua.%d", c.luaCount(chain))); f != nil {
+			if f := c.luaFilter(it, fmt.Sprintf("sluice.lua.%d", c.countType(chain, TypeLua))); f != nil {
 				chain = append(chain, f)
 				seg = nil
 			}
@@ -836,8 +836,6 @@ const (
 )
 
 func routeLuaName(i int) string { return fmt.Sprintf("sluice.lua.route.%d", i) }
-
-func (c *compiler) luaCount(chain []*config.HTTPFilter) int { return c.countType(chain, TypeLua) }
 
 func (c *compiler) countType(chain []*config.HTTPFilter, typeURL string) int {
 	n := 0

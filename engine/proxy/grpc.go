@@ -43,6 +43,13 @@ func grpcStatusFor(status int, details string) int {
 	if details == "upstream_response_timeout" {
 		return grpcDeadlineExceeded
 	}
+	return GRPCStatusForHTTP(status)
+}
+
+// GRPCStatusForHTTP maps an HTTP status that is not 200 to the gRPC
+// status a client sees for it (gRPC's http-grpc-status-mapping, as Envoy
+// does).
+func GRPCStatusForHTTP(status int) int {
 	switch status {
 	case 400:
 		return grpcInternal

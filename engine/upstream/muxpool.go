@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"net"
@@ -188,20 +189,10 @@ func (h *Host) acquireMux(deadline time.Time) (*Conn, error) {
 			p.mu.Lock()
 			p.waiting--
 			p.mu.Unlock()
-			return nil, &poolWaitError{cause: errDeadline}
+			return nil, &poolWaitError{cause: context.DeadlineExceeded}
 		}
 	}
 }
-
-// errDeadline is context.DeadlineExceeded without importing a context per
-// wait.
-var errDeadline = deadlineError{}
-
-type deadlineError struct{}
-
-func (deadlineError) Error() string   { return "context deadline exceeded" }
-func (deadlineError) Timeout() bool   { return true }
-func (deadlineError) Temporary() bool { return true }
 
 // dialMux opens a multiplexed connection in a slot already counted in
 // p.dialing, p.all and the cluster's connection count, and adds it to the

@@ -76,7 +76,7 @@ func (rh *clientRequestHead) build(h *header.Map) error {
 	if !hasAuthority {
 		authority, hasAuthority = h.Get("host")
 	}
-	if !clIsToken(method) {
+	if !isToken(method) {
 		return clInvalidRequest("missing or invalid :method")
 	}
 	if hasAuthority && !clValidAuthority(authority) {
@@ -133,7 +133,7 @@ func (rh *clientRequestHead) addRegular(h *header.Map, trailers bool) error {
 		if !ok {
 			return clInvalidRequest(fmt.Sprintf("invalid field name %q", f.Name))
 		}
-		if name == "host" || clConnectionSpecific(name) {
+		if name == "host" || isConnectionSpecific(name) {
 			continue
 		}
 		value := f.Value
@@ -149,42 +149,6 @@ func (rh *clientRequestHead) addRegular(h *header.Map, trailers bool) error {
 		rh.add(name, value, name == "authorization" || name == "proxy-authorization")
 	}
 	return nil
-}
-
-// clConnectionSpecific reports whether a lower-case name is one of the
-// HTTP/1 connection headers RFC 9113 section 8.2.2 forbids.
-func clConnectionSpecific(name string) bool {
-	switch name {
-	case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":
-		return true
-	}
-	return false
-}
-
-// clTokenChars marks the bytes of an RFC 9110 token.
-var clTokenChars = func() (t [256]bool) {
-	for c := '0'; c <= '9'; c++ {
-		t[c] = true
-	}
-	for c := 'a'; c <= 'z'; c++ {
-		t[c], t[c-'a'+'A'] = true, true
-	}
-	for _, c := range "!#$%&'*+-.^_`|~" {
-		t[c] = true
-	}
-	return t
-}()
-
-func clIsToken(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if !clTokenChars[s[i]] {
-			return false
-		}
-	}
-	return true
 }
 
 // clCommonLower maps the canonical spelling of common header names to
@@ -215,7 +179,7 @@ func clLowerName(name string) (string, bool) {
 	upper := false
 	for i := 0; i < len(name); i++ {
 		c := name[i]
-		if !clTokenChars[c] {
+		if chars[c]&cToken == 0 {
 			return "", false
 		}
 		upper = upper || 'A' <= c && c <= 'Z'
@@ -277,7 +241,7 @@ func clParseStatus(v string) (int, bool) {
 // malformed, or "". The framer already checked names and values.
 func clCheckResponseFields(fields []hpack.HeaderField) string {
 	for _, f := range fields {
-		if clConnectionSpecific(f.Name) {
+		if isConnectionSpecific(f.Name) {
 			return "connection-specific field " + f.Name
 		}
 	}
