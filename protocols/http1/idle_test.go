@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"context"
 	"io"
+	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -13,6 +15,8 @@ import (
 type idleState struct {
 	nreq   int
 	br, bw bool // still held
+	chunk  bool // a first-read chunk still held
+	raw    bool // waiting on the raw socket
 }
 
 // watchIdle reports every wait for a request that happens without buffers.
@@ -20,7 +24,7 @@ func watchIdle(t *testing.T) <-chan idleState {
 	ch := make(chan idleState, 64)
 	hook := func(c *serverConn) {
 		select {
-		case ch <- idleState{c.nreq, c.br != nil, c.bw != nil}:
+		case ch <- idleState{c.nreq, c.br != nil, c.bw != nil, c.prefix.chunk != nil, c.raw != nil}:
 		default:
 		}
 	}
@@ -33,8 +37,11 @@ func waitIdle(t *testing.T, ch <-chan idleState, nreq int) {
 	t.Helper()
 	select {
 	case s := <-ch:
-		if s.nreq != nreq || s.br || s.bw {
-			t.Fatalf("idle after %d requests holds reader %v writer %v; want after %d, none", s.nreq, s.br, s.bw, nreq)
+		if s.nreq != nreq || s.br || s.bw || s.chunk {
+			t.Fatalf("idle after %d requests holds reader %v writer %v chunk %v; want after %d, none", s.nreq, s.br, s.bw, s.chunk, nreq)
+		}
+		if !s.raw {
+			t.Fatal("a TCP connection waits for its next request without its raw socket")
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatalf("connection not idle without buffers after %d requests", nreq)
@@ -79,7 +86,21 @@ func TestIdleConnHoldsNoBuffers(t *testing.T) {
 	check("POST", "/5", "e", "xyz")
 	waitIdle(t, idle, 5)
 
-	if n := ts.calls.Load(); n != 5 {
+	// A head larger than the first read's chunk, with a pipelined request
+	// behind it: the rest comes from the connection.
+	big := strings.Repeat("v", 6000)
+	io.WriteString(c, "GET /6 HTTP/1.1\r\nHost: f\r\nX-Big: "+big+"\r\n\r\nGET /7 HTTP/1.1\r\nHost: g\r\n\r\n")
+	check("GET", "/6", "f", "")
+	check("GET", "/7", "g", "")
+	waitIdle(t, idle, 7)
+
+	// The client's FIN while idle ends the connection quietly.
+	c.(*net.TCPConn).CloseWrite()
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Fatalf("after the client's FIN: %v, want EOF", err)
+	}
+
+	if n := ts.calls.Load(); n != 7 {
 		t.Fatalf("handler calls %d", n)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/sluice-proxy/sluice/engine/header"
@@ -70,6 +71,11 @@ type serverConn struct {
 	bw     *bufio.Writer
 	cw     connWriter
 	prefix prefixReader
+	// raw is the socket's raw connection when it has one (TCP, Unix):
+	// readFirst reads it directly. rawRead and rawErr serve its callback.
+	raw     syscall.RawConn
+	rawRead func(uintptr) bool
+	rawErr  error
 
 	maxHeaderBytes int
 	maxHeaders     int
@@ -98,6 +104,7 @@ func (c *serverConn) init(nc net.Conn, info *stream.ConnInfo, h stream.Handler, 
 	c.conn, c.info, c.handler = nc, info, h
 	c.cw.conn = nc
 	c.prefix.conn, c.prefix.n = nc, 0
+	c.raw = rawConnOf(nc)
 	if o == nil {
 		o = &stream.ServerOptions{}
 	}
@@ -140,7 +147,9 @@ func (c *serverConn) release() {
 	c.conn = nil
 	c.mu.Unlock()
 	c.br, c.bw, c.cw.conn, c.info, c.handler = nil, nil, nil, nil, nil
+	c.prefix.releaseChunk()
 	c.prefix.conn, c.prefix.n = nil, 0
+	c.raw, c.rawErr = nil, nil
 	if cap(c.headAcc) > 64<<10 {
 		c.headAcc = nil
 	}
@@ -220,21 +229,74 @@ func (c *serverConn) releaseBuffers() {
 }
 
 // prefixReader is what a connection's bufio.Reader reads from: the first
-// byte of a request, read while the connection held no buffer, then the
-// connection.
+// bytes of a request, read while the connection held no bufio buffers, then
+// the connection.
 type prefixReader struct {
 	conn net.Conn
-	buf  [1]byte
-	n    int // bytes of buf not yet returned
+	buf  [1]byte // the fallback's one byte (connections without a file descriptor)
+	n    int     // bytes of buf not yet returned
+
+	// chunk holds what a raw read got when the request started: a pooled
+	// buffer taken only for the read system call that found data, so an
+	// idle connection holds no buffer and a request costs one read, not a
+	// one-byte read and a second read for the rest.
+	chunk    *[bufSize]byte
+	off, end int
 }
 
+var chunkPool = sync.Pool{New: func() any { return new([bufSize]byte) }}
+
 func (p *prefixReader) Read(b []byte) (int, error) {
+	if p.chunk != nil && len(b) > 0 {
+		n := copy(b, p.chunk[p.off:p.end])
+		p.off += n
+		if p.off == p.end {
+			p.releaseChunk()
+		}
+		return n, nil
+	}
 	if p.n > 0 && len(b) > 0 {
 		b[0] = p.buf[0]
 		p.n = 0
 		return 1, nil
 	}
 	return p.conn.Read(b)
+}
+
+func (p *prefixReader) releaseChunk() {
+	if p.chunk != nil {
+		chunkPool.Put(p.chunk)
+		p.chunk, p.off, p.end = nil, 0, 0
+	}
+}
+
+// rawFirstRead is the raw connection's read callback behind readFirst: it
+// takes a chunk only when the socket has data (EAGAIN gives it back and
+// lets the poller wait).
+func (c *serverConn) rawFirstRead(fd uintptr) bool {
+	p := &c.prefix
+	chunk := chunkPool.Get().(*[bufSize]byte)
+	for {
+		n, err := sysRead(fd, chunk[:])
+		if err == errInterrupted {
+			continue
+		}
+		if err == errAgain {
+			chunkPool.Put(chunk)
+			return false
+		}
+		switch {
+		case n > 0:
+			p.chunk, p.off, p.end = chunk, 0, n
+		case err != nil:
+			c.rawErr = err
+			chunkPool.Put(chunk)
+		default:
+			c.rawErr = io.EOF
+			chunkPool.Put(chunk)
+		}
+		return true
+	}
 }
 
 // testHookIdle, when set, runs as the connection starts waiting for its
@@ -339,8 +401,27 @@ func (c *serverConn) awaitRequest(first bool, accept time.Time) (bool, error) {
 	return true, nil
 }
 
-// readFirst reads the first byte of a request into prefix.
+// readFirst waits for the next request while the connection holds no
+// buffers. On a socket it reads the request's first bytes straight into a
+// pooled chunk (one system call, as with a held buffer); other connections
+// (TLS) read one byte into prefix.
 func (c *serverConn) readFirst() error {
+	if c.raw != nil {
+		if c.rawRead == nil {
+			c.rawRead = c.rawFirstRead // bound once per pooled connection
+		}
+		c.rawErr = nil
+		if err := c.raw.Read(c.rawRead); err != nil {
+			return err
+		}
+		if c.rawErr != nil {
+			if c.rawErr == io.EOF {
+				return io.EOF
+			}
+			return &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", c.rawErr)}
+		}
+		return nil
+	}
 	for {
 		n, err := c.conn.Read(c.prefix.buf[:])
 		if n > 0 {
