@@ -19,9 +19,10 @@ var (
 	listenerFields = knownFields(&listenerv3.Listener{},
 		"name", "address", "filter_chains", "default_filter_chain", "per_connection_buffer_limit_bytes",
 		"listener_filters", "bind_to_port",
-		// Ignored: observability (stat_prefix, metadata, traffic_direction,
-		// the access log of connections no filter chain took) and socket or
-		// accept-loop tuning.
+		// traffic_direction picks the listeners /drain_listeners?inboundonly
+		// drains. Ignored: observability (stat_prefix, metadata, the access
+		// log of connections no filter chain took) and socket or accept-loop
+		// tuning.
 		"stat_prefix", "metadata", "traffic_direction", "access_log", "listener_filters_timeout",
 		"continue_on_listener_filters_timeout", "drain_type", "reuse_port", "enable_reuse_port",
 		"tcp_backlog_size", "connection_balance_config", "max_connections_to_accept_per_socket_event",
@@ -70,6 +71,12 @@ func translateListener(l *listenerv3.Listener) (*config.Listener, error) {
 		Name:                     l.GetName(),
 		Address:                  addr,
 		PerConnectionBufferLimit: int(u32(l.GetPerConnectionBufferLimitBytes(), 0)),
+	}
+	switch l.GetTrafficDirection() {
+	case corev3.TrafficDirection_INBOUND:
+		out.TrafficDirection = config.TrafficInbound
+	case corev3.TrafficDirection_OUTBOUND:
+		out.TrafficDirection = config.TrafficOutbound
 	}
 	for i, lf := range l.GetListenerFilters() {
 		if err := checkListenerFilter(lf); err != nil {

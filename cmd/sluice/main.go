@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -166,6 +167,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	drain := fs.Duration("drain-timeout", 10*time.Second, "how long SIGTERM waits for requests in flight")
 	watch := fs.Duration("watch", time.Second, "how often to check the config file (and what it includes) for changes; 0 disables")
+	envoy := addEnvoyFlags(fs, cfgPath, logLevel)
 	fs.Usage = func() {
 		fmt.Fprint(stderr, `Usage: sluice run [-c FILE] [flags]
 
@@ -178,6 +180,12 @@ file is logged with its position and the running config keeps serving.
 Signals: SIGHUP reloads the config file at once; SIGTERM or SIGINT drains and
 exits.
 
+Envoy's command-line options that Istio's pilot-agent passes are accepted too
+(-c, --config-path, -l, --drain-time-s, --drain-strategy, --concurrency,
+--local-address-ip-version, --file-flush-interval-msec, --disable-hot-restart,
+--allow-unknown-static-fields, --component-log-level, ...), so sluice can run
+as Istio's proxy binary.
+
 Flags:
 `)
 		fs.PrintDefaults()
@@ -188,15 +196,22 @@ Flags:
 		}
 		return 2
 	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
-		fmt.Fprintf(stderr, "sluice: bad -log-level %q\n", *logLevel)
+	level, err := parseLogLevel(*logLevel)
+	if err != nil {
+		fmt.Fprintf(stderr, "sluice: -log-level: %v\n", err)
 		return 2
 	}
+	if err := envoy.check(); err != nil {
+		fmt.Fprintf(stderr, "sluice: %v\n", err)
+		return 2
+	}
+	if envoy.concurrency > 0 {
+		runtime.GOMAXPROCS(envoy.concurrency)
+	}
+	observe.SetFileFlushInterval(envoy.fileFlushInterval())
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 
 	var snap *config.Snapshot
-	var err error
 	if *cfgPath == "" {
 		_, stop, err := startDemoUpstream(demoUpstreamAddr, log)
 		if err != nil {
@@ -216,7 +231,7 @@ Flags:
 	}
 
 	stats := observe.NewStore()
-	srv := server.New(server.Options{Registry: builtins(stats), Stats: stats, Log: log, Version: Version, AdminAddress: *adminAddr, DrainTimeout: *drain})
+	srv := server.New(server.Options{Registry: builtins(stats), Stats: stats, Log: log, Version: Version, AdminAddress: *adminAddr, DrainTimeout: *drain, DrainTime: envoy.drainTime()})
 	if err := srv.Apply(snap); err != nil {
 		log.Error("config rejected", "err", err)
 		return 1

@@ -43,7 +43,17 @@ type Listener struct {
 	MaxConnections int
 	// PerConnectionBufferLimit bounds buffered bytes per connection (0: default).
 	PerConnectionBufferLimit int
+	// TrafficDirection is Envoy's traffic_direction (TrafficInbound,
+	// TrafficOutbound or ""): /drain_listeners?inboundonly drains only the
+	// inbound ones, so a sidecar's outbound calls keep working while it drains.
+	TrafficDirection string
 }
+
+// Listener traffic directions (Listener.TrafficDirection).
+const (
+	TrafficInbound  = "INBOUND"
+	TrafficOutbound = "OUTBOUND"
+)
 
 // FilterChain is a match on connection properties and the network filters
 // that serve matching connections.

@@ -161,6 +161,11 @@ func (l *Listener) Drain() {
 	l.drain()
 }
 
+// DrainConnections asks every connection, and every one accepted from now
+// on, to finish its stream in flight and close, while the listener keeps
+// accepting (Envoy's graceful drain period before listeners stop).
+func (l *Listener) DrainConnections() { l.drain() }
+
 // Draining reports whether Drain was called.
 func (l *Listener) Draining() bool { return l.closed.Load() }
 

@@ -13,11 +13,23 @@ const (
 	// maxBuffered is how much formatted log a file holds before the logging
 	// goroutine writes it out itself instead of waiting for the flusher.
 	maxBuffered = 1 << 20
-	// flushInterval bounds how long a line waits in memory.
-	flushInterval = time.Second
 	// maxPooledLine keeps one huge line from pinning memory in the pool.
 	maxPooledLine = 64 << 10
 )
+
+// flushInterval bounds how long a line waits in memory (Envoy's
+// --file-flush-interval-msec); read when a file is opened.
+var flushInterval atomic.Int64
+
+func init() { flushInterval.Store(int64(time.Second)) }
+
+// SetFileFlushInterval sets how often access log files are flushed, for
+// files opened from then on (Envoy's --file-flush-interval-msec).
+func SetFileFlushInterval(d time.Duration) {
+	if d > 0 {
+		flushInterval.Store(int64(d))
+	}
+}
 
 var linePool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
 
@@ -246,7 +258,7 @@ func (lf *logFile) reopen() error {
 
 func (lf *logFile) flusher() {
 	defer close(lf.done)
-	t := time.NewTicker(flushInterval)
+	t := time.NewTicker(time.Duration(flushInterval.Load()))
 	defer t.Stop()
 	for {
 		select {

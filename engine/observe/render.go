@@ -59,13 +59,15 @@ func selected(m *Metric, filter *regexp.Regexp, usedOnly bool) bool {
 	return !usedOnly || used(m)
 }
 
-// used approximates Envoy's "used" flag (written at least once): the store
-// keeps no such bit, so a metric counts as used when it is non-zero.
+// used approximates Envoy's "used" flag (written at least once): a metric
+// counts as used when it is non-zero or, for a gauge, was Set (Istio's
+// readiness check reads `server.state: 0` through ?usedonly). Counters and
+// Inc/Dec gauges keep no such bit: it would cost the request path.
 func used(m *Metric) bool {
 	if m.Kind == KindHistogram {
 		return m.Histogram.Count() > 0
 	}
-	return m.Value != 0
+	return m.Value != 0 || m.Set
 }
 
 // appendValue formats a counter or gauge value as an integer, as Envoy does.

@@ -35,6 +35,7 @@ func (c *Counter) Value() uint64 { return c.v.Load() }
 // Gauge goes up and down.
 type Gauge struct {
 	v    atomic.Int64
+	set  atomic.Bool // Set was called: a gauge set to 0 is "used" (Envoy's usedonly)
 	meta meta
 }
 
@@ -48,7 +49,12 @@ func (g *Gauge) Dec() { g.v.Add(-1) }
 func (g *Gauge) Add(n int64) { g.v.Add(n) }
 
 // Set sets the value.
-func (g *Gauge) Set(n int64) { g.v.Store(n) }
+func (g *Gauge) Set(n int64) {
+	g.v.Store(n)
+	if !g.set.Load() {
+		g.set.Store(true)
+	}
+}
 
 // Value returns the current value.
 func (g *Gauge) Value() int64 { return g.v.Load() }
@@ -241,6 +247,8 @@ type Metric struct {
 	Labels    []Label
 	Value     float64 // counters and gauges
 	Histogram *Histogram
+	// Set marks a gauge given a value with Set (used even at 0).
+	Set bool
 }
 
 // Metrics returns every metric sorted by text name.
@@ -251,7 +259,7 @@ func (s *Store) Metrics() []Metric {
 		out = append(out, Metric{Kind: KindCounter, Name: c.meta.Name, PromName: c.meta.PromName, Labels: c.meta.Labels, Value: float64(c.Value())})
 	}
 	for _, g := range s.gauges {
-		out = append(out, Metric{Kind: KindGauge, Name: g.meta.Name, PromName: g.meta.PromName, Labels: g.meta.Labels, Value: float64(g.Value())})
+		out = append(out, Metric{Kind: KindGauge, Name: g.meta.Name, PromName: g.meta.PromName, Labels: g.meta.Labels, Value: float64(g.Value()), Set: g.set.Load()})
 	}
 	for _, h := range s.histograms {
 		out = append(out, Metric{Kind: KindHistogram, Name: h.meta.Name, PromName: h.meta.PromName, Labels: h.meta.Labels, Histogram: h})

@@ -41,9 +41,7 @@ func (s *Server) startAdmin(snap *config.Snapshot) error {
 		ConfigDump: s.configDump,
 		Clusters:   s.writeClusters,
 		Listeners:  s.listenerInfo,
-		Drain: func(inboundOnly, graceful bool) {
-			go s.Drain()
-		},
+		Drain:      s.DrainListeners,
 		Quit:       s.Quit,
 		State:      s.State,
 		ServerInfo: s.serverInfo,

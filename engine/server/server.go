@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime"
 	"slices"
 	"sort"
 	"strings"
@@ -44,6 +45,10 @@ type Options struct {
 	AdminAddress string
 	// DrainTimeout bounds a graceful drain (default 10s).
 	DrainTimeout time.Duration
+	// DrainTime is how long /drain_listeners?graceful keeps listeners
+	// accepting (every connection told to close after its request) before
+	// it stops them (Envoy's --drain-time-s; default 10s).
+	DrainTime time.Duration
 }
 
 // State of the server, as /ready reports it.
@@ -52,6 +57,19 @@ const (
 	StateLive            = "LIVE"
 	StateDraining        = "DRAINING"
 )
+
+// envoyState numbers the states as Envoy's server.state gauge does.
+var envoyState = map[string]int64{StateLive: 0, StateDraining: 1, StatePreInitializing: 2}
+
+func (s *Server) setState(st string) {
+	s.state.Store(st)
+	s.stateGauge.Set(envoyState[st])
+	live := int64(0)
+	if st == StateLive {
+		live = 1
+	}
+	s.liveGauge.Set(live)
+}
 
 // Server is one running proxy.
 type Server struct {
@@ -72,9 +90,12 @@ type Server struct {
 	accessLogs map[string]*observe.AccessLogger
 
 	applied, rejected *observe.Counter
-	lastError         atomic.Pointer[string]
-	quit              chan struct{}
-	quitOnce          sync.Once
+	// Envoy's server and listener-manager gauges: Istio's pilot-agent
+	// reads server.state and listener_manager.workers_started for readiness.
+	stateGauge, liveGauge, workersStarted, activeListeners, activeClusters *observe.Gauge
+	lastError                                                              atomic.Pointer[string]
+	quit                                                                   chan struct{}
+	quitOnce                                                               sync.Once
 }
 
 // graph is one compiled snapshot.
@@ -151,7 +172,15 @@ func New(opts Options) *Server {
 	sc := stats.Scope("server.", "server_")
 	s.applied = sc.Counter("config_applied")
 	s.rejected = sc.Counter("config_rejected")
-	s.state.Store(StatePreInitializing)
+	s.stateGauge = sc.Gauge("state")
+	s.liveGauge = sc.Gauge("live")
+	sc.Gauge("concurrency").Set(int64(runtime.GOMAXPROCS(0)))
+	lm := stats.Scope("listener_manager.", "listener_manager_")
+	s.workersStarted = lm.Gauge("workers_started")
+	s.workersStarted.Set(0)
+	s.activeListeners = lm.Gauge("total_listeners_active")
+	s.activeClusters = stats.Scope("cluster_manager.", "cluster_manager_").Gauge("active_clusters")
+	s.setState(StatePreInitializing)
 	s.env = &proxy.Env{Registry: opts.Registry, Stats: stats, Log: opts.Log, AccessLog: s.openAccessLog}
 	return s
 }
@@ -262,8 +291,11 @@ func (s *Server) Apply(snap *config.Snapshot) (err error) {
 	}
 	s.closeUnusedAccessLogs()
 	if s.State() == StatePreInitializing {
-		s.state.Store(StateLive)
+		s.setState(StateLive)
+		s.workersStarted.Set(1)
 	}
+	s.activeListeners.Set(int64(len(s.listeners)))
+	s.activeClusters.Set(int64(len(snap.Clusters)))
 	if err := s.startAdmin(snap); err != nil {
 		s.log.Error("admin server", "err", err)
 	}
@@ -408,8 +440,11 @@ func (s *Server) accept(ctx context.Context, c net.Conn, h *connHandler) (net.Co
 	}
 	start := time.Now()
 	var stop func() bool // set once a step may block
+	// A connection accepted while its listener drains gracefully is served
+	// (one request, then closed), so draining must not cut its detection.
+	lateInDrain := ctx.Err() != nil
 	bound := func(d time.Duration) {
-		if stop == nil {
+		if stop == nil && !lateInDrain {
 			// Draining interrupts detection and the handshake.
 			raw := c
 			stop = context.AfterFunc(ctx, func() { raw.SetDeadline(aLongTimeAgo) })
@@ -541,7 +576,7 @@ func (h *connHandler) ServeStream(ss stream.ServerStream) {
 // Drain stops accepting on every listener, lets streams in flight finish
 // (bounded by the drain timeout) and reports when done.
 func (s *Server) Drain() {
-	s.state.Store(StateDraining)
+	s.setState(StateDraining)
 	s.applyMu.Lock()
 	lns := make([]*netio.Listener, 0, len(s.listeners))
 	for _, ln := range s.listeners {
@@ -557,6 +592,45 @@ func (s *Server) Drain() {
 		}()
 	}
 	wg.Wait()
+}
+
+// DrainListeners is the admin's POST /drain_listeners: it drains the
+// inbound listeners only (traffic_direction INBOUND) or all of them. With
+// graceful, connections are first told to close after their request (HTTP/1
+// Connection: close, HTTP/2 GOAWAY) while the listeners keep accepting for
+// DrainTime; then the listeners stop. It returns at once.
+func (s *Server) DrainListeners(inboundOnly, graceful bool) {
+	s.setState(StateDraining)
+	inbound := map[string]bool{}
+	if snap := s.Snapshot(); snap != nil {
+		for _, l := range snap.Listeners {
+			inbound[l.Name] = l.TrafficDirection == config.TrafficInbound
+		}
+	}
+	s.applyMu.Lock()
+	var lns []*netio.Listener
+	for name, ln := range s.listeners {
+		if !inboundOnly || inbound[name] {
+			lns = append(lns, ln)
+		}
+	}
+	s.applyMu.Unlock()
+	for _, ln := range lns {
+		go func() {
+			if graceful {
+				ln.DrainConnections()
+				time.Sleep(s.drainTime())
+			}
+			s.drainListener(ln)
+		}()
+	}
+}
+
+func (s *Server) drainTime() time.Duration {
+	if s.opts.DrainTime > 0 {
+		return s.opts.DrainTime
+	}
+	return 10 * time.Second
 }
 
 // Shutdown drains and then closes everything, the admin server last.

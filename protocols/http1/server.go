@@ -308,8 +308,14 @@ func (c *serverConn) serve(ctx context.Context, nc net.Conn, info *stream.ConnIn
 	accept := time.Now()
 	gen := c.gen
 	drain := func() { c.drain(gen) }
-	stop := context.AfterFunc(ctx, drain)
-	defer stop()
+	if ctx.Err() != nil {
+		// Accepted while its listener drains gracefully: serve one request,
+		// answered with Connection: close, rather than close unanswered.
+		c.maxRequests = 1
+	} else {
+		stop := context.AfterFunc(ctx, drain)
+		defer stop()
+	}
 	if o != nil && o.MaxConnectionDuration > 0 {
 		t := time.AfterFunc(o.MaxConnectionDuration, drain)
 		defer t.Stop()
