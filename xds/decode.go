@@ -14,6 +14,7 @@ import (
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 	"sigs.k8s.io/yaml"
 
 	"github.com/sluice-proxy/sluice/engine/config"
@@ -34,18 +35,37 @@ func LoadBootstrapFile(path string) (*config.Snapshot, error) {
 // the Version is a hash of data. Errors look like
 // "xds: NAME: static_resources.listeners[0]: unknown field \"nme\"".
 func LoadBootstrap(data []byte, name string) (*config.Snapshot, error) {
-	b, err := DecodeBootstrap(data, name)
+	s, _, err := LoadBootstrapWith(data, name, DecodeOptions{}, nil)
+	return s, err
+}
+
+// LoadBootstrapWith is LoadBootstrap with decode options and an overlay (a
+// bootstrap in YAML or JSON, Envoy's --config-yaml) merged over data as
+// Envoy merges it: a protobuf merge, scalars replaced and lists appended.
+// It also returns the merged bootstrap, for the xDS client and
+// /config_dump.
+func LoadBootstrapWith(data []byte, name string, opts DecodeOptions, overlay []byte) (*config.Snapshot, *bootstrapv3.Bootstrap, error) {
+	b, err := DecodeBootstrapWith(data, name, opts)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
+	}
+	h := sha256.New()
+	h.Write(data)
+	if len(overlay) > 0 {
+		over, err := DecodeBootstrapWith(overlay, "--config-yaml", opts)
+		if err != nil {
+			return nil, nil, err
+		}
+		proto.Merge(b, over)
+		h.Write(overlay)
 	}
 	s, err := translate(b)
 	if err != nil {
-		return nil, fmt.Errorf("xds: %s: %w", name, err)
+		return nil, nil, fmt.Errorf("xds: %s: %w", name, err)
 	}
-	sum := sha256.Sum256(data)
-	s.Version = hex.EncodeToString(sum[:8])
+	s.Version = hex.EncodeToString(h.Sum(nil)[:8])
 	s.Source = name
-	return s, nil
+	return s, b, nil
 }
 
 // DecodeBootstrap decodes an Envoy v3 bootstrap (YAML or JSON) strictly:
@@ -53,6 +73,18 @@ func LoadBootstrap(data []byte, name string) (*config.Snapshot, error) {
 // the field path (and, for JSON input, line and column). It does not run
 // validation rules; Translate does.
 func DecodeBootstrap(data []byte, name string) (*bootstrapv3.Bootstrap, error) {
+	return DecodeBootstrapWith(data, name, DecodeOptions{})
+}
+
+// DecodeOptions loosen DecodeBootstrap.
+type DecodeOptions struct {
+	// AllowUnknownFields ignores fields this Envoy API version does not
+	// know (Envoy's --allow-unknown-static-fields) instead of failing.
+	AllowUnknownFields bool
+}
+
+// DecodeBootstrapWith is DecodeBootstrap with options.
+func DecodeBootstrapWith(data []byte, name string, opts DecodeOptions) (*bootstrapv3.Bootstrap, error) {
 	js := data
 	isJSON := json.Valid(data)
 	if !isJSON {
@@ -65,7 +97,7 @@ func DecodeBootstrap(data []byte, name string) (*bootstrapv3.Bootstrap, error) {
 		return nil, fmt.Errorf("xds: %s: empty bootstrap", name)
 	}
 	b := &bootstrapv3.Bootstrap{}
-	if err := protojson.Unmarshal(js, b); err != nil {
+	if err := (protojson.UnmarshalOptions{DiscardUnknown: opts.AllowUnknownFields}).Unmarshal(js, b); err != nil {
 		return nil, decodeError(name, js, isJSON, err)
 	}
 	return b, nil

@@ -12,6 +12,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	adminv3 "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
+	"google.golang.org/protobuf/encoding/protojson"
 )
 
 // istioBootstrap has an inbound and an outbound listener in front of one
@@ -38,7 +41,8 @@ func istioBootstrap(admin, inbound, outbound int, upstream string) string {
               domains: ["*"]
               routes: [{ match: { prefix: / }, route: { cluster: app } }]`, name, dir, p)
 	}
-	return fmt.Sprintf(`admin:
+	return fmt.Sprintf(`future_field_of_a_newer_envoy: true
+admin:
   address: { socket_address: { address: 127.0.0.1, port_value: %d } }
 static_resources:
   listeners:%s%s
@@ -66,7 +70,8 @@ func TestIstioPilotAgentContract(t *testing.T) {
 	}
 	args := []string{"-c", cfg, "--drain-time-s", "1", "--drain-strategy", "immediate",
 		"--local-address-ip-version", "v4", "--file-flush-interval-msec", "1000", "--disable-hot-restart",
-		"--allow-unknown-static-fields", "-l", "warning", "--component-log-level", "misc:error", "--concurrency", "2"}
+		"--allow-unknown-static-fields", "-l", "warning", "--component-log-level", "misc:error", "--concurrency", "2",
+		"--config-yaml", `{"node": {"id": "sidecar~10.1.2.3~app-1.default~default.svc.cluster.local", "cluster": "app.default"}}`}
 	var stderr syncBuffer
 	done := make(chan int, 1)
 	go func() { done <- runMain(args, io.Discard, &stderr) }()
@@ -102,6 +107,40 @@ func TestIstioPilotAgentContract(t *testing.T) {
 		t.Fatalf("readiness stats %q, want %q", stats, want)
 	}
 
+	// /config_dump in Envoy's shape, with the --config-yaml node merged in.
+	resp, err := http.Get(adminURL + "/config_dump")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	dump := &adminv3.ConfigDump{}
+	if err := protojson.Unmarshal(body, dump); err != nil {
+		t.Fatalf("/config_dump is not an envoy.admin.v3.ConfigDump: %v\n%s", err, body)
+	}
+	counts := map[string]int{}
+	for _, c := range dump.Configs {
+		m, err := c.UnmarshalNew()
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch m := m.(type) {
+		case *adminv3.BootstrapConfigDump:
+			if id := m.GetBootstrap().GetNode().GetId(); !strings.HasPrefix(id, "sidecar~10.1.2.3~") {
+				t.Errorf("bootstrap node id %q: --config-yaml not merged", id)
+			}
+		case *adminv3.ListenersConfigDump:
+			counts["listeners"] = len(m.StaticListeners)
+		case *adminv3.ClustersConfigDump:
+			counts["clusters"] = len(m.StaticClusters)
+		case *adminv3.RoutesConfigDump:
+			counts["routes"] = len(m.StaticRouteConfigs)
+		}
+	}
+	if counts["listeners"] != 2 || counts["clusters"] != 1 || counts["routes"] != 2 {
+		t.Errorf("config dump has %v, want 2 listeners, 1 cluster, 2 route configs", counts)
+	}
+
 	in := fmt.Sprintf("http://127.0.0.1:%d/x", inbound)
 	out := fmt.Sprintf("http://127.0.0.1:%d/x", outbound)
 	for _, u := range []string{in, out} {
@@ -112,7 +151,7 @@ func TestIstioPilotAgentContract(t *testing.T) {
 		resp.Body.Close()
 	}
 
-	resp, err := http.Post(adminURL+"/drain_listeners?inboundonly&graceful", "", nil)
+	resp, err = http.Post(adminURL+"/drain_listeners?inboundonly&graceful", "", nil)
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("drain: %v %v", err, resp)
 	}

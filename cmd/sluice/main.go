@@ -88,22 +88,36 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 	return 2
 }
 
+// loadOptions are the run command's settings for reading Envoy bootstraps.
+type loadOptions struct {
+	// configYAML is merged over the file (Envoy's --config-yaml).
+	configYAML string
+	// allowUnknown ignores unknown bootstrap fields
+	// (--allow-unknown-static-fields).
+	allowUnknown bool
+}
+
 // loadConfig reads a config file by its extension. A file that declares
 // no listener is refused: it serves nothing, and it is what a half-written
 // file often looks like.
-func loadConfig(path string) (*config.Snapshot, error) {
-	snap, err := loadConfigFile(path)
+func loadConfig(path string) (*config.Snapshot, error) { return loadConfigWith(path, loadOptions{}) }
+
+func loadConfigWith(path string, opts loadOptions) (*config.Snapshot, error) {
+	snap, err := loadConfigFile(path, opts)
 	if err == nil && len(snap.Listeners) == 0 {
 		return nil, fmt.Errorf("%s: no listener is declared: nothing would be served", path)
 	}
 	return snap, err
 }
 
-func loadConfigFile(path string) (*config.Snapshot, error) {
+func loadConfigFile(path string, opts loadOptions) (*config.Snapshot, error) {
 	switch strings.ToLower(filepath.Ext(path)) {
 	case ".yaml", ".yml", ".json":
-		return xds.LoadBootstrapFile(path)
+		return loadBootstrap(path, opts)
 	case ".sluice":
+		if opts.configYAML != "" {
+			return nil, fmt.Errorf("%s: --config-yaml applies to Envoy bootstraps only", path)
+		}
 		res, err := loadDSL(path)
 		if err != nil {
 			return nil, err
@@ -111,6 +125,24 @@ func loadConfigFile(path string) (*config.Snapshot, error) {
 		return res.Snapshot, nil
 	}
 	return nil, fmt.Errorf("%s: unknown config type %q (want .yaml, .yml or .json)", path, filepath.Ext(path))
+}
+
+// loadBootstrap decodes an Envoy bootstrap, merges --config-yaml over it as
+// Envoy does (protobuf merge: scalars replaced, lists appended) and
+// translates it; /config_dump then shows the merged bootstrap in Envoy's
+// shape.
+func loadBootstrap(path string, opts loadOptions) (*config.Snapshot, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("xds: %w", err)
+	}
+	snap, b, err := xds.LoadBootstrapWith(data, path, xds.DecodeOptions{AllowUnknownFields: opts.allowUnknown}, []byte(opts.configYAML))
+	if err != nil {
+		return nil, err
+	}
+	loaded := time.Now()
+	snap.EnvoyDump = func() ([]byte, error) { return xds.ConfigDump(b, loaded, nil) }
+	return snap, nil
 }
 
 // watchPaths lists the files a config was read from — for a .sluice file
@@ -209,6 +241,7 @@ Flags:
 		runtime.GOMAXPROCS(envoy.concurrency)
 	}
 	observe.SetFileFlushInterval(envoy.fileFlushInterval())
+	lopts := loadOptions{configYAML: envoy.configYAML, allowUnknown: envoy.allowUnknownStatic}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 
 	var snap *config.Snapshot
@@ -225,7 +258,7 @@ Flags:
 			return 1
 		}
 		snap.Source = "embedded quickstart"
-	} else if snap, err = loadConfig(*cfgPath); err != nil {
+	} else if snap, err = loadConfigWith(*cfgPath, lopts); err != nil {
 		log.Error("config rejected", "err", err)
 		return 1
 	}
@@ -241,7 +274,7 @@ Flags:
 	}
 
 	reload := func() []string {
-		next, err := loadConfig(*cfgPath)
+		next, err := loadConfigWith(*cfgPath, lopts)
 		if err == nil {
 			err = srv.Apply(next)
 		}

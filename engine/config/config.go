@@ -23,6 +23,12 @@ type Snapshot struct {
 	Listeners    []*Listener
 	Clusters     []*Cluster
 	RouteConfigs []*RouteConfiguration // named route tables (RDS); HCMs refer to them by name
+
+	// EnvoyDump, when set by the front-end that made the snapshot (an Envoy
+	// bootstrap or xDS), renders /config_dump as Envoy's
+	// envoy.admin.v3.ConfigDump JSON, so tools made for Envoy (istioctl)
+	// read it. Without it /config_dump shows this model.
+	EnvoyDump func() ([]byte, error) `json:"-"`
 }
 
 // Admin is the admin server's address and access log.

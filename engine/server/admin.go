@@ -69,6 +69,13 @@ func (s *Server) closeAdmin() {
 
 func (s *Server) configDump() any {
 	g := s.current.Load()
+	if g != nil && g.snap.EnvoyDump != nil {
+		b, err := g.snap.EnvoyDump()
+		if err == nil {
+			return json.RawMessage(b)
+		}
+		s.log.Error("config dump", "err", err)
+	}
 	out := map[string]any{
 		"state":      s.State(),
 		"last_error": s.LastError(),
