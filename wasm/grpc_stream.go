@@ -153,8 +153,8 @@ func hGrpcStream(v *vm, s []uint64) result {
 	return resultOk
 }
 
-// stream returns the open stream of token for the current context.
-func (v *vm) stream(token uint32) *grpcStream {
+// grpcStreamOf returns the open stream of token for the current context.
+func (v *vm) grpcStreamOf(token uint32) *grpcStream {
 	g := v.grpcStreams[token]
 	if g == nil || g.f != v.current() {
 		return nil
@@ -171,7 +171,7 @@ func hGrpcSend(v *vm, s []uint64) result {
 	if !isStreamToken(token) {
 		return resultBadArgument
 	}
-	g := v.stream(token)
+	g := v.grpcStreamOf(token)
 	if g == nil {
 		return resultNotFound
 	}
@@ -195,7 +195,7 @@ func hGrpcSend(v *vm, s []uint64) result {
 // (END_STREAM, unless it ended already) and the stream goes on receiving;
 // once the remote side closed too the token is forgotten.
 func (v *vm) closeGrpcStream(token uint32) result {
-	g := v.stream(token)
+	g := v.grpcStreamOf(token)
 	if g == nil {
 		return resultNotFound
 	}
@@ -214,7 +214,7 @@ func (v *vm) closeGrpcStream(token uint32) result {
 // cancelGrpcStream is proxy_grpc_cancel on a stream: it is reset and
 // forgotten; no callback follows.
 func (v *vm) cancelGrpcStream(token uint32) result {
-	g := v.stream(token)
+	g := v.grpcStreamOf(token)
 	if g == nil {
 		return resultNotFound
 	}

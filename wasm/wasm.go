@@ -97,9 +97,11 @@ type Compiler struct {
 	// MemoryLimitPages bounds each VM's memory in 64 KiB pages; 0 means
 	// DefaultMemoryLimitPages.
 	MemoryLimitPages uint32
-	// Callout serves proxy_http_call from a root context (no stream to
-	// call through): cmd/sluice passes the registry's HTTPCall, which
-	// reaches the running server's clusters. Nil: such calls fail.
+	// Callout serves proxy_http_call, proxy_grpc_call and
+	// proxy_grpc_stream from a root context (no stream to call through):
+	// cmd/sluice passes the registry's HTTPCall, which reaches the running
+	// server's clusters, and serves streams asked of it with
+	// stream.OpenStreamVia. Nil: such calls fail.
 	Callout stream.HTTPCaller
 }
 

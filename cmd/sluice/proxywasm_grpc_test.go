@@ -276,6 +276,7 @@ func TestWasmGrpcStream(t *testing.T) {
 	for _, tc := range []struct{ path, want string }{
 		{"/count", "im:application/grpc,m:1,m:2,m:3,tm:3,close:0:,after:0:1"},
 		{"/count-raw", "im:application/grpc,m:1,m:2,tm:2,close:0:,after:0:1"},
+		{"/count-bad", "im:-,tm:-,close:3:not a count,after:0:1"}, // trailers-only
 		{"/chat", "im:application/grpc,m:A,m:B,half:0,tm:2,close:0:,after:0:1"},
 		{"/chat-fail", "im:application/grpc,m:A,tm:-,close:7:told to fail,after:0:1"},
 		{"/hold", "im:application/grpc,m:held,cancel:0:1"},

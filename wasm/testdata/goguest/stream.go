@@ -85,6 +85,11 @@ func streamRequest(id uint32, path string) uint32 {
 		if r == resultOk {
 			sendString(token, "3", true)
 		}
+	case "/count-bad": // refused before any message: a trailers-only response
+		token, r = openStream(grpcService("grpc_cluster"), "Count")
+		if r == resultOk {
+			sendString(token, "many", true)
+		}
 	case "/count-raw": // the cluster named by the raw bytes
 		token, r = openStream([]byte("grpc_cluster"), "Count")
 		if r == resultOk {
