@@ -474,3 +474,50 @@ func TestGrpcStatusOfBrokenStream(t *testing.T) {
 		}
 	}
 }
+
+// TestGrpcStreamConcurrent: many streams of many requests on a small VM
+// pool, answered concurrently, each reach their own context.
+func TestGrpcStreamConcurrent(t *testing.T) {
+	fac, _ := compileGo(t, "grpcstream")
+	const n = 16
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cb := newCB(":method", "GET", ":path", "/count", ":authority", "x")
+			cb.open = func(_ context.Context, cluster string, h *header.Map) (stream.CalloutStream, error) {
+				s := newFakeStream(cluster, h)
+				go func() {
+					<-s.sent // "3"
+					<-s.sent // END
+					s.respond(false, grpcOKHead...)
+					for m := 1; m <= 3; m++ {
+						b := []byte{0, 0, 0, 0, 3, 0x0a, 1, byte('0' + m)}
+						if _, err := s.pw.Write(b); err != nil {
+							return
+						}
+					}
+					s.end("grpc-status", "0", "x-count", fmt.Sprint(i))
+				}()
+				return s, nil
+			}
+			f := fac.NewFilter(cb)
+			defer f.OnDone()
+			if st := f.OnRequestHeaders(&cb.req, true); st != stream.StopAndWait {
+				t.Errorf("status %v", st)
+				return
+			}
+			select {
+			case e := <-cb.events:
+				want := fmt.Sprintf("im:application/grpc,m:1,m:2,m:3,tm:%d,close:0:,after:0:1", i)
+				if got := cb.req.Value("x-stream"); e != "resume" || got != want {
+					t.Errorf("event %s x-stream %q, want %q", e, got, want)
+				}
+			case <-time.After(10 * time.Second):
+				t.Error("timed out")
+			}
+		}()
+	}
+	wg.Wait()
+}
