@@ -236,6 +236,7 @@ func (f *filter) OnDone() {
 		}
 	}
 	delete(v.streams, f.id)
+	v.dropGrpcStreamsOf(f)
 	f.p.active.Dec()
 	f.body = nil
 	v.flush()

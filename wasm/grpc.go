@@ -33,15 +33,39 @@ import (
 
 // gRPC status codes the host produces itself.
 const (
-	grpcOK               = 0
-	grpcUnknown          = 2
-	grpcDeadlineExceeded = 4
-	grpcPermissionDenied = 7
-	grpcUnimplemented    = 12
-	grpcInternal         = 13
-	grpcUnavailable      = 14
-	grpcUnauthenticated  = 16
+	grpcOK                = 0
+	grpcCancelled         = 1
+	grpcUnknown           = 2
+	grpcDeadlineExceeded  = 4
+	grpcPermissionDenied  = 7
+	grpcResourceExhausted = 8
+	grpcUnimplemented     = 12
+	grpcInternal          = 13
+	grpcUnavailable       = 14
+	grpcUnauthenticated   = 16
 )
+
+// grpcToken hands out the next gRPC token of the VM. As in Envoy, call
+// tokens are odd and stream tokens even, so proxy_grpc_cancel and
+// proxy_grpc_close know which kind a token names; none is 0 or in use.
+func (v *vm) grpcToken(forStream bool) uint32 {
+	for {
+		t := v.nextGrpcToken
+		v.nextGrpcToken++
+		if t == 0 || (t&1 == 0) != forStream {
+			continue
+		}
+		if _, used := v.grpcCalls[t]; used {
+			continue
+		}
+		if _, used := v.grpcStreams[t]; used {
+			continue
+		}
+		return t
+	}
+}
+
+func isStreamToken(t uint32) bool { return t&1 == 0 }
 
 // grpcCall is an outstanding proxy_grpc_call.
 type grpcCall struct {
@@ -57,6 +81,7 @@ const rootCallTimeout = 30 * time.Second
 type grpcTarget struct {
 	cluster, authority string
 	metadata           []header.Field
+	raw                bool // the bytes named the cluster, not a GrpcService
 }
 
 // parseGrpcService reads the call's first argument: a serialized
@@ -79,7 +104,7 @@ func parseGrpcService(b []byte) (grpcTarget, bool) {
 	if name == "" || !utf8.ValidString(name) || strings.ContainsAny(name, "\x00\r\n") {
 		return grpcTarget{}, false
 	}
-	return grpcTarget{cluster: name}, true
+	return grpcTarget{cluster: name, raw: true}, true
 }
 
 // grpcTimeout formats a grpc-timeout header value (at most 8 digits).
@@ -115,35 +140,13 @@ func hGrpcCall(v *vm, s []uint64) result {
 	}
 	timeout := time.Duration(uint32(s[10])) * time.Millisecond
 
-	var h header.Map
-	h.Add(":method", "POST")
-	h.Add(":path", "/"+service+"/"+method)
-	authority := target.authority
-	if authority == "" {
-		authority = target.cluster
-	}
-	h.Add(":authority", authority)
-	h.Add("content-type", "application/grpc")
-	h.Add("te", "trailers")
-	if timeout > 0 {
-		h.Add("grpc-timeout", grpcTimeout(timeout))
-	}
-	for _, fl := range append(target.metadata, md...) {
-		name := lowerName(fl.Name)
-		if strings.HasPrefix(name, ":") {
-			continue // the call's own pseudo-headers stay
-		}
-		h.Add(name, fl.Value)
-	}
-	body := make([]byte, 5+len(msg))
-	binary.BigEndian.PutUint32(body[1:5], uint32(len(msg)))
-	copy(body[5:], msg)
+	h := grpcRequestHead(target, service, method, md, timeout)
+	body := grpcFrame(msg)
 
-	token := v.nextToken
+	token := v.grpcToken(false)
 	if !v.mem.WriteUint32Le(uint32(s[11]), token) {
 		return resultInvalidMemoryAccess
 	}
-	v.nextToken++
 
 	var (
 		ctx    context.Context
@@ -178,6 +181,61 @@ func hGrpcCall(v *vm, s []uint64) result {
 	return resultOk
 }
 
+// grpcRequestHead is the HTTP/2 request head of a gRPC call or stream:
+// POST /<service>/<method> with the service's and the guest's metadata;
+// grpc-timeout when timeout is set.
+func grpcRequestHead(target grpcTarget, service, method string, md []header.Field, timeout time.Duration) header.Map {
+	var h header.Map
+	h.Add(":method", "POST")
+	h.Add(":path", "/"+service+"/"+method)
+	authority := target.authority
+	if authority == "" {
+		authority = target.cluster
+	}
+	h.Add(":authority", authority)
+	h.Add("content-type", "application/grpc")
+	h.Add("te", "trailers")
+	if timeout > 0 {
+		h.Add("grpc-timeout", grpcTimeout(timeout))
+	}
+	for _, fl := range append(target.metadata, md...) {
+		name := lowerName(fl.Name)
+		if strings.HasPrefix(name, ":") {
+			continue // the call's own pseudo-headers stay
+		}
+		h.Add(name, fl.Value)
+	}
+	return h
+}
+
+// grpcFrame prefixes a message with its gRPC frame header (not
+// compressed, big-endian length).
+func grpcFrame(msg []byte) []byte {
+	b := make([]byte, 5+len(msg))
+	binary.BigEndian.PutUint32(b[1:5], uint32(len(msg)))
+	copy(b[5:], msg)
+	return b
+}
+
+// grpcStatusOf reads grpc-status and grpc-message (percent-decoded) from
+// trailers, or the headers of a trailers-only response. A missing status
+// is INTERNAL, as for the unary call; one that is not a number UNKNOWN.
+func grpcStatusOf(m *header.Map) (uint32, string) {
+	raw, ok := m.Get("grpc-status")
+	if !ok {
+		return grpcInternal, "response without grpc-status"
+	}
+	n, err := strconv.ParseUint(strings.TrimSpace(raw), 10, 32)
+	if err != nil {
+		return grpcUnknown, "invalid grpc-status " + strconv.Quote(raw)
+	}
+	message := m.Value("grpc-message")
+	if dec, err := url.PathUnescape(message); err == nil {
+		message = dec
+	}
+	return uint32(n), message
+}
+
 // grpcOutcome turns the HTTP exchange of a unary call into its gRPC
 // status, status message and response message.
 func grpcOutcome(resp *stream.HTTPResponse, err error, timedOut bool) (uint32, string, []byte) {
@@ -198,20 +256,8 @@ func grpcOutcome(resp *stream.HTTPResponse, err error, timedOut bool) (uint32, s
 	if !src.Has("grpc-status") {
 		src = &resp.Headers
 	}
-	raw, ok := src.Get("grpc-status")
-	if !ok {
-		return grpcInternal, "response without grpc-status", nil
-	}
-	n, perr := strconv.ParseUint(strings.TrimSpace(raw), 10, 32)
-	if perr != nil {
-		return grpcUnknown, "invalid grpc-status " + strconv.Quote(raw), nil
-	}
-	message := src.Value("grpc-message")
-	if m, uerr := url.PathUnescape(message); uerr == nil {
-		message = m
-	}
-	if n != grpcOK {
-		return uint32(n), message, nil
+	if n, message := grpcStatusOf(src); n != grpcOK {
+		return n, message, nil
 	}
 	if ct := resp.Headers.Value("content-type"); !strings.HasPrefix(ct, "application/grpc") {
 		return grpcUnknown, "response content-type " + strconv.Quote(ct), nil
@@ -277,12 +323,23 @@ func (v *vm) deliverGrpc(token, code uint32, message string, reply []byte) {
 	v.flush()
 }
 
-// hGrpcCancel and hGrpcClose end an outstanding call of the current
-// context; no callback follows (as in Envoy). Streams do not exist here,
-// so every other token is NotFound.
-func hGrpcCancel(v *vm, s []uint64) result { return v.endGrpcCall(uint32(s[0])) }
+// hGrpcCancel ends an outstanding call or a stream of the current
+// context; no callback follows (as in Envoy).
+func hGrpcCancel(v *vm, s []uint64) result {
+	if t := uint32(s[0]); isStreamToken(t) {
+		return v.cancelGrpcStream(t)
+	}
+	return v.endGrpcCall(uint32(s[0]))
+}
 
-func hGrpcClose(v *vm, s []uint64) result { return v.endGrpcCall(uint32(s[0])) }
+// hGrpcClose drops an outstanding call like hGrpcCancel; on a stream it
+// ends the guest's side (see closeGrpcStream).
+func hGrpcClose(v *vm, s []uint64) result {
+	if t := uint32(s[0]); isStreamToken(t) {
+		return v.closeGrpcStream(t)
+	}
+	return v.endGrpcCall(uint32(s[0]))
+}
 
 func (v *vm) endGrpcCall(token uint32) result {
 	c := v.grpcCalls[token]
@@ -297,12 +354,15 @@ func (v *vm) endGrpcCall(token uint32) result {
 	return resultOk
 }
 
-// cancelGrpcCalls aborts every outstanding call (the VM is going away).
-// Callers hold v.mu.
+// cancelGrpcCalls aborts every outstanding call and stream (the VM is
+// going away). Callers hold v.mu.
 func (v *vm) cancelGrpcCalls() {
 	for token, c := range v.grpcCalls {
 		delete(v.grpcCalls, token)
 		c.cancel()
+	}
+	for token, g := range v.grpcStreams {
+		v.dropGrpcStream(token, g)
 	}
 }
 

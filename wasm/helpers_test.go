@@ -3,6 +3,7 @@ package wasm
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -54,6 +55,8 @@ type fakeCB struct {
 
 	// answer serves HTTPCall; nil answers 200 "ok".
 	answer func(cluster string, h *header.Map, body []byte) (*stream.HTTPResponse, error)
+	// open serves OpenStream; nil refuses every stream.
+	open func(ctx context.Context, cluster string, h *header.Map) (stream.CalloutStream, error)
 
 	fs, dm stream.Metadata
 	log    *slog.Logger
@@ -116,12 +119,24 @@ func (f *fakeCB) HTTPCall(ctx context.Context, cluster string, h *header.Map, bo
 	r.Headers.Add(":status", "200")
 	return r, nil
 }
+func (f *fakeCB) OpenStream(ctx context.Context, cluster string, h *header.Map) (stream.CalloutStream, error) {
+	f.mu.Lock()
+	open := f.open
+	f.mu.Unlock()
+	if open == nil {
+		return nil, errors.New("fake: no streams")
+	}
+	return open(ctx, cluster, h)
+}
 func (f *fakeCB) DynamicMetadata() *stream.Metadata      { return &f.dm }
 func (f *fakeCB) FilterState() *stream.Metadata          { return &f.fs }
 func (f *fakeCB) RouteMetadata(ns string) map[string]any { return nil }
 func (f *fakeCB) Logger() *slog.Logger                   { return f.log }
 
-var _ stream.Callbacks = (*fakeCB)(nil)
+var (
+	_ stream.Callbacks    = (*fakeCB)(nil)
+	_ stream.StreamCaller = (*fakeCB)(nil)
+)
 
 func (f *fakeCB) lastReply() (reply, bool) {
 	f.mu.Lock()

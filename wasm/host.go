@@ -115,6 +115,11 @@ func hSetTickPeriod(v *vm, s []uint64) result {
 
 func (v *vm) headerMap(t uint32) *header.Map {
 	switch t {
+	case mapGrpcInitialMetadata, mapGrpcTrailingMetadata:
+		if v.grpcMetadata != nil && v.grpcMapType == t {
+			return v.grpcMetadata
+		}
+		return nil
 	case mapCallResponseHeaders:
 		if v.callResp != nil {
 			return &v.callResp.Headers

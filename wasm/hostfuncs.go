@@ -75,8 +75,8 @@ var hostFuncs = []*hostFunc{
 	{"proxy_send_local_response", ints(8), one, hSendLocalResponse},
 	{"proxy_http_call", ints(10), one, hHTTPCall},
 	{"proxy_grpc_call", ints(12), one, hGrpcCall},
-	{"proxy_grpc_stream", ints(9), one, hUnimplemented},
-	{"proxy_grpc_send", ints(4), one, hUnimplemented},
+	{"proxy_grpc_stream", ints(9), one, hGrpcStream},
+	{"proxy_grpc_send", ints(4), one, hGrpcSend},
 	{"proxy_grpc_cancel", ints(1), one, hGrpcCancel},
 	{"proxy_grpc_close", ints(1), one, hGrpcClose},
 	{"proxy_get_status", ints(3), one, hGetStatus},
@@ -104,5 +104,3 @@ var hostFuncIndex = func() map[string]*hostFunc {
 	}
 	return m
 }()
-
-func hUnimplemented(*vm, []uint64) result { return resultUnimplemented }

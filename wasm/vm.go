@@ -14,6 +14,7 @@ import (
 	"github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/api"
 
+	"github.com/sluice-proxy/sluice/engine/header"
 	"github.com/sluice-proxy/sluice/engine/observe"
 	"github.com/sluice-proxy/sluice/engine/stream"
 )
@@ -56,6 +57,7 @@ type exports struct {
 	onResponseHeaders, onResponseBody, onResponseTrailers             export
 	onHTTPCallResponse, onDone, onLog, onDelete, allocate, initialize export
 	onGrpcReceive, onGrpcClose                                        export
+	onGrpcInitialMetadata, onGrpcTrailingMetadata                     export
 }
 
 // vm is one instance of the module with its root context. A wazero
@@ -84,11 +86,15 @@ type vm struct {
 	callResp  *stream.HTTPResponse // during proxy_on_http_call_response
 	nextToken uint32
 
-	grpcCalls  map[uint32]*grpcCall // outstanding proxy_grpc_call by token
-	grpcRecv   []byte               // during proxy_on_grpc_receive
-	inGrpcRecv bool
-	status     uint32 // proxy_get_status: set during proxy_on_grpc_close
-	statusMsg  string
+	nextGrpcToken uint32
+	grpcCalls     map[uint32]*grpcCall   // outstanding proxy_grpc_call by token
+	grpcStreams   map[uint32]*grpcStream // open proxy_grpc_stream by token
+	grpcRecv      []byte                 // during proxy_on_grpc_receive
+	inGrpcRecv    bool
+	grpcMetadata  *header.Map // during proxy_on_grpc_receive_{initial,trailing}_metadata
+	grpcMapType   uint32      // ... and which of the two it is
+	status        uint32      // proxy_get_status: set during proxy_on_grpc_close
+	statusMsg     string
 
 	config []byte // what proxy_get_configuration returns now
 
@@ -99,7 +105,7 @@ type vm struct {
 // _initialize (or _start), proxy_on_context_create, proxy_on_vm_start,
 // proxy_on_configure.
 func (p *plugin) newVM() (*vm, error) {
-	v := &vm{p: p, root: 1, nextID: 2, nextToken: 1, streams: map[uint32]*filter{}}
+	v := &vm{p: p, root: 1, nextID: 2, nextToken: 1, nextGrpcToken: 1, streams: map[uint32]*filter{}}
 	v.ctx = context.WithValue(context.Background(), vmKey{}, v)
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -134,6 +140,8 @@ func (p *plugin) newVM() (*vm, error) {
 		onHTTPCallResponse: get("proxy_on_http_call_response"), onDone: get("proxy_on_done"),
 		onLog: get("proxy_on_log"), onDelete: get("proxy_on_delete"),
 		onGrpcReceive: get("proxy_on_grpc_receive"), onGrpcClose: get("proxy_on_grpc_close"),
+		onGrpcInitialMetadata:  get("proxy_on_grpc_receive_initial_metadata"),
+		onGrpcTrailingMetadata: get("proxy_on_grpc_receive_trailing_metadata"),
 	}
 	// Proxy-wasm's allocator first, then the libc-style one (the
 	// AssemblyScript SDK exports only malloc).

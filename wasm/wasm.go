@@ -32,8 +32,18 @@
 //     proxy_on_grpc_close (Envoy reads the root context's), 0 and empty
 //     elsewhere. A root-context call without a timeout gets 30 s.
 //     proxy_grpc_cancel / proxy_grpc_close end an outstanding call of the
-//     current context; proxy_grpc_stream and proxy_grpc_send (streaming)
-//     return Unimplemented. proxy_call_foreign_function returns NotFound.
+//     current context. proxy_call_foreign_function returns NotFound.
+//   - proxy_grpc_stream opens a streaming call through
+//     stream.StreamCaller (stream contexts) or, from the root context,
+//     through Compiler.Callout with stream.OpenStreamVia; callbacks come
+//     in Envoy's order (grpc_stream.go). Unlike Envoy: a stream that never
+//     got a response head gets no initial metadata (Envoy delivers its
+//     local 503 reply's); an upstream RST_STREAM maps by its code (Envoy:
+//     INTERNAL); an unknown cluster in a GrpcService is refused
+//     (InternalFailure) without a close callback; a response without
+//     grpc-status is INTERNAL (Envoy: UNKNOWN); a send after the guest's
+//     own end of stream is BadArgument; received messages are capped at
+//     4 MiB and queued sends at 8 MiB (RESOURCE_EXHAUSTED).
 //   - proxy_close_stream answers a local 503 (details wasm_close_stream):
 //     the filter contract has no stream reset.
 //   - proxy_set_property stores a string in filter state under
@@ -87,9 +97,11 @@ type Compiler struct {
 	// MemoryLimitPages bounds each VM's memory in 64 KiB pages; 0 means
 	// DefaultMemoryLimitPages.
 	MemoryLimitPages uint32
-	// Callout serves proxy_http_call from a root context (no stream to
-	// call through): cmd/sluice passes the registry's HTTPCall, which
-	// reaches the running server's clusters. Nil: such calls fail.
+	// Callout serves proxy_http_call, proxy_grpc_call and
+	// proxy_grpc_stream from a root context (no stream to call through):
+	// cmd/sluice passes the registry's HTTPCall, which reaches the running
+	// server's clusters, and serves streams asked of it with
+	// stream.OpenStreamVia. Nil: such calls fail.
 	Callout stream.HTTPCaller
 }
 

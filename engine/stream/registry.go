@@ -43,6 +43,13 @@ func (r *Registry) HTTPCall(ctx context.Context, cluster string, h *header.Map, 
 	return (*fn)(ctx, cluster, h, body, timeout)
 }
 
+// OpenStream is a streaming call outside any stream (proxy-wasm's
+// grpc_stream from a root context), as StreamCaller.OpenStream, made
+// through the installed HTTPCaller (OpenStreamVia).
+func (r *Registry) OpenStream(ctx context.Context, cluster string, h *header.Map) (CalloutStream, error) {
+	return OpenStreamVia(r.HTTPCall, ctx, cluster, h)
+}
+
 // NewRegistry returns an empty registry.
 func NewRegistry() *Registry {
 	return &Registry{

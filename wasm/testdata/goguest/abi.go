@@ -72,8 +72,17 @@ func proxyHTTPCall(up unsafe.Pointer, upSize uint32, h unsafe.Pointer, hSize uin
 //go:wasmimport env proxy_grpc_call
 func proxyGrpcCall(a unsafe.Pointer, b uint32, c unsafe.Pointer, d uint32, e unsafe.Pointer, f uint32, g unsafe.Pointer, h uint32, i unsafe.Pointer, j uint32, timeout uint32, token unsafe.Pointer) uint32
 
+//go:wasmimport env proxy_grpc_stream
+func proxyGrpcStream(svc unsafe.Pointer, svcSize uint32, service unsafe.Pointer, serviceSize uint32, method unsafe.Pointer, methodSize uint32, md unsafe.Pointer, mdSize uint32, token unsafe.Pointer) uint32
+
+//go:wasmimport env proxy_grpc_send
+func proxyGrpcSend(token uint32, msg unsafe.Pointer, size uint32, end uint32) uint32
+
 //go:wasmimport env proxy_grpc_cancel
 func proxyGrpcCancel(token uint32) uint32
+
+//go:wasmimport env proxy_grpc_close
+func proxyGrpcClose(token uint32) uint32
 
 //go:wasmimport env proxy_get_status
 func proxyGetStatus(code, msgPtr, msgSize unsafe.Pointer) uint32
@@ -123,6 +132,8 @@ const (
 	mapRequestTrailers     = 1
 	mapResponseHeaders     = 2
 	mapResponseTrailers    = 3
+	mapGrpcInitial         = 4
+	mapGrpcTrailing        = 5
 	mapCallResponseHeaders = 6
 
 	bufRequestBody      = 0

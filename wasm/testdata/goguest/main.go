@@ -33,6 +33,7 @@ func proxyOnVMStart(root, size uint32) uint32 {
 	requests = defineMetric(0, "goguest_requests_total")
 	gauge = defineMetric(1, "goguest_gauge")
 	hist = defineMetric(2, "goguest_hist")
+	streamMsgs = defineMetric(0, "goguest_grpc_stream_messages")
 	q := "goguest_queue"
 	proxyRegisterSharedQueue(sptr(q), uint32(len(q)), unsafe.Pointer(&queueID))
 	return 1
@@ -45,7 +46,7 @@ func proxyOnConfigure(root, size uint32) uint32 {
 	switch mode {
 	case "refuse":
 		return 0
-	case "tick", "tick-call":
+	case "tick", "tick-call", "grpcstream-root":
 		proxySetTickPeriod(5)
 	case "trap-configure":
 		panic("trap in on_configure")
@@ -56,6 +57,9 @@ func proxyOnConfigure(root, size uint32) uint32 {
 //go:wasmexport proxy_on_tick
 func proxyOnTick(root uint32) {
 	incShared("ticks")
+	if mode == "grpcstream-root" {
+		openRootStream(root)
+	}
 	if mode == "tick-call" && !tickCalled {
 		// An http_call from the root context: no stream to borrow.
 		tickCalled = true
@@ -190,6 +194,11 @@ func proxyOnRequestHeaders(id, n, end uint32) uint32 {
 			return actionContinue
 		}
 		return actionPause
+	case "grpcstream":
+		return streamRequest(id, path)
+	case "grpcstream-root":
+		v, _, _ := getShared("root_stream")
+		addHeader(mapRequestHeaders, "x-root-stream", string(v))
 	case "shared":
 		addHeader(mapRequestHeaders, "x-count", strconv.Itoa(incShared("count")))
 	case "queue":
@@ -269,6 +278,10 @@ func proxyOnHTTPCallResponse(id, token, nh, bodySize, nt uint32) {
 
 //go:wasmexport proxy_on_grpc_receive
 func proxyOnGrpcReceive(id, token, size uint32) {
+	if strings.HasPrefix(mode, "grpcstream") {
+		streamMessage(id, token, size)
+		return
+	}
 	if paths[id] == "/grpc-panic" {
 		panic("panic in the grpc response")
 	}
@@ -279,6 +292,10 @@ func proxyOnGrpcReceive(id, token, size uint32) {
 
 //go:wasmexport proxy_on_grpc_close
 func proxyOnGrpcClose(id, token, status uint32) {
+	if strings.HasPrefix(mode, "grpcstream") {
+		streamClose(id, token, status)
+		return
+	}
 	if paths[id] == "/grpc-panic" {
 		panic("panic in the grpc close")
 	}
