@@ -16,11 +16,11 @@ import (
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	mutationrulesv3 "github.com/envoyproxy/go-control-plane/envoy/config/common/mutation_rules/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	mutationrulesv3 "github.com/envoyproxy/go-control-plane/envoy/config/common/mutation_rules/v3"
 	headermutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/header_mutation/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
@@ -518,7 +518,10 @@ func TestADSInitialAndUpdates(t *testing.T) {
 				{"cluster", func(r *resources) { r.clusters[0] = edsCluster(t, 3*time.Second) },
 					func(s *config.Snapshot) bool { return cluster(s, "c").ConnectTimeout == 3*time.Second && complete(s) }},
 				{"listener", func(r *resources) { r.listeners[0] = dynListener(t, 10003, "r") },
-					func(s *config.Snapshot) bool { l := listener(s, "dyn"); return l != nil && l.Address == "127.0.0.1:10003" }},
+					func(s *config.Snapshot) bool {
+						l := listener(s, "dyn")
+						return l != nil && l.Address == "127.0.0.1:10003"
+					}},
 				{"secret", func(r *resources) { r.secrets[0] = clientCert("chain-2") },
 					func(s *config.Snapshot) bool { return certChain(s) == "chain-2" }},
 				{"extension config", func(r *resources) { r.ecds[0] = headerMutation(t, "2") },
@@ -808,7 +811,7 @@ static_resources:
 `
 	tests := []struct {
 		name, replace, with, want string
-		unsupported              bool
+		unsupported               bool
 	}{
 		{"no ads_config", "ads_config: { api_type: GRPC, grpc_services: [{ envoy_grpc: { cluster_name: xds } }] }", "",
 			"xds: dynamic_resources.ads_config is required", false},

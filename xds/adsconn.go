@@ -133,7 +133,9 @@ func dialCluster(c *clusterv3.Cluster) (string, []grpc.DialOption, error) {
 		return "", nil, inField(errors.New("an endpoint is required"), "load_assignment")
 	}
 	addr := ep[0].GetLbEndpoints()[0].GetEndpoint().GetAddress()
-	where := func(err error) error { return inField(err, "load_assignment.endpoints[0].lb_endpoints[0].endpoint.address") }
+	where := func(err error) error {
+		return inField(err, "load_assignment.endpoints[0].lb_endpoints[0].endpoint.address")
+	}
 	switch a := addr.GetAddress().(type) {
 	case *corev3.Address_SocketAddress:
 		sa := a.SocketAddress
