@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"maps"
 	"math/rand/v2"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -289,6 +290,8 @@ func (c *Client) Run(ctx context.Context) error {
 		backoff = c.minBackoff
 	)
 	defer wg.Wait()
+	retry := time.NewTimer(0)
+	defer retry.Stop()
 	closeSession := func() {
 		if s != nil {
 			s.cancel()
@@ -296,8 +299,18 @@ func (c *Client) Run(ctx context.Context) error {
 		}
 	}
 	defer closeSession()
-	retry := time.NewTimer(0)
-	defer retry.Stop()
+	// fail ends the session and schedules the next attempt.
+	fail := func(err error) {
+		if s.responded {
+			backoff = c.minBackoff
+		}
+		d := backoff/2 + rand.N(backoff/2+1)
+		backoff = min(2*backoff, c.maxBackoff)
+		c.log.Warn("xds: control plane stream ended", "target", c.cp.target, "err", err, "retry_in", d)
+		c.setError(err.Error())
+		closeSession()
+		retry.Reset(d)
+	}
 	warm := time.NewTimer(time.Hour)
 	defer warm.Stop()
 	nack := time.NewTimer(time.Hour)
@@ -323,17 +336,10 @@ func (c *Client) Run(ctx context.Context) error {
 			}
 			switch {
 			case ev.err != nil:
-				if s.responded {
-					backoff = c.minBackoff
-				}
-				d := backoff/2 + rand.N(backoff/2+1)
-				backoff = min(2*backoff, c.maxBackoff)
-				c.log.Warn("xds: control plane stream ended", "target", c.cp.target, "err", ev.err, "retry_in", d)
-				c.setError(ev.err.Error())
-				closeSession()
-				retry.Reset(d)
+				fail(ev.err)
 			case ev.opened:
 				s.opened = true
+				c.setError("")
 				c.log.Info("xds: connected to the control plane", "target", c.cp.target, "delta", c.delta)
 				c.sync(s)
 			case ev.sotw != nil:
@@ -349,19 +355,19 @@ func (c *Client) Run(ctx context.Context) error {
 				c.log.Error("xds: applying after an initial fetch timeout", "err", err)
 				c.setError(err.Error())
 			}
-			if s != nil && s.ready() {
+			if s.ready() {
 				c.sync(s)
 			}
 		case <-nack.C:
-			if s != nil && s.ready() {
+			if s.ready() {
 				c.sendDueNacks(s, time.Now())
 				c.sync(s)
 			}
 		}
 		if s != nil && s.broken != nil {
-			// A send failed: the receiving goroutine sees the stream end
-			// and reports it.
-			s.cancel()
+			// A send failed: the stream is over (its goroutine's own
+			// report is dropped once the session is closed).
+			fail(s.broken)
 		}
 	}
 }
@@ -383,12 +389,26 @@ func (c *Client) view(st *store, now time.Time) *view {
 	}}
 }
 
+// assemble builds the snapshot of st. A panic in translation (a bug, but
+// one a control plane could trigger remotely) is turned into an error, so
+// the update is NACKed and the proxy keeps serving.
+func (c *Client) assemble(st *store, now time.Time) (a *assembly, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			c.log.Error("xds: panic while translating", "panic", r, "stack", string(debug.Stack()))
+			a, err = nil, fmt.Errorf("xds: internal error while translating: %v", r)
+		}
+	}()
+	a, err = c.as.assemble(c.view(st, now), c.last)
+	return a, prefixed(err)
+}
+
 // rebuild assembles and applies the current store again (at start, and
 // when an initial fetch timeout passes).
 func (c *Client) rebuild(now time.Time) error {
-	a, err := c.as.assemble(c.view(c.st, now), c.last)
+	a, err := c.assemble(c.st, now)
 	if err != nil {
-		return prefixed(err)
+		return err
 	}
 	if err := c.opts.Apply(a.snap); err != nil {
 		return err
@@ -407,9 +427,9 @@ func (c *Client) handle(u update) error {
 		c.st = cand
 		return nil
 	}
-	a, err := c.as.assemble(c.view(cand, now), c.last)
+	a, err := c.assemble(cand, now)
 	if err != nil {
-		return prefixed(err)
+		return err
 	}
 	if err := c.opts.Apply(a.snap); err != nil {
 		// The engine's error names the resource; the snapshot's version

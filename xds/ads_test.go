@@ -171,7 +171,7 @@ func inline(s string) *corev3.DataSource {
 	return &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: s}}
 }
 
-func headerMutation(t *testing.T, value string) *corev3.TypedExtensionConfig {
+func headerMutation(t testing.TB, value string) *corev3.TypedExtensionConfig {
 	return &corev3.TypedExtensionConfig{Name: "hm", TypedConfig: mustAny(t, &headermutationv3.HeaderMutation{
 		Mutations: &headermutationv3.Mutations{RequestMutations: []*mutationrulesv3.HeaderMutation{{
 			Action: &mutationrulesv3.HeaderMutation_Append{Append: &corev3.HeaderValueOption{
@@ -180,7 +180,7 @@ func headerMutation(t *testing.T, value string) *corev3.TypedExtensionConfig {
 
 // dynListener is listener "dyn": its routes come from RDS table "r", and
 // an HTTP filter "hm" from ECDS.
-func dynListener(t *testing.T, port uint32, route string) *listenerv3.Listener {
+func dynListener(t testing.TB, port uint32, route string) *listenerv3.Listener {
 	hcm := &hcmv3.HttpConnectionManager{
 		StatPrefix:     "dyn",
 		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{RouteConfigName: route, ConfigSource: adsSrc()}},
@@ -207,7 +207,7 @@ func route(name, prefix, cluster string) *routev3.RouteConfiguration {
 
 // edsCluster is cluster "c": endpoints from EDS service "c-svc", TLS with a
 // client certificate from SDS secret "client-cert".
-func edsCluster(t *testing.T, timeout time.Duration) *clusterv3.Cluster {
+func edsCluster(t testing.TB, timeout time.Duration) *clusterv3.Cluster {
 	return &clusterv3.Cluster{
 		Name:                 "c",
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
@@ -534,21 +534,27 @@ func TestADSInitialAndUpdates(t *testing.T) {
 			for i, u := range updates {
 				u.change(res)
 				res.set(t, cache, fmt.Sprint(i+2))
-				s := rec.wait(t, u.name+" update", u.ok)
+				s = rec.wait(t, u.name+" update", u.ok)
 				if !complete(s) && u.name != "route renamed" {
 					t.Errorf("%s update: incomplete snapshot %s", u.name, describe(s))
 				}
 			}
+			// State is published after the ACK, a moment after Apply.
+			waitFor(t, "the state to show the old route table dropped", func() bool {
+				for _, ts := range c.State().Types {
+					if ts.TypeURL == typeInfo[tRoute].url {
+						return slices.Equal(ts.Resources, []string{"r2"})
+					}
+				}
+				return false
+			})
 			st := c.State()
-			if !st.Connected || st.Delta != v.delta || len(st.Types) != 6 {
+			if !st.Connected || st.Delta != v.delta || len(st.Types) != 6 || st.LastError != "" || st.Applied != rec.last().Version {
 				t.Errorf("state %+v", st)
 			}
 			for _, ts := range st.Types {
-				if ts.LastError != "" || ts.Nonce == "" {
+				if ts.LastError != "" || ts.Nonce == "" || ts.Version == "" || len(ts.Resources) != 1 {
 					t.Errorf("type state %+v", ts)
-				}
-				if ts.TypeURL == typeInfo[tRoute].url && !slices.Equal(ts.Resources, []string{"r2"}) {
-					t.Errorf("routes after the rename: %v (the old table must be dropped)", ts.Resources)
 				}
 			}
 			if n := cp.nackMessages(); len(n) > 0 {
@@ -601,6 +607,40 @@ func TestADSWarming(t *testing.T) {
 			res.set(t, cache, "3")
 			rec.wait(t, "the cluster once its endpoints arrived", complete)
 			waitFor(t, "no more warming", func() bool { return len(c.State().Warming) == 0 })
+		})
+	}
+}
+
+// TestADSInitialFetchTimeout: a listener whose route table does not come
+// is applied after its initial_fetch_timeout, with Envoy's empty table.
+func TestADSInitialFetchTimeout(t *testing.T) {
+	for _, v := range variants {
+		t.Run(v.name, func(t *testing.T) {
+			cache := newCache()
+			cp := startControlPlane(t, "tcp", "127.0.0.1:0", cache)
+			res := fullConfig(t)
+			l := res.listeners[0]
+			var hcm hcmv3.HttpConnectionManager
+			if err := l.FilterChains[0].Filters[0].GetTypedConfig().UnmarshalTo(&hcm); err != nil {
+				t.Fatal(err)
+			}
+			hcm.GetRds().ConfigSource = withTimeout(adsSrc(), 200*time.Millisecond)
+			l.FilterChains[0].Filters[0].ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(t, &hcm)}
+			res.routes = nil
+			res.set(t, cache, "1")
+			rec := newRecorder()
+			c := runClient(t, bootstrapFor(t, v.apiType, tcpAddress(cp.addr), ""), rec.apply)
+			s := rec.wait(t, "the listener after its timeout", func(s *config.Snapshot) bool { return listener(s, "dyn") != nil })
+			if rc := routeTable(s, "r"); rc == nil || len(rc.VirtualHosts) != 0 {
+				t.Errorf("route table %+v, want an empty one", rc)
+			}
+			// The table still comes when the control plane has it.
+			res.routes = []*routev3.RouteConfiguration{route("r", "/late", "c")}
+			res.set(t, cache, "2")
+			rec.wait(t, "the late route table", func(s *config.Snapshot) bool { return routePrefix(s, "r") == "/late" })
+			if w := c.State().Warming; len(w) > 0 {
+				t.Errorf("warming %q", w)
+			}
 		})
 	}
 }
@@ -767,6 +807,19 @@ func TestADSTransports(t *testing.T) {
 			},
 			target: func(addr string) string { return "dns:///" + addr }},
 	}
+	t.Run("TLS with the wrong server name", func(t *testing.T) {
+		cache := newCache()
+		cp := startControlPlane(t, "tcp", "127.0.0.1:0", cache, serverTLS)
+		fullConfig(t).set(t, cache, "1")
+		rec := newRecorder()
+		c := runClient(t, bootstrapFor(t, "GRPC", tcpAddress(cp.addr), strings.Replace(clientTLS, "exact: xds.internal", "exact: other.internal", 1)), rec.apply)
+		waitFor(t, "a handshake error", func() bool { return strings.Contains(c.State().LastError, "other.internal") })
+		for _, s := range rec.all() {
+			if listener(s, "dyn") != nil {
+				t.Fatalf("config from an unverified control plane: %s", describe(s))
+			}
+		}
+	})
 	for _, tt := range tests {
 		for _, v := range variants {
 			t.Run(tt.name+"/"+v.name, func(t *testing.T) {

@@ -207,9 +207,6 @@ func decodeResource(t rtype, a *anypb.Any, version string) (*entry, error) {
 	if err := validateMsg(m); err != nil {
 		return nil, inNamed(err, typeInfo[t].kind, name)
 	}
-	if t == tExtensionConfig && m.(*corev3.TypedExtensionConfig).GetTypedConfig() == nil {
-		return nil, inNamed(errors.New("typed_config is required"), typeInfo[t].kind, name)
-	}
 	return &entry{name: name, version: version, msg: m, raw: a.GetValue()}, nil
 }
 

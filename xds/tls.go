@@ -216,7 +216,8 @@ func certificates(ctx *tlsv3.CommonTlsContext, d *deps) ([]config.Certificate, e
 // validation_context_sds_secret_config names; or, for
 // combined_validation_context, its default_validation_context with its
 // secret's merged over it (Envoy's rule: fields set in the secret win,
-// lists are joined). within locates errors in the returned context. A
+// lists are joined). within locates errors in the returned context (nil
+// stays nil). A
 // secret that has not arrived yet gives a nil context: the resource waits
 // for it.
 func validationContext(ctx *tlsv3.CommonTlsContext, d *deps) (_ *tlsv3.CertificateValidationContext, within func(error) error, _ error) {
@@ -260,6 +261,9 @@ func validationContext(ctx *tlsv3.CommonTlsContext, d *deps) (_ *tlsv3.Certifica
 		merged := proto.Clone(cvc.GetDefaultValidationContext()).(*tlsv3.CertificateValidationContext)
 		proto.Merge(merged, v)
 		return merged, func(err error) error {
+			if err == nil {
+				return nil
+			}
 			return inField(fmt.Errorf("merged with secret %q: %w", cvc.GetValidationContextSdsSecretConfig().GetName(), err),
 				"combined_validation_context")
 		}, nil
