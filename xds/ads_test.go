@@ -59,9 +59,13 @@ type testControlPlane struct {
 	srv   *grpc.Server
 	addr  string
 
-	mu       sync.Mutex
-	nacks    []string // error_detail messages received
-	acks     int
+	mu    sync.Mutex
+	nacks []string // error_detail messages received
+	acks  int
+	node  *corev3.Node // of the first request
+	// first are the first request of each type: the version (SotW) or
+	// the initial resource versions (delta) the client said it has.
+	first    map[string]map[string]string
 	stopFunc func()
 }
 
@@ -71,10 +75,16 @@ func startControlPlane(t *testing.T, network, address string, cache cachev3.Snap
 	if err != nil {
 		t.Fatal(err)
 	}
-	cp := &testControlPlane{cache: cache, srv: grpc.NewServer(opts...), addr: ln.Addr().String()}
-	record := func(detail interface{ GetMessage() string }, hasDetail bool) {
+	cp := &testControlPlane{cache: cache, srv: grpc.NewServer(opts...), addr: ln.Addr().String(), first: map[string]map[string]string{}}
+	record := func(detail interface{ GetMessage() string }, hasDetail bool, node *corev3.Node, typeURL string, versions map[string]string) {
 		cp.mu.Lock()
 		defer cp.mu.Unlock()
+		if cp.node == nil {
+			cp.node = node
+		}
+		if _, ok := cp.first[typeURL]; !ok {
+			cp.first[typeURL] = versions
+		}
 		if hasDetail {
 			cp.nacks = append(cp.nacks, detail.GetMessage())
 		} else {
@@ -83,11 +93,11 @@ func startControlPlane(t *testing.T, network, address string, cache cachev3.Snap
 	}
 	cb := serverv3.CallbackFuncs{
 		StreamRequestFunc: func(_ int64, r *discoveryv3.DiscoveryRequest) error {
-			record(r.GetErrorDetail(), r.GetErrorDetail() != nil)
+			record(r.GetErrorDetail(), r.GetErrorDetail() != nil, r.GetNode(), r.GetTypeUrl(), map[string]string{"": r.GetVersionInfo()})
 			return nil
 		},
 		StreamDeltaRequestFunc: func(_ int64, r *discoveryv3.DeltaDiscoveryRequest) error {
-			record(r.GetErrorDetail(), r.GetErrorDetail() != nil)
+			record(r.GetErrorDetail(), r.GetErrorDetail() != nil, r.GetNode(), r.GetTypeUrl(), r.GetInitialResourceVersions())
 			return nil
 		},
 	}
@@ -113,6 +123,12 @@ func startControlPlane(t *testing.T, network, address string, cache cachev3.Snap
 }
 
 func (cp *testControlPlane) stop() { cp.stopFunc() }
+
+func (cp *testControlPlane) firstRequest(typeURL string) map[string]string {
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	return cp.first[typeURL]
+}
 
 func (cp *testControlPlane) nackMessages() []string {
 	cp.mu.Lock()
@@ -485,6 +501,13 @@ func TestADSInitialAndUpdates(t *testing.T) {
 			if cluster(s, "xds") != nil {
 				t.Errorf("the control plane's cluster is in the snapshot")
 			}
+			cp.mu.Lock()
+			node := cp.node
+			cp.mu.Unlock()
+			if node.GetId() != "sluice-test" || node.GetCluster() != "test" || node.GetUserAgentName() != "sluice" ||
+				node.GetMetadata().GetFields()["team"].GetStringValue() != "edge" {
+				t.Errorf("node %v", node)
+			}
 			h := listener(s, "dyn").FilterChains[0].HTTP
 			eq(t, "RDS name", h.RDSName, "r")
 			eq(t, "route cluster", routeTable(s, "r").VirtualHosts[0].Routes[0].Action.Cluster, "c")
@@ -752,6 +775,13 @@ func TestADSReconnect(t *testing.T) {
 			for _, s := range rec.all()[n:] {
 				if !complete(s) {
 					t.Errorf("a snapshot without the old config was applied meanwhile: %s", describe(s))
+				}
+			}
+			// The client told the new control plane what it had.
+			for _, typ := range []rtype{tListener, tRoute} {
+				got := cp2.firstRequest(typeInfo[typ].url)
+				if v.delta && got[map[rtype]string{tListener: "dyn", tRoute: "r"}[typ]] == "" || !v.delta && got[""] != "1" {
+					t.Errorf("first %s request: %v", typ, got)
 				}
 			}
 			if m := cp2.nackMessages(); len(m) > 0 {
