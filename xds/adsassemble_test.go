@@ -270,7 +270,7 @@ func TestDecodeResourceErrors(t *testing.T) {
 		msg  proto.Message
 		want string
 	}{
-		{"wrong type", tListener, route("r", "/", "c"), `type "type.googleapis.com/envoy.config.route.v3.RouteConfiguration" in a envoy.config.listener.v3.Listener response`},
+		{"wrong type", tListener, route("r", "/", "c"), `type "type.googleapis.com/envoy.config.route.v3.RouteConfiguration" in a response of type envoy.config.listener.v3.Listener`},
 		{"no name", tCluster, &clusterv3.Cluster{}, "cluster without a name"},
 		{"validation", tCluster, &clusterv3.Cluster{Name: "c", ConnectTimeout: durationpb.New(-time.Second)},
 			`cluster "c": connect_timeout: value must be greater than 0s`},

@@ -194,7 +194,7 @@ func decodeResource(t rtype, a *anypb.Any, version string) (*entry, error) {
 	}
 	want := typeInfo[t].msg.ProtoReflect().Descriptor().FullName()
 	if a.MessageName() != want {
-		return nil, fmt.Errorf("type %q in a %s response", a.GetTypeUrl(), want)
+		return nil, fmt.Errorf("type %q in a response of type %s", a.GetTypeUrl(), want)
 	}
 	m := typeInfo[t].msg.ProtoReflect().New().Interface()
 	if err := proto.Unmarshal(a.GetValue(), m); err != nil {
