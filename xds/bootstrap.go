@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 
 	"github.com/sluice-proxy/sluice/engine/config"
 )
@@ -15,7 +16,7 @@ var (
 	// fields are process settings Sluice does not use (stats sinks and
 	// flushing, tracing, runtime, overload manager, watchdogs, DNS
 	// resolver, regex engine, inline headers, ...) and are ignored.
-	staticResourcesFields = knownFields(&bootstrapv3.Bootstrap_StaticResources{}, "listeners", "clusters")
+	staticResourcesFields = knownFields(&bootstrapv3.Bootstrap_StaticResources{}, "listeners", "clusters", "secrets")
 	// Admin: profile_path and socket_options are ignored.
 	adminFields = knownFields(&bootstrapv3.Admin{}, "access_log", "access_log_path", "profile_path", "address",
 		"socket_options", "ignore_global_conn_limit")
@@ -49,15 +50,20 @@ func translate(b *bootstrapv3.Bootstrap) (*config.Snapshot, error) {
 	if err := staticResourcesFields.check(sr); err != nil {
 		return nil, inField(err, "static_resources")
 	}
+	statics, err := staticSecrets(sr.GetSecrets())
+	if err != nil {
+		return nil, inField(err, "static_resources")
+	}
+	d := &deps{statics: statics}
 	for i, l := range sr.GetListeners() {
-		cl, err := translateListener(l)
+		cl, err := translateListener(l, d)
 		if err != nil {
 			return nil, inElem(err, "static_resources.listeners", i, "listener", l.GetName())
 		}
 		s.Listeners = append(s.Listeners, cl)
 	}
 	for i, c := range sr.GetClusters() {
-		cc, err := translateCluster(c)
+		cc, err := translateCluster(c, d)
 		if err != nil {
 			return nil, inElem(err, "static_resources.clusters", i, "cluster", c.GetName())
 		}
@@ -69,6 +75,22 @@ func translate(b *bootstrapv3.Bootstrap) (*config.Snapshot, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// staticSecrets indexes static_resources.secrets by name; TLS contexts
+// name them in SdsSecretConfigs without sds_config.
+func staticSecrets(secrets []*tlsv3.Secret) (map[string]*tlsv3.Secret, error) {
+	out := map[string]*tlsv3.Secret{}
+	for i, s := range secrets {
+		if s.GetName() == "" {
+			return nil, inIndex(errors.New("name is required"), "secrets", i)
+		}
+		if _, dup := out[s.GetName()]; dup {
+			return nil, inIndex(fmt.Errorf("duplicate secret name %q", s.GetName()), "secrets", i)
+		}
+		out[s.GetName()] = s
+	}
+	return out, nil
 }
 
 func translateAdmin(a *bootstrapv3.Admin) (*config.Admin, error) {

@@ -44,7 +44,7 @@ func TestLoadBootstrapErrors(t *testing.T) {
 		{file: "tcp_proxy.yaml", unsupported: true, want: []string{
 			`listener "tcp": filter_chains[0].filters[0] (envoy.filters.network.tcp_proxy): network filter type "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy": not supported yet`}},
 		{file: "sds.yaml", unsupported: true, want: []string{
-			`listener "https": filter_chains[0].transport_socket.typed_config.common_tls_context.tls_certificate_sds_secret_configs: not supported yet (issue 8: SDS)`}},
+			`listener "https": filter_chains[0].transport_socket.typed_config.common_tls_context.tls_certificate_sds_secret_configs[0].sds_config: secret "kubernetes://gateway-cert" from SDS needs the xDS client (dynamic_resources.ads_config): not supported yet`}},
 		{file: "tls_env_key.yaml", unsupported: true, want: []string{
 			`xds: testdata/bad/tls_env_key.yaml: static_resources.listeners[0].filter_chains[1].transport_socket.typed_config.common_tls_context.tls_certificates[0].private_key.environment_variable: not supported yet`}},
 		{file: "health_checks.yaml", unsupported: true, want: []string{`cluster "backend": health_checks: not supported yet`}},

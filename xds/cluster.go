@@ -65,7 +65,8 @@ var (
 	// only user of the weight, is rejected in common_lb_config), metadata.
 	localityFields = knownFields(&endpointv3.LocalityLbEndpoints{}, "lb_endpoints", "priority",
 		"locality", "metadata", "load_balancing_weight", "proximity")
-	lbEndpointFields = knownFields(&endpointv3.LbEndpoint{}, "endpoint", "health_status", "load_balancing_weight",
+	edsClusterConfigFields = knownFields(&clusterv3.Cluster_EdsClusterConfig{}, "eds_config", "service_name")
+	lbEndpointFields       = knownFields(&endpointv3.LbEndpoint{}, "endpoint", "health_status", "load_balancing_weight",
 		"metadata")
 	// Ignored: active health checking settings (there is none), names.
 	endpointFields = knownFields(&endpointv3.Endpoint{}, "address", "health_check_config", "hostname",
@@ -106,14 +107,14 @@ func TranslateCluster(c *clusterv3.Cluster) (*config.Cluster, error) {
 	if err := validateMsg(c); err != nil {
 		return nil, prefixed(inNamed(err, "cluster", c.GetName()))
 	}
-	out, err := translateCluster(c)
+	out, err := translateCluster(c, nil)
 	if err != nil {
 		return nil, prefixed(inNamed(err, "cluster", c.GetName()))
 	}
 	return out, nil
 }
 
-func translateCluster(c *clusterv3.Cluster) (*config.Cluster, error) {
+func translateCluster(c *clusterv3.Cluster, d *deps) (*config.Cluster, error) {
 	if err := clusterFields.check(c); err != nil {
 		return nil, err
 	}
@@ -141,7 +142,16 @@ func translateCluster(c *clusterv3.Cluster) (*config.Cluster, error) {
 			return nil, inField(err, "common_lb_config")
 		}
 	}
-	if la := c.GetLoadAssignment(); la != nil {
+	switch la := c.GetLoadAssignment(); {
+	case t == clusterv3.Cluster_EDS && d.dynamic():
+		if la != nil {
+			// Envoy ignores it; Sluice drops nothing silently.
+			return nil, inField(errors.New("an EDS cluster takes its endpoints from EDS, not load_assignment"), "load_assignment")
+		}
+		if out.Endpoints, err = edsEndpoints(c, d); err != nil {
+			return nil, inField(err, "eds_cluster_config")
+		}
+	case la != nil:
 		if out.Endpoints, err = endpoints(la, t); err != nil {
 			return nil, inField(err, "load_assignment")
 		}
@@ -154,7 +164,7 @@ func translateCluster(c *clusterv3.Cluster) (*config.Cluster, error) {
 		switch m := tt.msg.(type) {
 		case nil:
 		case *tlsv3.UpstreamTlsContext:
-			if out.TLS, err = upstreamTLS(m, out.Endpoints); err != nil {
+			if out.TLS, err = upstreamTLS(m, out.Endpoints, d); err != nil {
 				return nil, inField(inField(err, "typed_config"), "transport_socket")
 			}
 		default:
@@ -250,6 +260,31 @@ func isPrime(n uint64) bool {
 		}
 	}
 	return true
+}
+
+// edsEndpoints returns the endpoints of an EDS cluster from the
+// ClusterLoadAssignment named by eds_cluster_config.service_name, or by
+// the cluster's name. None while it has not arrived (the cluster waits for
+// it, see deps) or after the initial fetch timeout.
+//
+// Localities are flattened: each endpoint keeps its own weight and its
+// locality's priority, locality weights are ignored (locality weighted
+// balancing is rejected in common_lb_config, so nothing would read them).
+func edsEndpoints(c *clusterv3.Cluster, d *deps) ([]*config.Endpoint, error) {
+	ecc := c.GetEdsClusterConfig()
+	if err := edsClusterConfigFields.check(ecc); err != nil {
+		return nil, err
+	}
+	name := ecc.GetServiceName()
+	if name == "" {
+		name = c.GetName()
+	}
+	la, err := d.loadAssignment(name, ecc.GetEdsConfig())
+	if err != nil || la == nil {
+		return nil, inField(err, "eds_config")
+	}
+	eps, err := endpoints(la, clusterv3.Cluster_EDS)
+	return eps, inNamed(err, typeInfo[tEndpoint].kind, name)
 }
 
 func endpoints(la *endpointv3.ClusterLoadAssignment, t clusterv3.Cluster_DiscoveryType) ([]*config.Endpoint, error) {

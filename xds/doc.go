@@ -13,8 +13,17 @@
 // UpstreamTlsContext on clusters) become the model's DownstreamTLS and
 // UpstreamTLS. Their certificates, keys and CAs stay file names (the engine
 // reads them when it compiles a snapshot, so a reload picks up renewed
-// files) or inline bytes; environment variables and SDS are not supported
-// yet.
+// files) or inline bytes; environment variables are not supported. A TLS
+// context may name secrets: static_resources.secrets, or SDS secrets that
+// only the xDS client resolves.
+//
+// Client is the xDS client (ADS, state of the world or delta, as the
+// bootstrap's dynamic_resources.ads_config says): it subscribes to
+// listeners and clusters, and to the route tables, load assignments,
+// secrets and HTTP filter configs (ECDS) they name; after each response it
+// assembles a whole snapshot from the static and dynamic resources, with
+// the same translation functions, and hands it to the engine, ACKing or
+// NACKing the response by the result. See ads.go and adsassemble.go.
 //
 // The translator never drops configuration silently: every field of a
 // translated message is either applied, deliberately ignored because it only

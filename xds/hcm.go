@@ -3,12 +3,14 @@ package xds
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	headermutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/header_mutation/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/sluice-proxy/sluice/engine/config"
 )
@@ -48,7 +50,7 @@ var (
 		"idle_timeout", "max_connection_duration", "max_headers_count", "max_requests_per_connection",
 		"max_connection_duration_jitter", "max_response_headers_kb")
 	rdsFields        = knownFields(&hcmv3.Rds{}, "config_source", "route_config_name")
-	httpFilterFields = knownFields(&hcmv3.HttpFilter{}, "name", "typed_config", "is_optional", "disabled")
+	httpFilterFields = knownFields(&hcmv3.HttpFilter{}, "name", "typed_config", "config_discovery", "is_optional", "disabled")
 	// Router: its options tune stats, tracing, upstream logs and Envoy's
 	// own headers, and are ignored; upstream HTTP filters are not supported.
 	routerFields = knownFields(&routerv3.Router{}, "dynamic_stats", "start_child_span", "upstream_log",
@@ -56,7 +58,7 @@ var (
 		"suppress_grpc_request_failure_code_stats", "reject_connect_request_early_data")
 )
 
-func translateHCM(m *hcmv3.HttpConnectionManager) (*config.HTTPConnectionManager, error) {
+func translateHCM(m *hcmv3.HttpConnectionManager, d *deps) (*config.HTTPConnectionManager, error) {
 	if err := hcmFields.check(m); err != nil {
 		return nil, err
 	}
@@ -104,10 +106,12 @@ func translateHCM(m *hcmv3.HttpConnectionManager) (*config.HTTPConnectionManager
 		if err := rdsFields.check(rs.Rds); err != nil {
 			return nil, inField(err, "rds")
 		}
-		// The config source is the xDS client's business.
 		out.RDSName = rs.Rds.GetRouteConfigName()
 		if out.RDSName == "" {
 			return nil, inField(errors.New("route_config_name is required"), "rds")
+		}
+		if err := d.routeConfig(out.RDSName, rs.Rds.GetConfigSource()); err != nil {
+			return nil, inField(err, "rds")
 		}
 	case *hcmv3.HttpConnectionManager_RouteConfig:
 		rc, err := translateRouteConfiguration(rs.RouteConfig)
@@ -121,7 +125,7 @@ func translateHCM(m *hcmv3.HttpConnectionManager) (*config.HTTPConnectionManager
 		return nil, errors.New("one of rds or route_config is required")
 	}
 
-	filters, err := translateHTTPFilters(m.GetHttpFilters())
+	filters, err := translateHTTPFilters(m.GetHttpFilters(), d)
 	if err != nil {
 		return nil, err
 	}
@@ -168,65 +172,92 @@ func hcmTimeouts(m *hcmv3.HttpConnectionManager, out *config.HTTPConnectionManag
 // translateHTTPFilters translates an HCM's http_filters. The router must be
 // last and is dropped (the proxy layer is the router); header_mutation
 // becomes the native *config.HeaderMutationConfig; any other filter keeps
-// its unpacked proto for the compiler registered under its type URL.
-func translateHTTPFilters(fs []*hcmv3.HttpFilter) ([]*config.HTTPFilter, error) {
+// its unpacked proto for the compiler registered under its type URL. A
+// filter whose ECDS config has not arrived is left out (the listener waits
+// for it, see deps), and so are the router checks it could affect.
+func translateHTTPFilters(fs []*hcmv3.HttpFilter, d *deps) ([]*config.HTTPFilter, error) {
 	var out []*config.HTTPFilter
-	router := false
+	router, pending := false, false
 	for i, f := range fs {
-		hf, isRouter, err := translateHTTPFilter(f)
+		hf, isRouter, err := translateHTTPFilter(f, d)
 		if err == nil && isRouter && i != len(fs)-1 {
 			err = errors.New("the router filter must be the last HTTP filter")
 		}
 		if err != nil {
 			return nil, at(err, segFieldEnd, fmt.Sprintf("http_filters[%d] (%s)", i, f.GetName()))
 		}
-		if isRouter {
+		switch {
+		case isRouter:
 			router = true
-			continue
+		case hf == nil:
+			pending = true
+		default:
+			out = append(out, hf)
 		}
-		out = append(out, hf)
 	}
-	if !router {
+	if !router && !pending {
 		return nil, inField(errors.New("the router filter (envoy.filters.http.router) is required as the last HTTP filter"), "http_filters")
 	}
 	return out, nil
 }
 
-func translateHTTPFilter(f *hcmv3.HttpFilter) (_ *config.HTTPFilter, isRouter bool, _ error) {
+// translateHTTPFilter translates one HTTP filter; its config is typed_config
+// or, with config_discovery, the ECDS resource named like the filter (nil
+// filter, no error: not arrived yet).
+func translateHTTPFilter(f *hcmv3.HttpFilter, d *deps) (_ *config.HTTPFilter, isRouter bool, _ error) {
 	if err := httpFilterFields.check(f); err != nil {
 		return nil, false, err
 	}
-	if f.GetTypedConfig() == nil {
+	a, within := f.GetTypedConfig(), func(err error) error { return inField(err, "typed_config") }
+	var typeURLs []string
+	if ecs := f.GetConfigDiscovery(); ecs != nil {
+		var err error
+		if a, within, err = d.extensionConfig(f.GetName(), ecs); err != nil {
+			return nil, false, inField(err, "config_discovery")
+		}
+		if a == nil {
+			return nil, false, nil
+		}
+		cd := within
+		within = func(err error) error { return inField(cd(err), "config_discovery") }
+		typeURLs = ecs.GetTypeUrls()
+	}
+	if a == nil {
 		// Envoy still resolves a config-less router by its name.
 		if f.GetName() == "envoy.filters.http.router" {
 			return nil, true, nil
 		}
 		return nil, false, errors.New("typed_config is required")
 	}
-	t, err := unpack(f.GetTypedConfig())
+	t, err := unpack(a)
 	if err != nil {
 		if errors.Is(err, errUnknownType) && f.GetIsOptional() {
 			// An optional filter this build does not know is skipped by the
 			// engine, as Envoy does.
-			return &config.HTTPFilter{Name: f.GetName(), TypeURL: typePrefix + string(f.GetTypedConfig().MessageName()),
+			return &config.HTTPFilter{Name: f.GetName(), TypeURL: typePrefix + string(a.MessageName()),
 				Disabled: f.GetDisabled(), Optional: true}, false, nil
 		}
-		return nil, false, inField(err, "typed_config")
+		return nil, false, within(err)
+	}
+	if typeURLs != nil && !slices.ContainsFunc(typeURLs, func(u string) bool {
+		return typePrefix+string((&anypb.Any{TypeUrl: u}).MessageName()) == t.url
+	}) {
+		return nil, false, within(fmt.Errorf("type %q is not one of config_discovery.type_urls %q", t.url, typeURLs))
 	}
 	hf := &config.HTTPFilter{Name: f.GetName(), TypeURL: t.url, Config: t.msg, Disabled: f.GetDisabled(), Optional: f.GetIsOptional()}
 	switch m := t.msg.(type) {
 	case *routerv3.Router:
 		if err := routerFields.check(m); err != nil {
-			return nil, false, inField(err, "typed_config")
+			return nil, false, within(err)
 		}
 		return nil, true, nil
 	case *headermutationv3.HeaderMutation:
 		hm, err := headerMutationFilter(m.GetMutations())
 		if err != nil {
-			return nil, false, inField(err, "typed_config")
+			return nil, false, within(err)
 		}
 		if m.GetMostSpecificHeaderMutationsWins() {
-			return nil, false, inField(unsupportedValue("most_specific_header_mutations_wins", true), "typed_config")
+			return nil, false, within(unsupportedValue("most_specific_header_mutations_wins", true))
 		}
 		hf.TypeURL = config.TypeHeaderMutation
 		hf.Config = hm

@@ -49,14 +49,14 @@ func TranslateListener(l *listenerv3.Listener) (*config.Listener, error) {
 	if err := validateMsg(l); err != nil {
 		return nil, prefixed(inNamed(err, "listener", l.GetName()))
 	}
-	out, err := translateListener(l)
+	out, err := translateListener(l, nil)
 	if err != nil {
 		return nil, prefixed(inNamed(err, "listener", l.GetName()))
 	}
 	return out, nil
 }
 
-func translateListener(l *listenerv3.Listener) (*config.Listener, error) {
+func translateListener(l *listenerv3.Listener, d *deps) (*config.Listener, error) {
 	if err := listenerFields.check(l); err != nil {
 		return nil, err
 	}
@@ -85,7 +85,7 @@ func translateListener(l *listenerv3.Listener) (*config.Listener, error) {
 	}
 	seen := map[string]int{}
 	for i, fc := range l.GetFilterChains() {
-		c, err := translateFilterChain(fc)
+		c, err := translateFilterChain(fc, d)
 		if err != nil {
 			return nil, inIndex(err, "filter_chains", i)
 		}
@@ -97,7 +97,7 @@ func translateListener(l *listenerv3.Listener) (*config.Listener, error) {
 		out.FilterChains = append(out.FilterChains, c)
 	}
 	if dc := l.GetDefaultFilterChain(); dc != nil {
-		c, err := translateFilterChain(dc)
+		c, err := translateFilterChain(dc, d)
 		if err != nil {
 			return nil, inField(err, "default_filter_chain")
 		}
@@ -129,7 +129,7 @@ func checkListenerFilter(lf *listenerv3.ListenerFilter) error {
 	return fmt.Errorf("listener filter type %q: %w", t.url, ErrUnsupported)
 }
 
-func translateFilterChain(fc *listenerv3.FilterChain) (*config.FilterChain, error) {
+func translateFilterChain(fc *listenerv3.FilterChain, d *deps) (*config.FilterChain, error) {
 	if err := filterChainFields.check(fc); err != nil {
 		return nil, err
 	}
@@ -142,7 +142,7 @@ func translateFilterChain(fc *listenerv3.FilterChain) (*config.FilterChain, erro
 		switch m := t.msg.(type) {
 		case nil:
 		case *tlsv3.DownstreamTlsContext:
-			if out.TLS, err = downstreamTLS(m); err != nil {
+			if out.TLS, err = downstreamTLS(m, d); err != nil {
 				return nil, inField(inField(err, "typed_config"), "transport_socket")
 			}
 		default:
@@ -159,7 +159,7 @@ func translateFilterChain(fc *listenerv3.FilterChain) (*config.FilterChain, erro
 	}
 	filters := fc.GetFilters()
 	for i, f := range filters {
-		hcm, err := translateNetworkFilter(f)
+		hcm, err := translateNetworkFilter(f, d)
 		if err == nil && i != len(filters)-1 {
 			err = errors.New("http_connection_manager is a terminal filter and must be the last network filter")
 		}
@@ -176,7 +176,7 @@ func translateFilterChain(fc *listenerv3.FilterChain) (*config.FilterChain, erro
 
 // translateNetworkFilter translates the HTTP connection manager and rejects
 // every other network filter.
-func translateNetworkFilter(f *listenerv3.Filter) (*config.HTTPConnectionManager, error) {
+func translateNetworkFilter(f *listenerv3.Filter, d *deps) (*config.HTTPConnectionManager, error) {
 	if err := networkFilterFields.check(f); err != nil {
 		return nil, err
 	}
@@ -188,7 +188,7 @@ func translateNetworkFilter(f *listenerv3.Filter) (*config.HTTPConnectionManager
 	if !ok {
 		return nil, fmt.Errorf("network filter type %q: %w", t.url, ErrUnsupported)
 	}
-	return translateHCM(hcm)
+	return translateHCM(hcm, d)
 }
 
 // transportSocket unpacks a transport socket's config: a zero typed (msg

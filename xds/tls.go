@@ -11,11 +11,10 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/sluice-proxy/sluice/engine/config"
 )
-
-// errSDS is the error for secrets that would come from SDS.
-var errSDS = fmt.Errorf("%w (issue 8: SDS)", ErrUnsupported)
 
 var (
 	downstreamTLSFields = knownFields(&tlsv3.DownstreamTlsContext{},
@@ -43,6 +42,9 @@ var (
 		"validation_context_sds_secret_config", "combined_validation_context", "alpn_protocols", "key_log")
 	tlsParamsFields      = knownFields(&tlsv3.TlsParameters{}, "tls_minimum_protocol_version", "tls_maximum_protocol_version", "cipher_suites")
 	tlsCertificateFields = knownFields(&tlsv3.TlsCertificate{}, "certificate_chain", "private_key")
+	// Both are required by the proto's validation rules.
+	combinedValidationFields = knownFields(&tlsv3.CommonTlsContext_CombinedCertificateValidationContext{},
+		"default_validation_context", "validation_context_sds_secret_config")
 	// Downstream validation: only the CA. Subject alt name matching of
 	// client certificates is not in the config model.
 	downstreamValidationFields = knownFields(&tlsv3.CertificateValidationContext{}, "trusted_ca")
@@ -53,7 +55,7 @@ var (
 )
 
 // downstreamTLS translates a filter chain's DownstreamTlsContext.
-func downstreamTLS(m *tlsv3.DownstreamTlsContext) (*config.DownstreamTLS, error) {
+func downstreamTLS(m *tlsv3.DownstreamTlsContext, d *deps) (*config.DownstreamTLS, error) {
 	if err := downstreamTLSFields.check(m); err != nil {
 		return nil, err
 	}
@@ -66,7 +68,7 @@ func downstreamTLS(m *tlsv3.DownstreamTlsContext) (*config.DownstreamTLS, error)
 		return nil, inField(errors.New("tls_certificates: a certificate is required"), "common_tls_context")
 	}
 	err := func() error {
-		if err := commonTLS(ctx); err != nil {
+		if err := commonTLSFields.check(ctx); err != nil {
 			return err
 		}
 		out.ALPN = slices.Clone(ctx.GetAlpnProtocols())
@@ -74,24 +76,22 @@ func downstreamTLS(m *tlsv3.DownstreamTlsContext) (*config.DownstreamTLS, error)
 		if out.Params, err = tlsParams(ctx.GetTlsParams()); err != nil {
 			return inField(err, "tls_params")
 		}
-		for i, c := range ctx.GetTlsCertificates() {
-			cert, err := tlsCertificate(c)
-			if err != nil {
-				return inIndex(err, "tls_certificates", i)
-			}
-			out.Certificates = append(out.Certificates, cert)
+		if out.Certificates, err = certificates(ctx, d); err != nil {
+			return err
 		}
 		if len(out.Certificates) == 0 {
 			return errors.New("tls_certificates: a certificate is required")
 		}
-		if vc := ctx.GetValidationContext(); vc != nil {
-			if err := downstreamValidationFields.check(vc); err != nil {
-				return inField(err, "validation_context")
-			}
-			if vc.GetTrustedCa() != nil {
-				if out.ClientCA, err = tlsDataSource(vc.GetTrustedCa()); err != nil {
-					return inField(inField(err, "trusted_ca"), "validation_context")
-				}
+		vc, within, err := validationContext(ctx, d)
+		if err != nil || vc == nil {
+			return err
+		}
+		if err := downstreamValidationFields.check(vc); err != nil {
+			return within(err)
+		}
+		if vc.GetTrustedCa() != nil {
+			if out.ClientCA, err = tlsDataSource(vc.GetTrustedCa()); err != nil {
+				return within(inField(err, "trusted_ca"))
 			}
 		}
 		return nil
@@ -104,7 +104,7 @@ func downstreamTLS(m *tlsv3.DownstreamTlsContext) (*config.DownstreamTLS, error)
 
 // upstreamTLS translates a cluster's UpstreamTlsContext. endpoints are the
 // cluster's, for auto_host_sni.
-func upstreamTLS(m *tlsv3.UpstreamTlsContext, endpoints []*config.Endpoint) (*config.UpstreamTLS, error) {
+func upstreamTLS(m *tlsv3.UpstreamTlsContext, endpoints []*config.Endpoint, d *deps) (*config.UpstreamTLS, error) {
 	if err := upstreamTLSFields.check(m); err != nil {
 		return nil, err
 	}
@@ -123,7 +123,7 @@ func upstreamTLS(m *tlsv3.UpstreamTlsContext, endpoints []*config.Endpoint) (*co
 		return out, nil
 	}
 	err := func() error {
-		if err := commonTLS(ctx); err != nil {
+		if err := commonTLSFields.check(ctx); err != nil {
 			return err
 		}
 		out.ALPN = slices.Clone(ctx.GetAlpnProtocols())
@@ -131,23 +131,22 @@ func upstreamTLS(m *tlsv3.UpstreamTlsContext, endpoints []*config.Endpoint) (*co
 		if out.Params, err = tlsParams(ctx.GetTlsParams()); err != nil {
 			return inField(err, "tls_params")
 		}
-		switch certs := ctx.GetTlsCertificates(); len(certs) {
+		certs, err := certificates(ctx, d)
+		if err != nil {
+			return err
+		}
+		switch len(certs) {
 		case 0:
 		case 1:
-			cert, err := tlsCertificate(certs[0])
-			if err != nil {
-				return inIndex(err, "tls_certificates", 0)
-			}
-			out.Certificate = &cert
+			out.Certificate = &certs[0]
 		default:
 			return inField(errors.New("an upstream TLS context takes at most one client certificate"), "tls_certificates")
 		}
-		if vc := ctx.GetValidationContext(); vc != nil {
-			if err := upstreamValidation(vc, out); err != nil {
-				return inField(err, "validation_context")
-			}
+		vc, within, err := validationContext(ctx, d)
+		if err != nil || vc == nil {
+			return err
 		}
-		return nil
+		return within(upstreamValidation(vc, out))
 	}()
 	if err != nil {
 		return nil, inField(err, "common_tls_context")
@@ -176,23 +175,101 @@ func sharedHostName(endpoints []*config.Endpoint) (string, error) {
 	return name, nil
 }
 
-// commonTLS rejects what CommonTlsContext may hold that Sluice does not
-// implement, with the secrets SDS would deliver named as such.
-func commonTLS(ctx *tlsv3.CommonTlsContext) error {
-	if err := commonTLSFields.check(ctx); err != nil {
-		return err
+// certificates returns a context's certificates: tls_certificates, then
+// those of the secrets tls_certificate_sds_secret_configs names. A secret
+// that has not arrived yet counts as a zero certificate: the resource
+// waits for it (see deps) and its translation is not used meanwhile.
+func certificates(ctx *tlsv3.CommonTlsContext, d *deps) ([]config.Certificate, error) {
+	var out []config.Certificate
+	for i, c := range ctx.GetTlsCertificates() {
+		cert, err := tlsCertificate(c)
+		if err != nil {
+			return nil, inIndex(err, "tls_certificates", i)
+		}
+		out = append(out, cert)
 	}
-	if len(ctx.GetTlsCertificateSdsSecretConfigs()) > 0 {
-		return inField(errSDS, "tls_certificate_sds_secret_configs")
+	for i, sc := range ctx.GetTlsCertificateSdsSecretConfigs() {
+		cert, err := func() (config.Certificate, error) {
+			s, err := d.secret(sc)
+			if err != nil || s == nil {
+				return config.Certificate{}, err
+			}
+			if s.GetTlsCertificate() == nil {
+				return config.Certificate{}, inNamed(errors.New("a tls_certificate is required"), "secret", s.GetName())
+			}
+			if err := secretFields.check(s); err != nil {
+				return config.Certificate{}, inNamed(err, "secret", s.GetName())
+			}
+			cert, err := tlsCertificate(s.GetTlsCertificate())
+			return cert, inNamed(inField(err, "tls_certificate"), "secret", s.GetName())
+		}()
+		if err != nil {
+			return nil, inIndex(err, "tls_certificate_sds_secret_configs", i)
+		}
+		out = append(out, cert)
 	}
-	if ctx.GetValidationContextSdsSecretConfig() != nil {
-		return inField(errSDS, "validation_context_sds_secret_config")
+	return out, nil
+}
+
+// validationContext returns the certificate validation context of a TLS
+// context: validation_context; the validation_context of the secret
+// validation_context_sds_secret_config names; or, for
+// combined_validation_context, its default_validation_context with its
+// secret's merged over it (Envoy's rule: fields set in the secret win,
+// lists are joined). within locates errors in the returned context (nil
+// stays nil). A
+// secret that has not arrived yet gives a nil context: the resource waits
+// for it.
+func validationContext(ctx *tlsv3.CommonTlsContext, d *deps) (_ *tlsv3.CertificateValidationContext, within func(error) error, _ error) {
+	fromSecret := func(sc *tlsv3.SdsSecretConfig) (*tlsv3.CertificateValidationContext, func(error) error, error) {
+		s, err := d.secret(sc)
+		if err != nil || s == nil {
+			return nil, nil, err
+		}
+		in := func(err error) error { return inNamed(inField(err, "validation_context"), "secret", s.GetName()) }
+		if s.GetValidationContext() == nil {
+			return nil, nil, inNamed(errors.New("a validation_context is required"), "secret", s.GetName())
+		}
+		if err := secretFields.check(s); err != nil {
+			return nil, nil, inNamed(err, "secret", s.GetName())
+		}
+		return s.GetValidationContext(), in, nil
 	}
-	if ctx.GetCombinedValidationContext() != nil {
-		// Its point is to merge a static context with one from SDS.
-		return inField(errSDS, "combined_validation_context")
+	switch vc := ctx.GetValidationContextType().(type) {
+	case nil:
+		return nil, nil, nil
+	case *tlsv3.CommonTlsContext_ValidationContext:
+		return vc.ValidationContext, func(err error) error { return inField(err, "validation_context") }, nil
+	case *tlsv3.CommonTlsContext_ValidationContextSdsSecretConfig:
+		v, in, err := fromSecret(vc.ValidationContextSdsSecretConfig)
+		if err != nil {
+			return nil, nil, inField(err, "validation_context_sds_secret_config")
+		}
+		return v, func(err error) error { return inField(in(err), "validation_context_sds_secret_config") }, nil
+	case *tlsv3.CommonTlsContext_CombinedValidationContext:
+		cvc := vc.CombinedValidationContext
+		if err := combinedValidationFields.check(cvc); err != nil {
+			return nil, nil, inField(err, "combined_validation_context")
+		}
+		v, _, err := fromSecret(cvc.GetValidationContextSdsSecretConfig())
+		if err != nil {
+			return nil, nil, inField(inField(err, "validation_context_sds_secret_config"), "combined_validation_context")
+		}
+		if v == nil {
+			return nil, nil, nil
+		}
+		merged := proto.Clone(cvc.GetDefaultValidationContext()).(*tlsv3.CertificateValidationContext)
+		proto.Merge(merged, v)
+		return merged, func(err error) error {
+			if err == nil {
+				return nil
+			}
+			return inField(fmt.Errorf("merged with secret %q: %w", cvc.GetValidationContextSdsSecretConfig().GetName(), err),
+				"combined_validation_context")
+		}, nil
+	default:
+		return nil, nil, unsupported("validation_context_type")
 	}
-	return nil
 }
 
 func tlsParams(p *tlsv3.TlsParameters) (config.TLSParams, error) {

@@ -21,7 +21,7 @@ import (
 	"github.com/sluice-proxy/sluice/engine/config"
 )
 
-func mustAny(t *testing.T, m proto.Message) *anypb.Any {
+func mustAny(t testing.TB, m proto.Message) *anypb.Any {
 	t.Helper()
 	a, err := anypb.New(m)
 	if err != nil {
@@ -35,12 +35,12 @@ func socket(host string, port uint32) *corev3.Address {
 		Address: host, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port}}}}
 }
 
-func routerFilter(t *testing.T) *hcmv3.HttpFilter {
+func routerFilter(t testing.TB) *hcmv3.HttpFilter {
 	return &hcmv3.HttpFilter{Name: "envoy.filters.http.router",
 		ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(t, &routerv3.Router{})}}
 }
 
-func listenerWith(t *testing.T, hcm *hcmv3.HttpConnectionManager) *listenerv3.Listener {
+func listenerWith(t testing.TB, hcm *hcmv3.HttpConnectionManager) *listenerv3.Listener {
 	return &listenerv3.Listener{
 		Name:    "l",
 		Address: socket("127.0.0.1", 8080),
