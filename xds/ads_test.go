@@ -622,9 +622,10 @@ func TestADSWarming(t *testing.T) {
 				t.Errorf("no route table: %s", describe(s))
 			}
 			// Route "r" names cluster "c", which still waits for its
-			// endpoints: an empty stand-in answers 503 meanwhile.
-			if c := cluster(s, "c"); c == nil || len(c.Endpoints) > 0 || c.TLS != nil {
-				t.Errorf("cluster c before its endpoints: %+v", c)
+			// endpoints: it is not in the snapshot, and the route answers
+			// 503 meanwhile.
+			if c := cluster(s, "c"); c != nil || !s.DynamicClusters {
+				t.Errorf("cluster c before its endpoints: %+v (dynamic clusters %v)", c, s.DynamicClusters)
 			}
 			res.endpoints = endpoints
 			res.set(t, cache, "3")

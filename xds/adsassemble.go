@@ -45,7 +45,7 @@ type assembler struct {
 	secrets   map[string]*tlsv3.Secret
 	admin     *config.Admin
 	// dynamicClusters: clusters come from CDS, so a route may name one
-	// that has not arrived (see placeholders).
+	// that has not arrived (Snapshot.DynamicClusters: 503 at request time).
 	dynamicClusters bool
 	source          string
 }
@@ -218,63 +218,11 @@ func (as *assembler) assemble(v *view, prev *assembly) (*assembly, error) {
 		// version names a table since removed: Envoy's empty table.
 		s.RouteConfigs = append(s.RouteConfigs, rc)
 	}
-	if as.dynamicClusters {
-		if err := placeholders(s); err != nil {
-			return nil, err
-		}
-	}
+	s.DynamicClusters = as.dynamicClusters
 	if err := checkSnapshot(s, !as.dynamicClusters); err != nil {
 		return nil, err
 	}
 	return out, nil
-}
-
-// placeholders adds an empty cluster for each cluster a route names that
-// the snapshot lacks (not sent by CDS yet, or still warming). Envoy answers
-// such routes with 503 at request time; engine/server.Validate rejects a
-// route to an unknown cluster, so an endpoint-less cluster stands in and
-// gives the same 503.
-func placeholders(s *config.Snapshot) error {
-	have := map[string]bool{}
-	for _, c := range s.Clusters {
-		have[c.Name] = true
-	}
-	want := map[string]bool{}
-	tables := slices.Clone(s.RouteConfigs)
-	for _, l := range s.Listeners {
-		for _, fc := range append(slices.Clone(l.FilterChains), l.DefaultFilterChain) {
-			if fc != nil && fc.HTTP != nil && fc.HTTP.RouteConfig != nil {
-				tables = append(tables, fc.HTTP.RouteConfig)
-			}
-		}
-	}
-	for _, rc := range tables {
-		for _, vh := range rc.VirtualHosts {
-			for _, r := range vh.Routes {
-				if a := r.Action; a != nil {
-					want[a.Cluster] = true
-					for _, wc := range a.WeightedClusters {
-						want[wc.Name] = true
-					}
-					for _, m := range a.MirrorPolicy {
-						want[m.Cluster] = true
-					}
-				}
-			}
-		}
-	}
-	delete(want, "")
-	for _, name := range slices.Sorted(maps.Keys(want)) {
-		if have[name] {
-			continue
-		}
-		c, err := translateCluster(&clusterv3.Cluster{Name: name, ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS}}, nil)
-		if err != nil {
-			return fmt.Errorf("placeholder for cluster %q: %w", name, err)
-		}
-		s.Clusters = append(s.Clusters, c)
-	}
-	return nil
 }
 
 // snapshotVersion names the versions a snapshot is built from, in type

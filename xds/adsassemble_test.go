@@ -145,11 +145,10 @@ func TestAssembleWarming(t *testing.T) {
 		{name: "ECDS resource over default",
 			store: []proto.Message{ecdsListener(t, ecdsSource(true, true)), headerMutation(t, "dynamic")},
 			ok:    func(s *config.Snapshot) bool { return filterValue(s) == "dynamic" }},
-		{name: "route to a cluster CDS has not sent: an empty stand-in",
+		{name: "route to a cluster CDS has not sent: 503 at request time",
 			store: []proto.Message{dynListener(t, 10002, "r"), headerMutation(t, "1"), route("r", "/", "ghost")},
 			ok: func(s *config.Snapshot) bool {
-				c := cluster(s, "ghost")
-				return listener(s, "dyn") != nil && c != nil && c.Type == "EDS" && len(c.Endpoints) == 0
+				return listener(s, "dyn") != nil && cluster(s, "ghost") == nil && s.DynamicClusters
 			}},
 	}
 	for _, tt := range tests {

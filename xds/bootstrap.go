@@ -71,6 +71,7 @@ func translate(b *bootstrapv3.Bootstrap) (*config.Snapshot, error) {
 	}
 	dr := b.GetDynamicResources()
 	dynamicClusters := dr.GetCdsConfig() != nil || dr.GetCdsResourcesLocator() != ""
+	s.DynamicClusters = dynamicClusters
 	if err := checkSnapshot(s, !dynamicClusters); err != nil {
 		return nil, err
 	}

@@ -24,6 +24,11 @@ type Snapshot struct {
 	Clusters     []*Cluster
 	RouteConfigs []*RouteConfiguration // named route tables (RDS); HCMs refer to them by name
 
+	// DynamicClusters says clusters come from a discovery service (CDS):
+	// a route may name a cluster not (yet) in the snapshot, and is answered
+	// 503 cluster_not_found at request time, as Envoy does.
+	DynamicClusters bool
+
 	// EnvoyDump, when set by the front-end that made the snapshot (an Envoy
 	// bootstrap or xDS), renders /config_dump as Envoy's
 	// envoy.admin.v3.ConfigDump JSON, so tools made for Envoy (istioctl)

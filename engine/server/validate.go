@@ -27,6 +27,10 @@ func Validate(snap *config.Snapshot) error {
 		}
 		clusters[c.Name] = true
 	}
+	routeClusters := clusters
+	if snap.DynamicClusters {
+		routeClusters = nil
+	}
 	tables := map[string]bool{}
 	for i, rc := range snap.RouteConfigs {
 		if rc == nil {
@@ -36,7 +40,7 @@ func Validate(snap *config.Snapshot) error {
 			return fmt.Errorf("server: duplicate route configuration %q", rc.Name)
 		}
 		tables[rc.Name] = true
-		if err := checkRoutes(rc, clusters); err != nil {
+		if err := checkRoutes(rc, routeClusters); err != nil {
 			return fmt.Errorf("server: %w", err)
 		}
 	}
@@ -75,7 +79,7 @@ func Validate(snap *config.Snapshot) error {
 				continue
 			}
 			if fc.HTTP.RouteConfig != nil {
-				if err := checkRoutes(fc.HTTP.RouteConfig, clusters); err != nil {
+				if err := checkRoutes(fc.HTTP.RouteConfig, routeClusters); err != nil {
 					return fmt.Errorf("server: listener %q: filter chain %d: %w", l.Name, j, err)
 				}
 			} else if fc.HTTP.RDSName != "" && !tables[fc.HTTP.RDSName] {
@@ -91,7 +95,10 @@ func Validate(snap *config.Snapshot) error {
 	return nil
 }
 
+// checkRoutes checks rc's routes; a nil clusters map accepts any cluster
+// name (Snapshot.DynamicClusters).
 func checkRoutes(rc *config.RouteConfiguration, clusters map[string]bool) error {
+	known := func(name string) bool { return clusters == nil || clusters[name] }
 	for k, vh := range rc.VirtualHosts {
 		if vh == nil {
 			return fmt.Errorf("route configuration %q: virtual host %d is empty", rc.Name, k)
@@ -107,19 +114,19 @@ func checkRoutes(rc *config.RouteConfiguration, clusters map[string]bool) error 
 			if name == "" {
 				name = "#" + strconv.Itoa(i)
 			}
-			if c := r.Action.Cluster; c != "" && !clusters[c] {
+			if c := r.Action.Cluster; c != "" && !known(c) {
 				return fmt.Errorf("route configuration %q: virtual host %q: route %s: unknown cluster %q", rc.Name, vh.Name, name, c)
 			}
 			for _, wc := range r.Action.WeightedClusters {
 				if wc == nil {
 					return fmt.Errorf("route configuration %q: virtual host %q: route %s: empty weighted cluster", rc.Name, vh.Name, name)
 				}
-				if !clusters[wc.Name] {
+				if !known(wc.Name) {
 					return fmt.Errorf("route configuration %q: virtual host %q: route %s: unknown cluster %q", rc.Name, vh.Name, name, wc.Name)
 				}
 			}
 			for _, m := range r.Action.MirrorPolicy {
-				if !clusters[m.Cluster] {
+				if !known(m.Cluster) {
 					return fmt.Errorf("route configuration %q: virtual host %q: route %s: unknown mirror cluster %q", rc.Name, vh.Name, name, m.Cluster)
 				}
 			}

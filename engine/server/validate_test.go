@@ -74,6 +74,13 @@ func TestValidate(t *testing.T) {
 		{name: "unknown cluster in inline route", mod: func(s *config.Snapshot) {
 			s.Listeners[0] = listener("l1", "127.0.0.1:8080", routeTo("nope"))
 		}, wantErr: []string{`listener "l1"`, "filter chain 0", `unknown cluster "nope"`}},
+		{name: "clusters from CDS: a route may name one not yet known", mod: func(s *config.Snapshot) {
+			s.DynamicClusters = true
+			s.Listeners[0] = listener("l1", "127.0.0.1:8080", routeTo("not-yet"))
+			rc := routeTo("not-yet-either")
+			rc.Name = "rds2"
+			s.RouteConfigs = append(s.RouteConfigs, rc)
+		}},
 		{name: "unnamed route is numbered", mod: func(s *config.Snapshot) {
 			rc := routeTo("nope")
 			rc.VirtualHosts[0].Routes = append([]*config.Route{{Match: config.RouteMatch{Prefix: "/x"}, DirectResponse: &config.DirectResponse{Status: 200}}},
