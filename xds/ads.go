@@ -102,6 +102,10 @@ type Client struct {
 
 	mu    sync.Mutex
 	state ClientState
+	// dumped is the store of the snapshot last applied and when each of
+	// its resources changed, for /config_dump (stores are immutable).
+	dumped  *store
+	updated [numTypes]map[string]time.Time
 }
 
 // typeStatus is what the client remembers of a type across streams.
@@ -265,6 +269,27 @@ func (c *Client) State() ClientState {
 	s.Types = slices.Clone(s.Types)
 	s.Warming = slices.Clone(s.Warming)
 	return s
+}
+
+// Dump returns the dynamic resources of the snapshot last applied, for
+// ConfigDump. It is safe to call from any goroutine.
+func (c *Client) Dump() *DynamicDump {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	d := &DynamicDump{}
+	st := c.dumped
+	if st == nil {
+		return d
+	}
+	lists := map[rtype]*[]DumpResource{tListener: &d.Listeners, tCluster: &d.Clusters, tRoute: &d.RouteConfigs,
+		tSecret: &d.Secrets, tEndpoint: &d.Endpoints}
+	for t, list := range lists {
+		for _, name := range st.names(t) {
+			e := st.res[t][name]
+			*list = append(*list, DumpResource{Name: name, Version: e.version, Resource: e.msg, Updated: c.updated[t][name]})
+		}
+	}
+	return d
 }
 
 // Run applies the static resources, then connects to the control plane and
@@ -458,6 +483,19 @@ func (c *Client) commit(st *store, a *assembly, now time.Time) {
 		}
 	}
 	c.mu.Lock()
+	prev := c.dumped
+	for t := range numTypes {
+		next := map[string]time.Time{}
+		for name, e := range c.st.res[t] {
+			if prev != nil && prev.res[t][name] == e {
+				next[name] = c.updated[t][name]
+			} else {
+				next[name] = now
+			}
+		}
+		c.updated[t] = next
+	}
+	c.dumped = c.st
 	c.state.Applied = a.snap.Version
 	c.state.Warming = a.warming
 	c.state.LastError = ""

@@ -22,6 +22,8 @@ import (
 	"github.com/sluice-proxy/sluice/engine/observe"
 	"github.com/sluice-proxy/sluice/engine/server"
 	"github.com/sluice-proxy/sluice/xds"
+
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 )
 
 // Version is set at build time with -ldflags "-X main.Version=...".
@@ -99,21 +101,45 @@ type loadOptions struct {
 
 // loadConfig reads a config file by its extension. A file that declares
 // no listener is refused: it serves nothing, and it is what a half-written
-// file often looks like.
+// file often looks like — unless it is a bootstrap whose listeners come
+// from a control plane.
 func loadConfig(path string) (*config.Snapshot, error) { return loadConfigWith(path, loadOptions{}) }
 
 func loadConfigWith(path string, opts loadOptions) (*config.Snapshot, error) {
-	snap, err := loadConfigFile(path, opts)
-	if err == nil && len(snap.Listeners) == 0 {
-		return nil, fmt.Errorf("%s: no listener is declared: nothing would be served", path)
+	lc, err := loadAll(path, opts)
+	if err != nil {
+		return nil, err
 	}
-	return snap, err
+	return lc.snap, nil
 }
 
-func loadConfigFile(path string, opts loadOptions) (*config.Snapshot, error) {
+// loadedConfig is a config file read: its snapshot and, for an Envoy
+// bootstrap, the decoded bootstrap (the xDS client's input).
+type loadedConfig struct {
+	snap      *config.Snapshot
+	bootstrap *bootstrapv3.Bootstrap
+	loaded    time.Time
+}
+
+// dynamic reports whether the config comes (also) from an xDS control plane.
+func (lc *loadedConfig) dynamic() bool {
+	return lc.bootstrap.GetDynamicResources().GetAdsConfig() != nil
+}
+
+func loadAll(path string, opts loadOptions) (*loadedConfig, error) {
+	lc := &loadedConfig{loaded: time.Now()}
 	switch strings.ToLower(filepath.Ext(path)) {
 	case ".yaml", ".yml", ".json":
-		return loadBootstrap(path, opts)
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("xds: %w", err)
+		}
+		lc.snap, lc.bootstrap, err = xds.LoadBootstrapWith(data, path, xds.DecodeOptions{AllowUnknownFields: opts.allowUnknown}, []byte(opts.configYAML))
+		if err != nil {
+			return nil, err
+		}
+		b, at := lc.bootstrap, lc.loaded
+		lc.snap.EnvoyDump = func() ([]byte, error) { return xds.ConfigDump(b, at, nil) }
 	case ".sluice":
 		if opts.configYAML != "" {
 			return nil, fmt.Errorf("%s: --config-yaml applies to Envoy bootstraps only", path)
@@ -122,27 +148,14 @@ func loadConfigFile(path string, opts loadOptions) (*config.Snapshot, error) {
 		if err != nil {
 			return nil, err
 		}
-		return res.Snapshot, nil
+		lc.snap = res.Snapshot
+	default:
+		return nil, fmt.Errorf("%s: unknown config type %q (want .yaml, .yml or .json)", path, filepath.Ext(path))
 	}
-	return nil, fmt.Errorf("%s: unknown config type %q (want .yaml, .yml or .json)", path, filepath.Ext(path))
-}
-
-// loadBootstrap decodes an Envoy bootstrap, merges --config-yaml over it as
-// Envoy does (protobuf merge: scalars replaced, lists appended) and
-// translates it; /config_dump then shows the merged bootstrap in Envoy's
-// shape.
-func loadBootstrap(path string, opts loadOptions) (*config.Snapshot, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("xds: %w", err)
+	if len(lc.snap.Listeners) == 0 && !lc.dynamic() {
+		return nil, fmt.Errorf("%s: no listener is declared: nothing would be served", path)
 	}
-	snap, b, err := xds.LoadBootstrapWith(data, path, xds.DecodeOptions{AllowUnknownFields: opts.allowUnknown}, []byte(opts.configYAML))
-	if err != nil {
-		return nil, err
-	}
-	loaded := time.Now()
-	snap.EnvoyDump = func() ([]byte, error) { return xds.ConfigDump(b, loaded, nil) }
-	return snap, nil
+	return lc, nil
 }
 
 // watchPaths lists the files a config was read from — for a .sluice file
@@ -245,6 +258,7 @@ Flags:
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 
 	var snap *config.Snapshot
+	var lc *loadedConfig
 	if *cfgPath == "" {
 		_, stop, err := startDemoUpstream(demoUpstreamAddr, log)
 		if err != nil {
@@ -258,14 +272,32 @@ Flags:
 			return 1
 		}
 		snap.Source = "embedded quickstart"
-	} else if snap, err = loadConfigWith(*cfgPath, lopts); err != nil {
+	} else if lc, err = loadAll(*cfgPath, lopts); err != nil {
 		log.Error("config rejected", "err", err)
 		return 1
+	} else {
+		snap = lc.snap
 	}
 
 	stats := observe.NewStore()
 	srv := server.New(server.Options{Registry: builtins(stats), Stats: stats, Log: log, Version: Version, AdminAddress: *adminAddr, DrainTimeout: *drain, DrainTime: envoy.drainTime()})
-	if err := srv.Apply(snap); err != nil {
+	if lc != nil && lc.dynamic() {
+		// The xDS client applies the static resources, then what the control
+		// plane sends, for as long as sluice runs.
+		client, err := newXDSClient(lc, envoy, srv, stats, log)
+		if err != nil {
+			log.Error("config rejected", "err", err)
+			return 1
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		started := make(chan error, 1)
+		go func() { started <- client.Run(ctx) }()
+		if err := waitStatics(srv, started); err != nil {
+			log.Error("config rejected", "err", err)
+			return 1
+		}
+	} else if err := srv.Apply(snap); err != nil {
 		log.Error("config rejected", "err", err)
 		return 1
 	}
@@ -274,6 +306,11 @@ Flags:
 	}
 
 	reload := func() []string {
+		if lc != nil && lc.dynamic() {
+			// As Envoy, the bootstrap of an xDS-fed proxy is read at start.
+			log.Warn("the bootstrap has dynamic_resources: changes to it apply at the next start", "file", *cfgPath)
+			return watchPaths(*cfgPath, nil)
+		}
 		next, err := loadConfigWith(*cfgPath, lopts)
 		if err == nil {
 			err = srv.Apply(next)

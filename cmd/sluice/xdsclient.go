@@ -1,0 +1,82 @@
+package main
+
+import (
+	"errors"
+	"log/slog"
+	"time"
+
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"github.com/sluice-proxy/sluice/engine/config"
+	"github.com/sluice-proxy/sluice/engine/observe"
+	"github.com/sluice-proxy/sluice/engine/server"
+	"github.com/sluice-proxy/sluice/xds"
+	"google.golang.org/protobuf/proto"
+)
+
+// newXDSClient makes the xDS client of a bootstrap with dynamic_resources.
+// Every snapshot it applies shows, in /config_dump, the bootstrap and the
+// resources the control plane sent; Envoy's update counters, which Istio's
+// pilot-agent reads, count its applies.
+func newXDSClient(lc *loadedConfig, envoy *envoyFlags, srv *server.Server, stats *observe.Store, log *slog.Logger) (*xds.Client, error) {
+	b := proto.Clone(lc.bootstrap).(*bootstrapv3.Bootstrap)
+	fillNode(b, envoy)
+	lds := stats.Scope("listener_manager.lds.", "listener_manager_lds_")
+	cds := stats.Scope("cluster_manager.cds.", "cluster_manager_cds_")
+	ldsOK, ldsBad := lds.Counter("update_success"), lds.Counter("update_rejected")
+	cdsOK, cdsBad := cds.Counter("update_success"), cds.Counter("update_rejected")
+	var client *xds.Client
+	apply := func(s *config.Snapshot) error {
+		s.EnvoyDump = func() ([]byte, error) { return xds.ConfigDump(b, lc.loaded, client.Dump()) }
+		if err := srv.Apply(s); err != nil {
+			ldsBad.Inc()
+			cdsBad.Inc()
+			return err
+		}
+		ldsOK.Inc()
+		cdsOK.Inc()
+		return nil
+	}
+	var err error
+	client, err = xds.NewClient(xds.ClientOptions{Bootstrap: b, Apply: apply, Logger: log, Source: lc.snap.Source, UserAgentVersion: Version})
+	return client, err
+}
+
+// fillNode sets the node fields Envoy takes from --service-cluster,
+// --service-node and --service-zone when the bootstrap leaves them empty.
+func fillNode(b *bootstrapv3.Bootstrap, e *envoyFlags) {
+	if b.Node == nil {
+		b.Node = &corev3.Node{}
+	}
+	n := b.Node
+	if n.Id == "" {
+		n.Id = e.serviceNode
+	}
+	if n.Cluster == "" {
+		n.Cluster = e.serviceCluster
+	}
+	if e.serviceZone != "" && n.GetLocality().GetZone() == "" {
+		if n.Locality == nil {
+			n.Locality = &corev3.Locality{}
+		}
+		n.Locality.Zone = e.serviceZone
+	}
+}
+
+// waitStatics waits until the xDS client applied the bootstrap's static
+// resources (the server is then live), or failed to.
+func waitStatics(srv *server.Server, started <-chan error) error {
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	for srv.Snapshot() == nil {
+		select {
+		case err := <-started:
+			if err == nil {
+				err = errors.New("xds: client stopped before applying the static resources")
+			}
+			return err
+		case <-t.C:
+		}
+	}
+	return nil
+}
