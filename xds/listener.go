@@ -9,7 +9,6 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
-	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 
 	"github.com/sluice-proxy/sluice/engine/config"
@@ -150,38 +149,10 @@ func translateFilterChain(fc *listenerv3.FilterChain) (*config.FilterChain, erro
 		}
 		out.Match = match
 	}
-	filters := fc.GetFilters()
-	for i, f := range filters {
-		hcm, err := translateNetworkFilter(f)
-		if err == nil && i != len(filters)-1 {
-			err = errors.New("http_connection_manager is a terminal filter and must be the last network filter")
-		}
-		if err != nil {
-			return nil, at(err, segFieldEnd, fmt.Sprintf("filters[%d] (%s)", i, f.GetName()))
-		}
-		out.HTTP = hcm
-	}
-	if out.HTTP == nil {
-		return nil, errors.New("filters: an http_connection_manager network filter is required")
-	}
-	return out, nil
-}
-
-// translateNetworkFilter translates the HTTP connection manager and rejects
-// every other network filter.
-func translateNetworkFilter(f *listenerv3.Filter) (*config.HTTPConnectionManager, error) {
-	if err := networkFilterFields.check(f); err != nil {
+	if err := translateFilters(out, fc.GetFilters()); err != nil {
 		return nil, err
 	}
-	t, err := unpack(f.GetTypedConfig())
-	if err != nil {
-		return nil, inField(err, "typed_config")
-	}
-	hcm, ok := t.msg.(*hcmv3.HttpConnectionManager)
-	if !ok {
-		return nil, fmt.Errorf("network filter type %q: %w", t.url, ErrUnsupported)
-	}
-	return translateHCM(hcm)
+	return out, nil
 }
 
 // transportSocket unpacks a transport socket's config: a zero typed (msg

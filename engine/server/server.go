@@ -88,12 +88,8 @@ type graph struct {
 
 type listenerGraph struct {
 	cfg    *config.Listener
-	chains []*proxy.ConnectionManager // parallel to cfg.FilterChains
-	def    *proxy.ConnectionManager
-	// tls holds each chain's compiled server config (nil: plaintext),
-	// parallel to chains; defTLS is the default chain's.
-	tls    []*ctls.Config
-	defTLS *ctls.Config
+	chains []*chainGraph // parallel to cfg.FilterChains
+	def    *chainGraph
 	// sniffTLS is set when some chain terminates TLS: the first byte of
 	// each connection then tells TLS from plaintext.
 	sniffTLS bool
@@ -102,25 +98,36 @@ type listenerGraph struct {
 	detectTimeout time.Duration
 }
 
+// chainGraph is one compiled filter chain: its terminal network filter,
+// an HTTP connection manager or a TCP proxy, and its TLS server config
+// (nil: plaintext).
+type chainGraph struct {
+	cm  *proxy.ConnectionManager
+	tcp *proxy.TCPProxy
+	tls *ctls.Config
+}
+
 // defaultDetectTimeout bounds protocol detection and the TLS handshake
 // when the connection manager sets no request-headers timeout (Envoy's
 // listener_filters_timeout).
 const defaultDetectTimeout = 15 * time.Second
 
-func detectTimeout(cm *proxy.ConnectionManager) time.Duration {
-	if d := cm.Config().RequestHeadersTimeout; d > 0 {
-		return d
+func detectTimeout(ch *chainGraph) time.Duration {
+	if ch.cm != nil {
+		if d := ch.cm.Config().RequestHeadersTimeout; d > 0 {
+			return d
+		}
 	}
 	return defaultDetectTimeout
 }
 
-// pick returns the chain serving a connection: its manager and TLS config
-// (nil for a plaintext chain). A nil manager means no chain matches.
-func (lg *listenerGraph) pick(info *stream.ConnInfo, t *netio.Transport) (*proxy.ConnectionManager, *ctls.Config) {
+// pick returns the chain serving a connection, or nil when no chain
+// matches.
+func (lg *listenerGraph) pick(info *stream.ConnInfo, t *netio.Transport) *chainGraph {
 	if i := netio.MatchChainTransport(lg.cfg.FilterChains, info, t); i >= 0 {
-		return lg.chains[i], lg.tls[i]
+		return lg.chains[i]
 	}
-	return lg.def, lg.defTLS
+	return lg.def
 }
 
 // New returns a server with no config.
@@ -300,22 +307,22 @@ func (s *Server) compile(snap *config.Snapshot, env *proxy.Env) (*graph, error) 
 		tables[rc.Name] = t
 	}
 	for _, l := range snap.Listeners {
-		lg := &listenerGraph{cfg: l, chains: make([]*proxy.ConnectionManager, len(l.FilterChains)), tls: make([]*ctls.Config, len(l.FilterChains))}
+		lg := &listenerGraph{cfg: l, chains: make([]*chainGraph, len(l.FilterChains))}
 		for i, fc := range l.FilterChains {
-			cm, tc, err := compileChain(env, fc, tables, set)
+			ch, err := compileChain(env, fc, tables, set)
 			if err != nil {
 				return nil, fmt.Errorf("server: listener %q: filter chain %d: %w", l.Name, i, err)
 			}
-			lg.chains[i], lg.tls[i] = cm, tc
-			lg.addChain(cm, tc)
+			lg.chains[i] = ch
+			lg.addChain(ch)
 		}
 		if l.DefaultFilterChain != nil {
-			cm, tc, err := compileChain(env, l.DefaultFilterChain, tables, set)
+			ch, err := compileChain(env, l.DefaultFilterChain, tables, set)
 			if err != nil {
 				return nil, fmt.Errorf("server: listener %q: default filter chain: %w", l.Name, err)
 			}
-			lg.def, lg.defTLS = cm, tc
-			lg.addChain(cm, tc)
+			lg.def = ch
+			lg.addChain(ch)
 		}
 		g.listeners[l.Name] = lg
 	}
@@ -340,29 +347,44 @@ func sameAddress(old *graph, l *config.Listener) bool {
 	return ok && prev.cfg.Address == l.Address
 }
 
-func compileChain(env *proxy.Env, fc *config.FilterChain, tables map[string]*route.Table, set *upstream.Set) (*proxy.ConnectionManager, *ctls.Config, error) {
-	if fc.HTTP == nil {
-		return nil, nil, errors.New("no network filter (only the HTTP connection manager is supported so far)")
+// compileChain compiles a chain's terminal filter, an HTTP connection
+// manager or a TCP proxy (with the network filters before it), and its TLS
+// config. A TCP chain's TLS offers only the ALPN protocols it names.
+func compileChain(env *proxy.Env, fc *config.FilterChain, tables map[string]*route.Table, set *upstream.Set) (*chainGraph, error) {
+	ch := &chainGraph{}
+	var alpn []string
+	var err error
+	switch {
+	case fc.HTTP != nil && fc.TCP != nil:
+		return nil, errors.New("both an HTTP connection manager and a TCP proxy: a chain has one terminal filter")
+	case fc.HTTP != nil:
+		if len(fc.NetworkFilters) > 0 {
+			return nil, fmt.Errorf("network filter %q before the HTTP connection manager: %w", fc.NetworkFilters[0].TypeURL, errors.ErrUnsupported)
+		}
+		if ch.cm, err = proxy.CompileConnectionManager(env, fc.HTTP, tables, set); err != nil {
+			return nil, err
+		}
+		alpn = ch.cm.ALPN()
+	case fc.TCP != nil:
+		if ch.tcp, err = proxy.CompileTCPProxy(env, fc.TCP, fc.NetworkFilters, set); err != nil {
+			return nil, err
+		}
+	default:
+		return nil, errors.New("no network filter: a chain ends in an HTTP connection manager or a TCP proxy")
 	}
-	cm, err := proxy.CompileConnectionManager(env, fc.HTTP, tables, set)
-	if err != nil {
-		return nil, nil, err
+	if fc.TLS != nil {
+		if ch.tls, err = enginetls.ServerConfig(fc.TLS, alpn); err != nil {
+			return nil, err
+		}
 	}
-	if fc.TLS == nil {
-		return cm, nil, nil
-	}
-	tc, err := enginetls.ServerConfig(fc.TLS, cm.ALPN())
-	if err != nil {
-		return nil, nil, err
-	}
-	return cm, tc, nil
+	return ch, nil
 }
 
-func (lg *listenerGraph) addChain(cm *proxy.ConnectionManager, tc *ctls.Config) {
-	if tc != nil {
+func (lg *listenerGraph) addChain(ch *chainGraph) {
+	if ch.tls != nil {
 		lg.sniffTLS = true
 	}
-	lg.detectTimeout = max(lg.detectTimeout, detectTimeout(cm))
+	lg.detectTimeout = max(lg.detectTimeout, detectTimeout(ch))
 }
 
 func (s *Server) drainListener(ln *netio.Listener) {
@@ -380,11 +402,18 @@ func (s *Server) drainListener(ln *netio.Listener) {
 // the graph it started with.
 func (s *Server) serveConn(listener string, ctx context.Context, c net.Conn, info *stream.ConnInfo) {
 	h := &connHandler{s: s, listener: listener, info: info}
-	c, cm, h2, err := s.accept(ctx, c, h)
+	c, ch, h2, err := s.accept(ctx, c, h)
 	if err != nil {
 		s.log.Debug("connection refused", "listener", listener, "remote", info.Remote.String(), "err", err)
 		return
 	}
+	if ch.tcp != nil {
+		if err := ch.tcp.Serve(ctx, c, info); err != nil {
+			s.log.Debug("tcp connection ended", "listener", listener, "remote", info.Remote.String(), "err", err)
+		}
+		return
+	}
+	cm := ch.cm
 	if err := cm.SelectCodec(h2).ServeConn(ctx, c, info, h, cm.ServerOptions(info.TLS != nil)); err != nil && !errors.Is(err, net.ErrClosed) {
 		s.log.Debug("connection ended", "listener", listener, "err", err)
 	}
@@ -397,10 +426,10 @@ var aLongTimeAgo = time.Unix(1, 0)
 // deadline so a silent client cannot hold the connection: TLS detection,
 // the filter-chain match (on the ClientHello's SNI and ALPN, as Envoy's
 // tls_inspector allows), the handshake, and HTTP/2 detection for auto
-// managers. It returns the connection the codec reads (TLS, or one that
-// replays peeked bytes), the chain's manager, and whether the connection
-// speaks HTTP/2.
-func (s *Server) accept(ctx context.Context, c net.Conn, h *connHandler) (net.Conn, *proxy.ConnectionManager, bool, error) {
+// managers. It returns the connection the chain reads (TLS, or one that
+// replays peeked bytes), the chain, and whether the connection speaks
+// HTTP/2.
+func (s *Server) accept(ctx context.Context, c net.Conn, h *connHandler) (net.Conn, *chainGraph, bool, error) {
 	g := s.current.Load()
 	lg := g.listeners[h.listener]
 	if lg == nil {
@@ -431,7 +460,7 @@ func (s *Server) accept(ctx context.Context, c net.Conn, h *connHandler) (net.Co
 			return nil, nil, false, err
 		}
 	}
-	var cm *proxy.ConnectionManager
+	var ch *chainGraph
 	h2 := false
 	if isTLS {
 		// The chain is matched on the ClientHello; its compiled config
@@ -440,15 +469,15 @@ func (s *Server) accept(ctx context.Context, c net.Conn, h *connHandler) (net.Co
 		base := &ctls.Config{GetConfigForClient: func(hello *ctls.ClientHelloInfo) (*ctls.Config, error) {
 			h.transport = netio.Transport{Protocol: netio.TransportTLS,
 				ServerName: strings.ToLower(hello.ServerName), ALPN: slices.Clone(hello.SupportedProtos)}
-			m, tc := lg.pick(h.info, &h.transport)
+			m := lg.pick(h.info, &h.transport)
 			switch {
 			case m == nil:
 				return nil, errors.New("server: no filter chain matches")
-			case tc == nil:
+			case m.tls == nil:
 				return nil, errors.New("server: TLS client matched a filter chain without TLS")
 			}
-			cm = m
-			return tc, nil
+			ch = m
+			return m.tls, nil
 		}}
 		tc := ctls.Server(c, base)
 		if err := tc.HandshakeContext(ctx); err != nil {
@@ -458,15 +487,14 @@ func (s *Server) accept(ctx context.Context, c net.Conn, h *connHandler) (net.Co
 		h.info.TLS = &st
 		c, h2 = tc, st.NegotiatedProtocol == "h2"
 	} else {
-		var tc *ctls.Config
-		if cm, tc = lg.pick(h.info, &h.transport); cm == nil {
+		if ch = lg.pick(h.info, &h.transport); ch == nil {
 			return nil, nil, false, errors.New("server: no filter chain matches")
 		}
-		if tc != nil {
+		if ch.tls != nil {
 			return nil, nil, false, errors.New("server: plaintext client matched a filter chain with TLS")
 		}
-		if cm.DetectsHTTP2() {
-			bound(detectTimeout(cm))
+		if ch.cm != nil && ch.cm.DetectsHTTP2() {
+			bound(detectTimeout(ch))
 			var err error
 			if c, h2, err = netio.SniffHTTP2(c); err != nil {
 				return nil, nil, false, err
@@ -479,8 +507,10 @@ func (s *Server) accept(ctx context.Context, c net.Conn, h *connHandler) (net.Co
 		}
 		c.SetDeadline(time.Time{}) // the codec sets its own
 	}
-	h.cur.Store(&resolved{g: g, cm: cm})
-	return c, cm, h2, nil
+	if ch.cm != nil {
+		h.cur.Store(&resolved{g: g, cm: ch.cm})
+	}
+	return c, ch, h2, nil
 }
 
 // connHandler serves the streams of one connection. HTTP/2 codecs call
@@ -509,12 +539,13 @@ func (h *connHandler) resolve() *proxy.ConnectionManager {
 	}
 	r := &resolved{g: g}
 	if lg := g.listeners[h.listener]; lg != nil {
-		cm, tc := lg.pick(h.info, &h.transport)
+		ch := lg.pick(h.info, &h.transport)
 		// A connection stays with the kind of chain it was accepted on:
 		// after a swap, a TLS connection must not be served by a
-		// plaintext chain, nor a plaintext one by a chain that demands TLS.
-		if cm != nil && (tc != nil) == (h.info.TLS != nil) {
-			r.cm = cm
+		// plaintext chain, nor a plaintext one by a chain that demands TLS
+		// (nor an HTTP connection by a TCP proxy).
+		if ch != nil && ch.cm != nil && (ch.tls != nil) == (h.info.TLS != nil) {
+			r.cm = ch.cm
 		}
 	}
 	// Concurrent streams may both resolve after a swap; either result
