@@ -172,7 +172,6 @@ func (d *tcpDir) filtered() error {
 		dir = dirDownstream
 	}
 	for {
-		mark := d.arm()
 		b := stream.GetBuffer()
 		n, err := b.ReadOnce(d.src, netReadSize)
 		if n > 0 {
@@ -187,7 +186,7 @@ func (d *tcpDir) filtered() error {
 		end := err == io.EOF
 		if n == 0 && !end {
 			stream.PutBuffer(b)
-			if err == nil || d.idle(err, mark) {
+			if err == nil {
 				continue
 			}
 			return err
@@ -206,12 +205,9 @@ func (d *tcpDir) filtered() error {
 		switch {
 		case end:
 			return nil
-		case err == nil:
-			continue
-		case d.idle(err, mark):
-			continue
+		case err != nil:
+			return err
 		}
-		return err
 	}
 }
 

@@ -10,6 +10,13 @@ package proxy
 // (CloseWrite) and the connection ends when both directions have ended, or
 // at once on an error, the idle timeout, the connection duration limit or
 // a filter's Close.
+//
+// The idle timeout is one timer per connection, not read deadlines: a
+// splice hides its progress until a chunk ends, so a slow trickle one way
+// would look idle to the other direction. Every idle period the timer
+// compares the bytes the kernel received on both sockets (TCP_INFO on
+// Linux) and the bytes the copies counted with the last look: no change
+// closes the connection, between one and two periods after its last byte.
 
 import (
 	"context"
@@ -21,7 +28,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,7 +42,7 @@ import (
 )
 
 // spliceChunk bounds one socket-to-socket copy: after each chunk the byte
-// counters are updated and the idle deadline is pushed back.
+// counters are updated.
 const spliceChunk = 512 << 10
 
 // copyBufSize is the buffer of a copy that cannot splice (TLS on a side).
@@ -226,7 +232,8 @@ type tcpSession struct {
 	queued  []byte     // WriteUpstream before the upstream was connected
 	aborted atomic.Bool
 
-	activity atomic.Uint64 // bytes moved either way, for the idle timeout
+	activity atomic.Uint64 // bytes the copies moved either way (idle timeout)
+	lastSeen uint64        // activity at the idle timer's last look
 	rx, tx   atomic.Int64  // downstream bytes received and sent
 	upAddr   string
 	attempts int
@@ -323,6 +330,20 @@ func (s *tcpSession) pipe(up *upstream.TCPConn) {
 		})
 		defer t.Stop()
 	}
+	if d := s.p.idle; d > 0 {
+		var t *time.Timer
+		t = time.AfterFunc(d, func() {
+			if now := s.activityNow(); now != s.lastSeen {
+				s.lastSeen = now
+				t.Reset(d)
+				return
+			}
+			s.p.stats.idleTimeout.Inc()
+			s.p.log.Debug("tcp proxy: idle timeout", "conn", s.info.ID)
+			s.abort()
+		})
+		defer t.Stop()
+	}
 	toUp := &tcpDir{s: s, src: s.down, dst: up.Conn, upstreamBound: true}
 	toDown := &tcpDir{s: s, src: up.Conn, dst: s.down}
 	done := make(chan struct{})
@@ -332,6 +353,19 @@ func (s *tcpSession) pipe(up *upstream.TCPConn) {
 	}()
 	toDown.run()
 	<-done
+}
+
+// activityNow sums what the copies counted and what the kernel received on
+// both sockets (where it tells): any change is traffic.
+func (s *tcpSession) activityNow() uint64 {
+	n := s.activity.Load()
+	if r, ok := socketReceived(s.down); ok {
+		n += r
+	}
+	if r, ok := socketReceived(s.up.Conn); ok {
+		n += r
+	}
+	return n
 }
 
 // abort ends the connection now: both sockets are closed, which unblocks
@@ -392,7 +426,7 @@ func (d *tcpDir) run() {
 	default:
 		st, sok := d.src.(*net.TCPConn)
 		dt, dok := d.dst.(*net.TCPConn)
-		if sok && dok {
+		if sok && dok && canSplice {
 			err = d.splice(dt, st)
 		} else {
 			err = d.buffered()
@@ -426,51 +460,21 @@ func (d *tcpDir) counted(n int64) {
 	}
 }
 
-// arm pushes the idle deadline back; it returns the activity mark that
-// idle compares with.
-func (d *tcpDir) arm() uint64 {
-	if d.s.p.idle > 0 {
-		d.src.SetReadDeadline(time.Now().Add(d.s.p.idle))
-	}
-	return d.s.activity.Load()
-}
-
-// idle decides, after a read error, whether it was the idle deadline with
-// no byte moved either way since mark: then the connection timed out. A
-// deadline with traffic in the meantime (the other direction's, or this
-// one's within a chunk) just re-arms: the timeout fires between one and
-// two idle periods after the last byte.
-func (d *tcpDir) idle(err error, mark uint64) (retry bool) {
-	if d.s.p.idle <= 0 || !errors.Is(err, os.ErrDeadlineExceeded) || d.s.aborted.Load() {
-		return false
-	}
-	if d.s.activity.Load() != mark {
-		return true
-	}
-	d.s.p.stats.idleTimeout.Inc()
-	d.s.p.log.Debug("tcp proxy: idle timeout", "conn", d.s.info.ID)
-	return false
-}
-
 // splice copies between two TCP sockets with TCPConn.ReadFrom, which the
 // kernel does with splice(2) on Linux, a chunk at a time. It returns nil
 // when src reached EOF.
 func (d *tcpDir) splice(dst, src *net.TCPConn) error {
 	lr := io.LimitedReader{R: src}
 	for {
-		mark := d.arm()
 		lr.N = spliceChunk
 		n, err := dst.ReadFrom(&lr)
 		d.counted(n)
 		switch {
-		case err == nil && lr.N > 0:
+		case err != nil:
+			return err
+		case lr.N > 0:
 			return nil // EOF before the chunk's end
-		case err == nil:
-			continue
-		case d.idle(err, mark):
-			continue
 		}
-		return err
 	}
 }
 
@@ -486,7 +490,6 @@ func (d *tcpDir) buffered() error {
 	defer copyBufs.Put(bp)
 	buf := *bp
 	for {
-		mark := d.arm()
 		n, err := d.src.Read(buf)
 		if n > 0 {
 			w, werr := d.dst.Write(buf[:n])
@@ -496,14 +499,11 @@ func (d *tcpDir) buffered() error {
 			}
 		}
 		switch {
-		case err == nil:
-			continue
 		case err == io.EOF:
 			return nil
-		case d.idle(err, mark):
-			continue
+		case err != nil:
+			return err
 		}
-		return err
 	}
 }
 

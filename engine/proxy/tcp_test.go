@@ -312,6 +312,39 @@ func TestTCPProxyIdleTimeout(t *testing.T) {
 	}
 }
 
+// A one-way trickle keeps a connection open past the idle timeout: a
+// splice in progress shows no counted bytes, so the idle timer reads the
+// sockets' received bytes too. (Bytes every 50ms against a 1s timeout,
+// for two seconds: only a stall of a second would fail it.)
+func TestTCPProxyIdleTrickle(t *testing.T) {
+	env := tcpEnv(t)
+	up := listenFunc(t, nil, func(c net.Conn) {
+		b := make([]byte, 1)
+		for {
+			if _, err := c.Read(b); err != nil {
+				return
+			}
+			if b[0] == 'q' {
+				io.WriteString(c, "alive")
+				return
+			}
+		}
+	})
+	p := compileTCP(t, env, &config.TCPProxy{StatPrefix: "trickle", Cluster: "a", IdleTimeout: time.Second}, tcpSet(t, env, testTCPCluster("a", up)))
+	conn := dial(t, serveTCP(t, p))
+	for range 40 {
+		if _, err := io.WriteString(conn, "."); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	io.WriteString(conn, "q")
+	b, err := io.ReadAll(conn)
+	if string(b) != "alive" {
+		t.Fatalf("got %q, %v; idle_timeout = %v", b, err, metric(env, "tcp.trickle.idle_timeout"))
+	}
+}
+
 // A dead host is skipped within max_connect_attempts; with one attempt
 // the connections that land on it are closed.
 func TestTCPProxyConnectAttempts(t *testing.T) {
@@ -414,6 +447,29 @@ func TestTCPProxyWeightedClusters(t *testing.T) {
 	}
 	if seen["a"] == 0 || seen["b"] == 0 || seen["c"] != 0 || seen["a"]+seen["b"] != 20 {
 		t.Errorf("connections per cluster: %v", seen)
+	}
+}
+
+// hash_policy source_ip on a ring_hash cluster: every connection from one
+// client address lands on the same host.
+func TestTCPProxySourceIPHash(t *testing.T) {
+	env := tcpEnv(t)
+	named := func(name string) string {
+		return listenFunc(t, nil, func(c net.Conn) { io.WriteString(c, name) })
+	}
+	c := testTCPCluster("ring", named("x"), named("y"), named("z"))
+	c.LBPolicy = config.LBRingHash
+	p := compileTCP(t, env, &config.TCPProxy{StatPrefix: "h", Cluster: "ring", HashPolicy: []config.HashPolicy{{SourceIP: true}}}, tcpSet(t, env, c))
+	addr := serveTCP(t, p)
+	seen := map[string]int{}
+	for range 12 {
+		conn := dial(t, addr)
+		b, _ := io.ReadAll(conn)
+		seen[string(b)]++
+		conn.Close()
+	}
+	if len(seen) != 1 {
+		t.Errorf("connections from one address spread over hosts: %v", seen)
 	}
 }
 
