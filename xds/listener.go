@@ -17,7 +17,7 @@ import (
 var (
 	listenerFields = knownFields(&listenerv3.Listener{},
 		"name", "address", "filter_chains", "default_filter_chain", "per_connection_buffer_limit_bytes",
-		"listener_filters", "bind_to_port",
+		"listener_filters", "bind_to_port", "use_original_dst",
 		// Ignored: observability (stat_prefix, metadata, traffic_direction,
 		// the access log of connections no filter chain took) and socket or
 		// accept-loop tuning.
@@ -58,9 +58,6 @@ func translateListener(l *listenerv3.Listener) (*config.Listener, error) {
 	if err := listenerFields.check(l); err != nil {
 		return nil, err
 	}
-	if !boolean(l.GetBindToPort(), true) {
-		return nil, unsupportedValue("bind_to_port", false)
-	}
 	addr, err := hostPort(l.GetAddress())
 	if err != nil {
 		return nil, inField(err, "address")
@@ -69,11 +66,15 @@ func translateListener(l *listenerv3.Listener) (*config.Listener, error) {
 		Name:                     l.GetName(),
 		Address:                  addr,
 		PerConnectionBufferLimit: int(u32(l.GetPerConnectionBufferLimitBytes(), 0)),
+		UseOriginalDst:           boolean(l.GetUseOriginalDst(), false),
+		NoBind:                   !boolean(l.GetBindToPort(), true),
 	}
 	for i, lf := range l.GetListenerFilters() {
-		if err := checkListenerFilter(lf); err != nil {
+		origDst, err := checkListenerFilter(lf)
+		if err != nil {
 			return nil, at(err, segFieldEnd, fmt.Sprintf("listener_filters[%d] (%s)", i, lf.GetName()))
 		}
+		out.OriginalDst = out.OriginalDst || origDst
 	}
 	seen := map[string]int{}
 	for i, fc := range l.GetFilterChains() {
@@ -104,21 +105,24 @@ func translateListener(l *listenerv3.Listener) (*config.Listener, error) {
 // checkListenerFilter accepts the inspectors whose results filter chain
 // matching uses (the listener inspects TLS ClientHello and the first HTTP
 // bytes on its own when a chain matches on server_names,
-// transport_protocol or application_protocols); any other listener filter
-// is rejected.
-func checkListenerFilter(lf *listenerv3.ListenerFilter) error {
+// transport_protocol or application_protocols) and original_dst, which it
+// reports; any other listener filter is rejected.
+func checkListenerFilter(lf *listenerv3.ListenerFilter) (originalDst bool, _ error) {
 	if err := listenerFilterFields.check(lf); err != nil {
-		return err
+		return false, err
 	}
 	t, err := unpack(lf.GetTypedConfig())
 	if err != nil {
-		return inField(err, "typed_config")
+		return false, inField(err, "typed_config")
 	}
 	switch t.name() {
 	case nameTLSInspector, nameHTTPInspector:
-		return nil
+		return false, nil
+	case nameOriginalDstFilter:
+		// Its traffic_direction only matters on Windows.
+		return true, nil
 	}
-	return fmt.Errorf("listener filter type %q: %w", t.url, ErrUnsupported)
+	return false, fmt.Errorf("listener filter type %q: %w", t.url, ErrUnsupported)
 }
 
 func translateFilterChain(fc *listenerv3.FilterChain) (*config.FilterChain, error) {

@@ -22,6 +22,10 @@ import (
 	"github.com/sluice-proxy/sluice/engine/config"
 )
 
+// nameOriginalDstFilter is the original_dst listener filter: the listener
+// restores connections' destinations from before an iptables redirect.
+const nameOriginalDstFilter = "envoy.extensions.filters.listener.original_dst.v3.OriginalDst"
+
 // defaultTCPIdleTimeout is Envoy's tcp_proxy idle_timeout when unset.
 const defaultTCPIdleTimeout = time.Hour
 

@@ -181,3 +181,56 @@ func checkTCPInvariants(t *testing.T, listener string, fc *config.FilterChain, c
 		}
 	}
 }
+
+// Istio's virtualOutbound shape: original_dst and use_original_dst on the
+// capturing listener, bind_to_port false on the per-port listeners, an
+// ORIGINAL_DST passthrough cluster.
+func TestTranslateVirtualOutbound(t *testing.T) {
+	const doc = `
+static_resources:
+  listeners:
+  - name: virtualOutbound
+    address: { socket_address: { address: 0.0.0.0, port_value: 15001 } }
+    use_original_dst: true
+    listener_filters:
+    - name: envoy.filters.listener.original_dst
+      typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst }
+    traffic_direction: OUTBOUND
+    default_filter_chain:
+      filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: PassthroughCluster
+          cluster: PassthroughCluster
+  - name: 0.0.0.0_5432
+    address: { socket_address: { address: 0.0.0.0, port_value: 5432 } }
+    bind_to_port: false
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: outbound|5432||db
+          cluster: PassthroughCluster
+  clusters:
+  - name: PassthroughCluster
+    type: ORIGINAL_DST
+    lb_policy: CLUSTER_PROVIDED
+    connect_timeout: 1s
+`
+	s, err := LoadBootstrap([]byte(doc), "istio.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, p := s.Listeners[0], s.Listeners[1]
+	if !v.OriginalDst || !v.UseOriginalDst || v.NoBind {
+		t.Errorf("virtualOutbound: original_dst %v, use_original_dst %v, no bind %v", v.OriginalDst, v.UseOriginalDst, v.NoBind)
+	}
+	if p.OriginalDst || p.UseOriginalDst || !p.NoBind {
+		t.Errorf("0.0.0.0_5432: original_dst %v, use_original_dst %v, no bind %v", p.OriginalDst, p.UseOriginalDst, p.NoBind)
+	}
+	if c := s.Clusters[0]; c.Type != config.ClusterOriginalDst || len(c.Endpoints) != 0 {
+		t.Errorf("cluster %+v", c)
+	}
+}

@@ -43,6 +43,20 @@ type Listener struct {
 	MaxConnections int
 	// PerConnectionBufferLimit bounds buffered bytes per connection (0: default).
 	PerConnectionBufferLimit int
+
+	// OriginalDst restores each connection's destination from before an
+	// iptables redirect (Envoy's original_dst listener filter, Linux's
+	// SO_ORIGINAL_DST): chain matching, the hand-off and ORIGINAL_DST
+	// clusters then see it.
+	OriginalDst bool
+	// UseOriginalDst hands each connection to the listener whose address is
+	// its destination (exactly, else the wildcard address with its port),
+	// when there is one; otherwise this listener serves it (Istio's
+	// virtualOutbound).
+	UseOriginalDst bool
+	// NoBind is Envoy's bind_to_port false: no socket is opened; the
+	// listener serves connections handed off by a UseOriginalDst listener.
+	NoBind bool
 }
 
 // FilterChain is a match on connection properties and the network filters
@@ -505,6 +519,11 @@ type Cluster struct {
 	MaglevTableSize   uint64
 	LeastRequestCount int // choices for least_request; 2 by default
 }
+
+// ClusterOriginalDst is the cluster type whose one host is each
+// downstream connection's original destination (Envoy's ORIGINAL_DST);
+// such a cluster lists no endpoints. The TCP proxy supports it.
+const ClusterOriginalDst = "ORIGINAL_DST"
 
 // Endpoint is one upstream host.
 type Endpoint struct {

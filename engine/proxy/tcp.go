@@ -268,7 +268,15 @@ func (s *tcpSession) connect() (*upstream.TCPConn, error) {
 				return false
 			}
 		}
-		h := tc.c.Pick(&lb)
+		var h *upstream.Host
+		if tc.c.OriginalDst() {
+			if h, lastErr = s.originalDstHost(tc.c); lastErr != nil {
+				s.flags = "UH"
+				return nil, lastErr
+			}
+		} else {
+			h = tc.c.Pick(&lb)
+		}
 		if h == nil {
 			tc.noneHealthy.Inc()
 			s.flags = "UH"
@@ -297,6 +305,23 @@ func (s *tcpSession) connect() (*upstream.TCPConn, error) {
 	}
 	tc.attemptsExceeded.Inc()
 	return nil, lastErr
+}
+
+// originalDstHost is an ORIGINAL_DST cluster's host for this connection:
+// its destination before a redirect, as the listener restored it. A
+// destination that is the very address the connection arrived on (it was
+// not redirected) would make the proxy connect to itself, again and again:
+// it is refused.
+func (s *tcpSession) originalDstHost(c *upstream.Cluster) (*upstream.Host, error) {
+	dst := s.info.Local
+	if !dst.IsValid() {
+		return nil, fmt.Errorf("proxy: cluster %q: no original destination", c.Name())
+	}
+	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
+	if la, ok := s.down.LocalAddr().(*net.TCPAddr); ok && netip.AddrPortFrom(la.AddrPort().Addr().Unmap(), la.AddrPort().Port()) == dst {
+		return nil, fmt.Errorf("proxy: cluster %q: the original destination %s is this listener (not redirected)", c.Name(), dst)
+	}
+	return c.OriginalDstHost(dst.String()), nil
 }
 
 // attach makes up the session's upstream and sends what filters queued

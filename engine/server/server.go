@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"slices"
 	"sort"
@@ -84,6 +85,9 @@ type graph struct {
 	listeners map[string]*listenerGraph
 	applied   time.Time
 	logKeys   map[string]bool // access logs this graph writes
+	// byAddr names the listener of each address, for the hand-off of
+	// connections from a use_original_dst listener.
+	byAddr map[netip.AddrPort]string
 }
 
 type listenerGraph struct {
@@ -231,6 +235,9 @@ func (s *Server) Apply(snap *config.Snapshot) (err error) {
 	old := s.current.Load()
 	fresh := map[string]*netio.Listener{}
 	for _, l := range snap.Listeners {
+		if l.NoBind {
+			continue // served by hand-off only
+		}
 		if running, ok := s.listeners[l.Name]; ok && (sameAddress(old, l) || running.Addr().String() == l.Address) && !running.Draining() {
 			continue
 		}
@@ -251,6 +258,13 @@ func (s *Server) Apply(snap *config.Snapshot) (err error) {
 	s.current.Store(g)
 	s.upstreams.Commit(set)
 	for _, l := range snap.Listeners {
+		if l.NoBind {
+			if ln, ok := s.listeners[l.Name]; ok { // it was bound before
+				delete(s.listeners, l.Name)
+				go s.drainListener(ln)
+			}
+			continue
+		}
 		if ln, ok := fresh[l.Name]; ok {
 			if prev, ok := s.listeners[l.Name]; ok {
 				go s.drainListener(prev)
@@ -262,7 +276,7 @@ func (s *Server) Apply(snap *config.Snapshot) (err error) {
 		s.listeners[l.Name].SetMaxConnections(l.MaxConnections)
 	}
 	for name, ln := range s.listeners {
-		if _, ok := g.listeners[name]; !ok {
+		if lg, ok := g.listeners[name]; !ok || lg.cfg.NoBind {
 			delete(s.listeners, name)
 			go s.drainListener(ln)
 		}
@@ -288,7 +302,8 @@ func (s *Server) compile(snap *config.Snapshot, env *proxy.Env) (*graph, error) 
 	if err != nil {
 		return nil, err
 	}
-	g := &graph{snap: snap, clusters: set, listeners: map[string]*listenerGraph{}, applied: time.Now(), logKeys: map[string]bool{}}
+	g := &graph{snap: snap, clusters: set, listeners: map[string]*listenerGraph{}, applied: time.Now(), logKeys: map[string]bool{},
+		byAddr: map[netip.AddrPort]string{}}
 	if env.AccessLog != nil {
 		shared := env.AccessLog
 		e := *env
@@ -325,6 +340,9 @@ func (s *Server) compile(snap *config.Snapshot, env *proxy.Env) (*graph, error) 
 			lg.addChain(ch)
 		}
 		g.listeners[l.Name] = lg
+		if ap, err := netip.ParseAddrPort(l.Address); err == nil {
+			g.byAddr[netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())] = l.Name
+		}
 	}
 	return g, nil
 }
@@ -401,6 +419,7 @@ func (s *Server) drainListener(ln *netio.Listener) {
 // long-lived keep-alive connections, while a stream in flight finishes on
 // the graph it started with.
 func (s *Server) serveConn(listener string, ctx context.Context, c net.Conn, info *stream.ConnInfo) {
+	listener = s.handOff(listener, c, info)
 	h := &connHandler{s: s, listener: listener, info: info}
 	c, ch, h2, err := s.accept(ctx, c, h)
 	if err != nil {
@@ -417,6 +436,47 @@ func (s *Server) serveConn(listener string, ctx context.Context, c net.Conn, inf
 	if err := cm.SelectCodec(h2).ServeConn(ctx, c, info, h, cm.ServerOptions(info.TLS != nil)); err != nil && !errors.Is(err, net.ErrClosed) {
 		s.log.Debug("connection ended", "listener", listener, "err", err)
 	}
+}
+
+// originalDst finds a connection's destination before a redirect; tests
+// replace it (a real redirect needs iptables).
+var originalDst = netio.OriginalDst
+
+// handOff applies a listener's original_dst filter (info.Local becomes the
+// destination from before the redirect) and use_original_dst: it returns
+// the listener to serve the connection, the one bound to that destination
+// (exactly, else the wildcard address with its port) when there is one.
+// The connection stays counted and drained with the listener that
+// accepted it.
+func (s *Server) handOff(listener string, c net.Conn, info *stream.ConnInfo) string {
+	g := s.current.Load()
+	lg := g.listeners[listener]
+	if lg == nil {
+		return listener
+	}
+	if lg.cfg.OriginalDst {
+		if ap, err := originalDst(c); err == nil && ap.IsValid() {
+			info.Local = ap
+		} else {
+			s.log.Debug("no original destination", "listener", listener, "err", err)
+		}
+	}
+	if !lg.cfg.UseOriginalDst {
+		return listener
+	}
+	dst := netip.AddrPortFrom(info.Local.Addr().Unmap(), info.Local.Port())
+	name, ok := g.byAddr[dst]
+	if !ok {
+		wild := netip.IPv4Unspecified()
+		if dst.Addr().Is6() {
+			wild = netip.IPv6Unspecified()
+		}
+		name, ok = g.byAddr[netip.AddrPortFrom(wild, dst.Port())]
+	}
+	if !ok || name == listener {
+		return listener
+	}
+	return name
 }
 
 // aLongTimeAgo is a deadline that has passed: it interrupts blocked I/O.

@@ -228,6 +228,9 @@ func (m *Manager) newCluster(in *config.Cluster, prev *Cluster) (*Cluster, error
 	}
 
 	// Hosts.
+	if strings.EqualFold(cfg.Type, config.ClusterOriginalDst) && len(cfg.Endpoints) > 0 {
+		return nil, fail("an ORIGINAL_DST cluster lists no endpoints")
+	}
 	static := strings.EqualFold(cfg.Type, "STATIC")
 	var prevByAddr map[string]*Host
 	if prev != nil {

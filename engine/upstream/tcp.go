@@ -11,9 +11,11 @@ package upstream
 import (
 	"context"
 	"net"
+	"strings"
 	"sync/atomic"
 	"time"
 
+	"github.com/sluice-proxy/sluice/engine/config"
 	"github.com/sluice-proxy/sluice/engine/observe"
 )
 
@@ -89,4 +91,15 @@ func (c *Cluster) TCPStats() TCPStats {
 		RxBytes: c.Stats.scope.Counter("upstream_cx_rx_bytes_total"),
 		TxBytes: c.Stats.scope.Counter("upstream_cx_tx_bytes_total"),
 	}
+}
+
+// OriginalDst reports whether the cluster is of type ORIGINAL_DST: its
+// host is each connection's original destination (OriginalDstHost).
+func (c *Cluster) OriginalDst() bool { return strings.EqualFold(c.cfg.Type, config.ClusterOriginalDst) }
+
+// OriginalDstHost returns a host of the cluster for addr ("ip:port"),
+// made for one connection: it has its own counters and no pool, so it is
+// for DialTCP only, and it is not listed among the cluster's hosts.
+func (c *Cluster) OriginalDstHost(addr string) *Host {
+	return &Host{cluster: c, addr: addr, weight: 1, healthy: true, Stats: new(HostStats)}
 }
