@@ -442,32 +442,47 @@ func (s *shout) OnClose() {
 		sni, s.cb.DownstreamRemote().Addr(), s.rx, s.tx, up))
 }
 
-// BenchmarkTCPProxyEcho is one request/response round trip of 1 KiB over
-// a kept-open proxied TCP connection (splice path), against an echo
-// origin.
+// BenchmarkTCPProxyEcho is one request/response round trip over a
+// kept-open proxied TCP connection against an echo origin: socket to
+// socket (splice), and through one pass-through network filter (pooled
+// buffers).
 func BenchmarkTCPProxyEcho(b *testing.B) {
-	for _, size := range []int{64, 1 << 10, 64 << 10} {
-		b.Run(fmt.Sprintf("%dB", size), func(b *testing.B) {
-			srv := startServer(b, tcpSnapshot("127.0.0.1:0", tcpOrigin(b, echoConn(""))))
-			c, err := net.Dial("tcp", srv.ListenerAddr("tcp").String())
-			if err != nil {
-				b.Fatal(err)
+	const passType = "type.googleapis.com/test.Pass"
+	pass := func(r *stream.Registry) {
+		r.RegisterNetworkFilter(stream.NetworkCompilerFunc(func(any) (stream.NetworkFactory, error) {
+			return stream.NetworkFactoryFunc(func(stream.NetworkCallbacks) stream.NetworkFilter { return stream.NetworkPassThrough{} }), nil
+		}), passType)
+	}
+	for _, filtered := range []bool{false, true} {
+		for _, size := range []int{64, 1 << 10, 64 << 10} {
+			name := fmt.Sprintf("%dB", size)
+			var filters []*config.NetworkFilter
+			if filtered {
+				name = "filter/" + name
+				filters = []*config.NetworkFilter{{Name: "pass", TypeURL: passType}}
 			}
-			defer c.Close()
-			msg := make([]byte, size)
-			buf := make([]byte, size)
-			b.SetBytes(int64(size))
-			b.ReportAllocs()
-			b.ResetTimer()
-			for range b.N {
-				if _, err := c.Write(msg); err != nil {
+			b.Run(name, func(b *testing.B) {
+				srv := startServer(b, tcpSnapshot("127.0.0.1:0", tcpOrigin(b, echoConn("")), filters...), pass)
+				c, err := net.Dial("tcp", srv.ListenerAddr("tcp").String())
+				if err != nil {
 					b.Fatal(err)
 				}
-				if _, err := io.ReadFull(c, buf); err != nil {
-					b.Fatal(err)
+				defer c.Close()
+				msg := make([]byte, size)
+				buf := make([]byte, size)
+				b.SetBytes(int64(size))
+				b.ReportAllocs()
+				b.ResetTimer()
+				for range b.N {
+					if _, err := c.Write(msg); err != nil {
+						b.Fatal(err)
+					}
+					if _, err := io.ReadFull(c, buf); err != nil {
+						b.Fatal(err)
+					}
 				}
-			}
-		})
+			})
+		}
 	}
 }
 

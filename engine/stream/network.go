@@ -36,7 +36,6 @@ package stream
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"sort"
 
@@ -174,15 +173,4 @@ func (r *Registry) NetworkFilterTypes() []string {
 	}
 	sort.Strings(out)
 	return out
-}
-
-// CompileNetworkFilter compiles one network filter config with the
-// compiler registered for its type; an unregistered type is an error
-// naming it.
-func (r *Registry) CompileNetworkFilter(typeName string, cfg any) (NetworkFactory, error) {
-	c, ok := r.NetworkFilter(typeName)
-	if !ok {
-		return nil, fmt.Errorf("stream: unknown network filter type %q", typeName)
-	}
-	return c.CompileNetworkFilter(cfg)
 }
