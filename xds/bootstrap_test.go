@@ -42,7 +42,7 @@ func TestLoadBootstrapErrors(t *testing.T) {
 		{file: "duplicate_cluster.yaml", want: []string{`duplicate cluster name "backend"`}},
 		{file: "static_hostname.yaml", want: []string{`cluster "backend": load_assignment.endpoints[0].lb_endpoints[0].endpoint.address: "backend.internal" is not an IP address`}},
 		{file: "tcp_proxy.yaml", unsupported: true, want: []string{
-			`listener "tcp": filter_chains[0].filters[0] (envoy.filters.network.tcp_proxy): network filter type "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy": not supported yet`}},
+			`listener "tcp": filter_chains[0].filters[0] (envoy.filters.network.tcp_proxy): tunneling_config: not supported yet`}},
 		{file: "sds.yaml", unsupported: true, want: []string{
 			`listener "https": filter_chains[0].transport_socket.typed_config.common_tls_context.tls_certificate_sds_secret_configs[0].sds_config: secret "kubernetes://gateway-cert" from SDS needs the xDS client (dynamic_resources.ads_config): not supported yet`}},
 		{file: "tls_env_key.yaml", unsupported: true, want: []string{

@@ -70,6 +70,9 @@ func checkSnapshot(s *config.Snapshot, allClustersKnown bool) error {
 }
 
 func checkHCMClusters(fc *config.FilterChain, clusters map[string]bool) error {
+	if err := checkTCPProxyClusters(fc, clusters); err != nil {
+		return err
+	}
 	if fc == nil || fc.HTTP == nil || fc.HTTP.RouteConfig == nil {
 		return nil
 	}

@@ -93,9 +93,13 @@ func checkInvariants(t *testing.T, s *config.Snapshot, allClustersKnown bool) {
 			t.Fatalf("listener %q has no filter chain", l.Name)
 		}
 		for _, fc := range chains {
+			if fc.TCP != nil {
+				checkTCPInvariants(t, l.Name, fc, clusters, allClustersKnown)
+				continue
+			}
 			h := fc.HTTP
 			if h == nil {
-				t.Fatalf("listener %q: filter chain without HCM", l.Name)
+				t.Fatalf("listener %q: filter chain without HCM or TCP proxy", l.Name)
 			}
 			switch h.Codec {
 			case config.CodecAuto, config.CodecHTTP1, config.CodecHTTP2:

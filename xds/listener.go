@@ -9,7 +9,6 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
-	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 
 	"github.com/sluice-proxy/sluice/engine/config"
@@ -18,7 +17,7 @@ import (
 var (
 	listenerFields = knownFields(&listenerv3.Listener{},
 		"name", "address", "filter_chains", "default_filter_chain", "per_connection_buffer_limit_bytes",
-		"listener_filters", "bind_to_port",
+		"listener_filters", "bind_to_port", "use_original_dst",
 		// traffic_direction picks the listeners /drain_listeners?inboundonly
 		// drains. Ignored: observability (stat_prefix, metadata, the access
 		// log of connections no filter chain took) and socket or accept-loop
@@ -60,9 +59,6 @@ func translateListener(l *listenerv3.Listener, d *deps) (*config.Listener, error
 	if err := listenerFields.check(l); err != nil {
 		return nil, err
 	}
-	if !boolean(l.GetBindToPort(), true) {
-		return nil, unsupportedValue("bind_to_port", false)
-	}
 	addr, err := hostPort(l.GetAddress())
 	if err != nil {
 		return nil, inField(err, "address")
@@ -71,6 +67,8 @@ func translateListener(l *listenerv3.Listener, d *deps) (*config.Listener, error
 		Name:                     l.GetName(),
 		Address:                  addr,
 		PerConnectionBufferLimit: int(u32(l.GetPerConnectionBufferLimitBytes(), 0)),
+		UseOriginalDst:           boolean(l.GetUseOriginalDst(), false),
+		NoBind:                   !boolean(l.GetBindToPort(), true),
 	}
 	switch l.GetTrafficDirection() {
 	case corev3.TrafficDirection_INBOUND:
@@ -79,9 +77,11 @@ func translateListener(l *listenerv3.Listener, d *deps) (*config.Listener, error
 		out.TrafficDirection = config.TrafficOutbound
 	}
 	for i, lf := range l.GetListenerFilters() {
-		if err := checkListenerFilter(lf); err != nil {
+		origDst, err := checkListenerFilter(lf)
+		if err != nil {
 			return nil, at(err, segFieldEnd, fmt.Sprintf("listener_filters[%d] (%s)", i, lf.GetName()))
 		}
+		out.OriginalDst = out.OriginalDst || origDst
 	}
 	seen := map[string]int{}
 	for i, fc := range l.GetFilterChains() {
@@ -112,21 +112,24 @@ func translateListener(l *listenerv3.Listener, d *deps) (*config.Listener, error
 // checkListenerFilter accepts the inspectors whose results filter chain
 // matching uses (the listener inspects TLS ClientHello and the first HTTP
 // bytes on its own when a chain matches on server_names,
-// transport_protocol or application_protocols); any other listener filter
-// is rejected.
-func checkListenerFilter(lf *listenerv3.ListenerFilter) error {
+// transport_protocol or application_protocols) and original_dst, which it
+// reports; any other listener filter is rejected.
+func checkListenerFilter(lf *listenerv3.ListenerFilter) (originalDst bool, _ error) {
 	if err := listenerFilterFields.check(lf); err != nil {
-		return err
+		return false, err
 	}
 	t, err := unpack(lf.GetTypedConfig())
 	if err != nil {
-		return inField(err, "typed_config")
+		return false, inField(err, "typed_config")
 	}
 	switch t.name() {
 	case nameTLSInspector, nameHTTPInspector:
-		return nil
+		return false, nil
+	case nameOriginalDstFilter:
+		// Its traffic_direction only matters on Windows.
+		return true, nil
 	}
-	return fmt.Errorf("listener filter type %q: %w", t.url, ErrUnsupported)
+	return false, fmt.Errorf("listener filter type %q: %w", t.url, ErrUnsupported)
 }
 
 func translateFilterChain(fc *listenerv3.FilterChain, d *deps) (*config.FilterChain, error) {
@@ -157,38 +160,10 @@ func translateFilterChain(fc *listenerv3.FilterChain, d *deps) (*config.FilterCh
 		}
 		out.Match = match
 	}
-	filters := fc.GetFilters()
-	for i, f := range filters {
-		hcm, err := translateNetworkFilter(f, d)
-		if err == nil && i != len(filters)-1 {
-			err = errors.New("http_connection_manager is a terminal filter and must be the last network filter")
-		}
-		if err != nil {
-			return nil, at(err, segFieldEnd, fmt.Sprintf("filters[%d] (%s)", i, f.GetName()))
-		}
-		out.HTTP = hcm
-	}
-	if out.HTTP == nil {
-		return nil, errors.New("filters: an http_connection_manager network filter is required")
-	}
-	return out, nil
-}
-
-// translateNetworkFilter translates the HTTP connection manager and rejects
-// every other network filter.
-func translateNetworkFilter(f *listenerv3.Filter, d *deps) (*config.HTTPConnectionManager, error) {
-	if err := networkFilterFields.check(f); err != nil {
+	if err := translateFilters(out, fc.GetFilters(), d); err != nil {
 		return nil, err
 	}
-	t, err := unpack(f.GetTypedConfig())
-	if err != nil {
-		return nil, inField(err, "typed_config")
-	}
-	hcm, ok := t.msg.(*hcmv3.HttpConnectionManager)
-	if !ok {
-		return nil, fmt.Errorf("network filter type %q: %w", t.url, ErrUnsupported)
-	}
-	return translateHCM(hcm, d)
+	return out, nil
 }
 
 // transportSocket unpacks a transport socket's config: a zero typed (msg

@@ -58,6 +58,20 @@ type Listener struct {
 	// TrafficOutbound or ""): /drain_listeners?inboundonly drains only the
 	// inbound ones, so a sidecar's outbound calls keep working while it drains.
 	TrafficDirection string
+
+	// OriginalDst restores each connection's destination from before an
+	// iptables redirect (Envoy's original_dst listener filter, Linux's
+	// SO_ORIGINAL_DST): chain matching, the hand-off and ORIGINAL_DST
+	// clusters then see it.
+	OriginalDst bool
+	// UseOriginalDst hands each connection to the listener whose address is
+	// its destination (exactly, else the wildcard address with its port),
+	// when there is one; otherwise this listener serves it (Istio's
+	// virtualOutbound).
+	UseOriginalDst bool
+	// NoBind is Envoy's bind_to_port false: no socket is opened; the
+	// listener serves connections handed off by a UseOriginalDst listener.
+	NoBind bool
 }
 
 // Listener traffic directions (Listener.TrafficDirection).
@@ -67,16 +81,62 @@ const (
 )
 
 // FilterChain is a match on connection properties and the network filters
-// that serve matching connections.
+// that serve matching connections: NetworkFilters in order, then exactly
+// one terminal filter, HTTP or TCP (Envoy's filters list, whose last entry
+// is http_connection_manager or tcp_proxy).
 type FilterChain struct {
 	Name  string
 	Match FilterChainMatch
 	// TLS, when set, terminates TLS on matching connections (Envoy's
 	// DownstreamTlsContext transport socket); chains without it serve
 	// plaintext.
-	TLS  *DownstreamTLS
-	HTTP *HTTPConnectionManager
+	TLS *DownstreamTLS
+	// NetworkFilters see the connection's bytes (after TLS) before the
+	// terminal filter; only TCP proxy chains take them so far.
+	NetworkFilters []*NetworkFilter
+	HTTP           *HTTPConnectionManager
+	TCP            *TCPProxy
 }
+
+// NetworkFilter is one network (L4) filter of a chain. TypeURL selects the
+// compiler registered for network filters; Config is whatever it
+// understands (a protobuf message from xDS).
+type NetworkFilter struct {
+	Name    string
+	TypeURL string
+	Config  any
+}
+
+// TCPProxy is Envoy's tcp_proxy network filter: each downstream connection
+// is joined to a new connection to a host of the cluster, bytes copied
+// both ways.
+type TCPProxy struct {
+	StatPrefix string
+	// Exactly one of Cluster and WeightedClusters is set; a weighted split
+	// picks one cluster per connection.
+	Cluster          string
+	WeightedClusters []*TCPWeightedCluster
+	// IdleTimeout closes a connection with no bytes either way for this
+	// long (0: never; front-ends apply Envoy's 1h default).
+	IdleTimeout time.Duration
+	// MaxConnectAttempts bounds upstream connect tries, each to a host not
+	// tried before while there is one (1 when zero).
+	MaxConnectAttempts int
+	// MaxConnectionDuration closes a connection after this long (0: never).
+	MaxConnectionDuration time.Duration
+	// HashPolicy feeds ring_hash and maglev clusters; only SourceIP applies.
+	HashPolicy []HashPolicy
+	AccessLogs []*AccessLog
+}
+
+// TCPWeightedCluster is one branch of a TCP proxy's weighted split.
+type TCPWeightedCluster struct {
+	Name   string
+	Weight uint32
+}
+
+// TypeTCPProxy is the type URL of Envoy's tcp_proxy network filter.
+const TypeTCPProxy = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 
 // DataSource is Envoy's DataSource: inline bytes or a file read when the
 // snapshot is compiled (so a reload picks up renewed certificates).
@@ -480,6 +540,11 @@ type Cluster struct {
 	MaglevTableSize   uint64
 	LeastRequestCount int // choices for least_request; 2 by default
 }
+
+// ClusterOriginalDst is the cluster type whose one host is each
+// downstream connection's original destination (Envoy's ORIGINAL_DST);
+// such a cluster lists no endpoints. The TCP proxy supports it.
+const ClusterOriginalDst = "ORIGINAL_DST"
 
 // Endpoint is one upstream host.
 type Endpoint struct {

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"runtime"
 	"slices"
@@ -105,16 +106,15 @@ type graph struct {
 	listeners map[string]*listenerGraph
 	applied   time.Time
 	logKeys   map[string]bool // access logs this graph writes
+	// byAddr names the listener of each address, for the hand-off of
+	// connections from a use_original_dst listener.
+	byAddr map[netip.AddrPort]string
 }
 
 type listenerGraph struct {
 	cfg    *config.Listener
-	chains []*proxy.ConnectionManager // parallel to cfg.FilterChains
-	def    *proxy.ConnectionManager
-	// tls holds each chain's compiled server config (nil: plaintext),
-	// parallel to chains; defTLS is the default chain's.
-	tls    []*ctls.Config
-	defTLS *ctls.Config
+	chains []*chainGraph // parallel to cfg.FilterChains
+	def    *chainGraph
 	// sniffTLS is set when some chain terminates TLS: the first byte of
 	// each connection then tells TLS from plaintext.
 	sniffTLS bool
@@ -123,25 +123,36 @@ type listenerGraph struct {
 	detectTimeout time.Duration
 }
 
+// chainGraph is one compiled filter chain: its terminal network filter,
+// an HTTP connection manager or a TCP proxy, and its TLS server config
+// (nil: plaintext).
+type chainGraph struct {
+	cm  *proxy.ConnectionManager
+	tcp *proxy.TCPProxy
+	tls *ctls.Config
+}
+
 // defaultDetectTimeout bounds protocol detection and the TLS handshake
 // when the connection manager sets no request-headers timeout (Envoy's
 // listener_filters_timeout).
 const defaultDetectTimeout = 15 * time.Second
 
-func detectTimeout(cm *proxy.ConnectionManager) time.Duration {
-	if d := cm.Config().RequestHeadersTimeout; d > 0 {
-		return d
+func detectTimeout(ch *chainGraph) time.Duration {
+	if ch.cm != nil {
+		if d := ch.cm.Config().RequestHeadersTimeout; d > 0 {
+			return d
+		}
 	}
 	return defaultDetectTimeout
 }
 
-// pick returns the chain serving a connection: its manager and TLS config
-// (nil for a plaintext chain). A nil manager means no chain matches.
-func (lg *listenerGraph) pick(info *stream.ConnInfo, t *netio.Transport) (*proxy.ConnectionManager, *ctls.Config) {
+// pick returns the chain serving a connection, or nil when no chain
+// matches.
+func (lg *listenerGraph) pick(info *stream.ConnInfo, t *netio.Transport) *chainGraph {
 	if i := netio.MatchChainTransport(lg.cfg.FilterChains, info, t); i >= 0 {
-		return lg.chains[i], lg.tls[i]
+		return lg.chains[i]
 	}
-	return lg.def, lg.defTLS
+	return lg.def
 }
 
 // New returns a server with no config.
@@ -253,6 +264,9 @@ func (s *Server) Apply(snap *config.Snapshot) (err error) {
 	old := s.current.Load()
 	fresh := map[string]*netio.Listener{}
 	for _, l := range snap.Listeners {
+		if l.NoBind {
+			continue // served by hand-off only
+		}
 		if running, ok := s.listeners[l.Name]; ok && (sameAddress(old, l) || running.Addr().String() == l.Address) && !running.Draining() {
 			continue
 		}
@@ -273,6 +287,13 @@ func (s *Server) Apply(snap *config.Snapshot) (err error) {
 	s.current.Store(g)
 	s.upstreams.Commit(set)
 	for _, l := range snap.Listeners {
+		if l.NoBind {
+			if ln, ok := s.listeners[l.Name]; ok { // it was bound before
+				delete(s.listeners, l.Name)
+				go s.drainListener(ln)
+			}
+			continue
+		}
 		if ln, ok := fresh[l.Name]; ok {
 			if prev, ok := s.listeners[l.Name]; ok {
 				go s.drainListener(prev)
@@ -284,7 +305,7 @@ func (s *Server) Apply(snap *config.Snapshot) (err error) {
 		s.listeners[l.Name].SetMaxConnections(l.MaxConnections)
 	}
 	for name, ln := range s.listeners {
-		if _, ok := g.listeners[name]; !ok {
+		if lg, ok := g.listeners[name]; !ok || lg.cfg.NoBind {
 			delete(s.listeners, name)
 			go s.drainListener(ln)
 		}
@@ -313,7 +334,8 @@ func (s *Server) compile(snap *config.Snapshot, env *proxy.Env) (*graph, error) 
 	if err != nil {
 		return nil, err
 	}
-	g := &graph{snap: snap, clusters: set, listeners: map[string]*listenerGraph{}, applied: time.Now(), logKeys: map[string]bool{}}
+	g := &graph{snap: snap, clusters: set, listeners: map[string]*listenerGraph{}, applied: time.Now(), logKeys: map[string]bool{},
+		byAddr: map[netip.AddrPort]string{}}
 	if env.AccessLog != nil {
 		shared := env.AccessLog
 		e := *env
@@ -332,24 +354,27 @@ func (s *Server) compile(snap *config.Snapshot, env *proxy.Env) (*graph, error) 
 		tables[rc.Name] = t
 	}
 	for _, l := range snap.Listeners {
-		lg := &listenerGraph{cfg: l, chains: make([]*proxy.ConnectionManager, len(l.FilterChains)), tls: make([]*ctls.Config, len(l.FilterChains))}
+		lg := &listenerGraph{cfg: l, chains: make([]*chainGraph, len(l.FilterChains))}
 		for i, fc := range l.FilterChains {
-			cm, tc, err := compileChain(env, fc, tables, set)
+			ch, err := compileChain(env, fc, tables, set)
 			if err != nil {
 				return nil, fmt.Errorf("server: listener %q: filter chain %d: %w", l.Name, i, err)
 			}
-			lg.chains[i], lg.tls[i] = cm, tc
-			lg.addChain(cm, tc)
+			lg.chains[i] = ch
+			lg.addChain(ch)
 		}
 		if l.DefaultFilterChain != nil {
-			cm, tc, err := compileChain(env, l.DefaultFilterChain, tables, set)
+			ch, err := compileChain(env, l.DefaultFilterChain, tables, set)
 			if err != nil {
 				return nil, fmt.Errorf("server: listener %q: default filter chain: %w", l.Name, err)
 			}
-			lg.def, lg.defTLS = cm, tc
-			lg.addChain(cm, tc)
+			lg.def = ch
+			lg.addChain(ch)
 		}
 		g.listeners[l.Name] = lg
+		if ap, err := netip.ParseAddrPort(l.Address); err == nil {
+			g.byAddr[netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())] = l.Name
+		}
 	}
 	return g, nil
 }
@@ -372,29 +397,44 @@ func sameAddress(old *graph, l *config.Listener) bool {
 	return ok && prev.cfg.Address == l.Address
 }
 
-func compileChain(env *proxy.Env, fc *config.FilterChain, tables map[string]*route.Table, set *upstream.Set) (*proxy.ConnectionManager, *ctls.Config, error) {
-	if fc.HTTP == nil {
-		return nil, nil, errors.New("no network filter (only the HTTP connection manager is supported so far)")
+// compileChain compiles a chain's terminal filter, an HTTP connection
+// manager or a TCP proxy (with the network filters before it), and its TLS
+// config. A TCP chain's TLS offers only the ALPN protocols it names.
+func compileChain(env *proxy.Env, fc *config.FilterChain, tables map[string]*route.Table, set *upstream.Set) (*chainGraph, error) {
+	ch := &chainGraph{}
+	var alpn []string
+	var err error
+	switch {
+	case fc.HTTP != nil && fc.TCP != nil:
+		return nil, errors.New("both an HTTP connection manager and a TCP proxy: a chain has one terminal filter")
+	case fc.HTTP != nil:
+		if len(fc.NetworkFilters) > 0 {
+			return nil, fmt.Errorf("network filter %q before the HTTP connection manager: %w", fc.NetworkFilters[0].TypeURL, errors.ErrUnsupported)
+		}
+		if ch.cm, err = proxy.CompileConnectionManager(env, fc.HTTP, tables, set); err != nil {
+			return nil, err
+		}
+		alpn = ch.cm.ALPN()
+	case fc.TCP != nil:
+		if ch.tcp, err = proxy.CompileTCPProxy(env, fc.TCP, fc.NetworkFilters, set); err != nil {
+			return nil, err
+		}
+	default:
+		return nil, errors.New("no network filter: a chain ends in an HTTP connection manager or a TCP proxy")
 	}
-	cm, err := proxy.CompileConnectionManager(env, fc.HTTP, tables, set)
-	if err != nil {
-		return nil, nil, err
+	if fc.TLS != nil {
+		if ch.tls, err = enginetls.ServerConfig(fc.TLS, alpn); err != nil {
+			return nil, err
+		}
 	}
-	if fc.TLS == nil {
-		return cm, nil, nil
-	}
-	tc, err := enginetls.ServerConfig(fc.TLS, cm.ALPN())
-	if err != nil {
-		return nil, nil, err
-	}
-	return cm, tc, nil
+	return ch, nil
 }
 
-func (lg *listenerGraph) addChain(cm *proxy.ConnectionManager, tc *ctls.Config) {
-	if tc != nil {
+func (lg *listenerGraph) addChain(ch *chainGraph) {
+	if ch.tls != nil {
 		lg.sniffTLS = true
 	}
-	lg.detectTimeout = max(lg.detectTimeout, detectTimeout(cm))
+	lg.detectTimeout = max(lg.detectTimeout, detectTimeout(ch))
 }
 
 func (s *Server) drainListener(ln *netio.Listener) {
@@ -411,15 +451,64 @@ func (s *Server) drainListener(ln *netio.Listener) {
 // long-lived keep-alive connections, while a stream in flight finishes on
 // the graph it started with.
 func (s *Server) serveConn(listener string, ctx context.Context, c net.Conn, info *stream.ConnInfo) {
+	listener = s.handOff(listener, c, info)
 	h := &connHandler{s: s, listener: listener, info: info}
-	c, cm, h2, err := s.accept(ctx, c, h)
+	c, ch, h2, err := s.accept(ctx, c, h)
 	if err != nil {
 		s.log.Debug("connection refused", "listener", listener, "remote", info.Remote.String(), "err", err)
 		return
 	}
+	if ch.tcp != nil {
+		if err := ch.tcp.Serve(ctx, c, info); err != nil {
+			s.log.Debug("tcp connection ended", "listener", listener, "remote", info.Remote.String(), "err", err)
+		}
+		return
+	}
+	cm := ch.cm
 	if err := cm.SelectCodec(h2).ServeConn(ctx, c, info, h, cm.ServerOptions(info.TLS != nil)); err != nil && !errors.Is(err, net.ErrClosed) {
 		s.log.Debug("connection ended", "listener", listener, "err", err)
 	}
+}
+
+// originalDst finds a connection's destination before a redirect; tests
+// replace it (a real redirect needs iptables).
+var originalDst = netio.OriginalDst
+
+// handOff applies a listener's original_dst filter (info.Local becomes the
+// destination from before the redirect) and use_original_dst: it returns
+// the listener to serve the connection, the one bound to that destination
+// (exactly, else the wildcard address with its port) when there is one.
+// The connection stays counted and drained with the listener that
+// accepted it.
+func (s *Server) handOff(listener string, c net.Conn, info *stream.ConnInfo) string {
+	g := s.current.Load()
+	lg := g.listeners[listener]
+	if lg == nil {
+		return listener
+	}
+	if lg.cfg.OriginalDst {
+		if ap, err := originalDst(c); err == nil && ap.IsValid() {
+			info.Local = ap
+		} else {
+			s.log.Debug("no original destination", "listener", listener, "err", err)
+		}
+	}
+	if !lg.cfg.UseOriginalDst {
+		return listener
+	}
+	dst := netip.AddrPortFrom(info.Local.Addr().Unmap(), info.Local.Port())
+	name, ok := g.byAddr[dst]
+	if !ok {
+		wild := netip.IPv4Unspecified()
+		if dst.Addr().Is6() {
+			wild = netip.IPv6Unspecified()
+		}
+		name, ok = g.byAddr[netip.AddrPortFrom(wild, dst.Port())]
+	}
+	if !ok || name == listener {
+		return listener
+	}
+	return name
 }
 
 // aLongTimeAgo is a deadline that has passed: it interrupts blocked I/O.
@@ -429,10 +518,10 @@ var aLongTimeAgo = time.Unix(1, 0)
 // deadline so a silent client cannot hold the connection: TLS detection,
 // the filter-chain match (on the ClientHello's SNI and ALPN, as Envoy's
 // tls_inspector allows), the handshake, and HTTP/2 detection for auto
-// managers. It returns the connection the codec reads (TLS, or one that
-// replays peeked bytes), the chain's manager, and whether the connection
-// speaks HTTP/2.
-func (s *Server) accept(ctx context.Context, c net.Conn, h *connHandler) (net.Conn, *proxy.ConnectionManager, bool, error) {
+// managers. It returns the connection the chain reads (TLS, or one that
+// replays peeked bytes), the chain, and whether the connection speaks
+// HTTP/2.
+func (s *Server) accept(ctx context.Context, c net.Conn, h *connHandler) (net.Conn, *chainGraph, bool, error) {
 	g := s.current.Load()
 	lg := g.listeners[h.listener]
 	if lg == nil {
@@ -466,7 +555,7 @@ func (s *Server) accept(ctx context.Context, c net.Conn, h *connHandler) (net.Co
 			return nil, nil, false, err
 		}
 	}
-	var cm *proxy.ConnectionManager
+	var ch *chainGraph
 	h2 := false
 	if isTLS {
 		// The chain is matched on the ClientHello; its compiled config
@@ -475,15 +564,15 @@ func (s *Server) accept(ctx context.Context, c net.Conn, h *connHandler) (net.Co
 		base := &ctls.Config{GetConfigForClient: func(hello *ctls.ClientHelloInfo) (*ctls.Config, error) {
 			h.transport = netio.Transport{Protocol: netio.TransportTLS,
 				ServerName: strings.ToLower(hello.ServerName), ALPN: slices.Clone(hello.SupportedProtos)}
-			m, tc := lg.pick(h.info, &h.transport)
+			m := lg.pick(h.info, &h.transport)
 			switch {
 			case m == nil:
 				return nil, errors.New("server: no filter chain matches")
-			case tc == nil:
+			case m.tls == nil:
 				return nil, errors.New("server: TLS client matched a filter chain without TLS")
 			}
-			cm = m
-			return tc, nil
+			ch = m
+			return m.tls, nil
 		}}
 		tc := ctls.Server(c, base)
 		if err := tc.HandshakeContext(ctx); err != nil {
@@ -493,15 +582,14 @@ func (s *Server) accept(ctx context.Context, c net.Conn, h *connHandler) (net.Co
 		h.info.TLS = &st
 		c, h2 = tc, st.NegotiatedProtocol == "h2"
 	} else {
-		var tc *ctls.Config
-		if cm, tc = lg.pick(h.info, &h.transport); cm == nil {
+		if ch = lg.pick(h.info, &h.transport); ch == nil {
 			return nil, nil, false, errors.New("server: no filter chain matches")
 		}
-		if tc != nil {
+		if ch.tls != nil {
 			return nil, nil, false, errors.New("server: plaintext client matched a filter chain with TLS")
 		}
-		if cm.DetectsHTTP2() {
-			bound(detectTimeout(cm))
+		if ch.cm != nil && ch.cm.DetectsHTTP2() {
+			bound(detectTimeout(ch))
 			var err error
 			if c, h2, err = netio.SniffHTTP2(c); err != nil {
 				return nil, nil, false, err
@@ -514,8 +602,10 @@ func (s *Server) accept(ctx context.Context, c net.Conn, h *connHandler) (net.Co
 		}
 		c.SetDeadline(time.Time{}) // the codec sets its own
 	}
-	h.cur.Store(&resolved{g: g, cm: cm})
-	return c, cm, h2, nil
+	if ch.cm != nil {
+		h.cur.Store(&resolved{g: g, cm: ch.cm})
+	}
+	return c, ch, h2, nil
 }
 
 // connHandler serves the streams of one connection. HTTP/2 codecs call
@@ -544,12 +634,13 @@ func (h *connHandler) resolve() *proxy.ConnectionManager {
 	}
 	r := &resolved{g: g}
 	if lg := g.listeners[h.listener]; lg != nil {
-		cm, tc := lg.pick(h.info, &h.transport)
+		ch := lg.pick(h.info, &h.transport)
 		// A connection stays with the kind of chain it was accepted on:
 		// after a swap, a TLS connection must not be served by a
-		// plaintext chain, nor a plaintext one by a chain that demands TLS.
-		if cm != nil && (tc != nil) == (h.info.TLS != nil) {
-			r.cm = cm
+		// plaintext chain, nor a plaintext one by a chain that demands TLS
+		// (nor an HTTP connection by a TCP proxy).
+		if ch != nil && ch.cm != nil && (ch.tls != nil) == (h.info.TLS != nil) {
+			r.cm = ch.cm
 		}
 	}
 	// Concurrent streams may both resolve after a swap; either result

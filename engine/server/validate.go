@@ -75,6 +75,11 @@ func Validate(snap *config.Snapshot) error {
 			if fc == nil {
 				return fmt.Errorf("server: listener %q: filter chain %d is empty", l.Name, j)
 			}
+			if fc.TCP != nil {
+				if err := checkTCPClusters(fc.TCP, clusters); err != nil {
+					return fmt.Errorf("server: listener %q: filter chain %d: %w", l.Name, j, err)
+				}
+			}
 			if fc.HTTP == nil {
 				continue
 			}
@@ -130,6 +135,22 @@ func checkRoutes(rc *config.RouteConfiguration, clusters map[string]bool) error 
 					return fmt.Errorf("route configuration %q: virtual host %q: route %s: unknown mirror cluster %q", rc.Name, vh.Name, name, m.Cluster)
 				}
 			}
+		}
+	}
+	return nil
+}
+
+// checkTCPClusters checks that the clusters a TCP proxy names exist.
+func checkTCPClusters(t *config.TCPProxy, clusters map[string]bool) error {
+	if t.Cluster != "" && !clusters[t.Cluster] {
+		return fmt.Errorf("tcp_proxy %q: unknown cluster %q", t.StatPrefix, t.Cluster)
+	}
+	for _, wc := range t.WeightedClusters {
+		if wc == nil {
+			return fmt.Errorf("tcp_proxy %q: empty weighted cluster", t.StatPrefix)
+		}
+		if !clusters[wc.Name] {
+			return fmt.Errorf("tcp_proxy %q: unknown cluster %q", t.StatPrefix, wc.Name)
 		}
 	}
 	return nil

@@ -17,6 +17,7 @@ import (
 type Registry struct {
 	mu        sync.RWMutex
 	compilers map[string]Compiler
+	network   map[string]NetworkCompiler // network filters (network.go)
 	servers   map[string]ServerCodec
 	clients   map[string]ClientCodec
 	muxes     map[string]MuxClientCodec

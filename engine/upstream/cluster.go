@@ -48,7 +48,10 @@ type Cluster struct {
 	// tlsH1 and tlsH2 originate TLS for the HTTP/1 and multiplexed pools
 	// (ALPN differs); nil for plaintext.
 	tlsH1, tlsH2 *tls.Config
-	clientOpts   stream.ClientOptions
+	// tlsRaw originates TLS for raw (TCP proxy) connections: ALPN only as
+	// configured, none implied by an HTTP protocol.
+	tlsRaw     *tls.Config
+	clientOpts stream.ClientOptions
 
 	idleTimeout        int64 // ns; 0: none
 	maxRequestsPerConn int
@@ -225,6 +228,9 @@ func (m *Manager) newCluster(in *config.Cluster, prev *Cluster) (*Cluster, error
 	}
 
 	// Hosts.
+	if strings.EqualFold(cfg.Type, config.ClusterOriginalDst) && len(cfg.Endpoints) > 0 {
+		return nil, fail("an ORIGINAL_DST cluster lists no endpoints")
+	}
 	static := strings.EqualFold(cfg.Type, "STATIC")
 	var prevByAddr map[string]*Host
 	if prev != nil {
@@ -409,6 +415,9 @@ func (c *Cluster) setProtocol(reg *stream.Registry) error {
 			return err
 		}
 		if c.tlsH2, err = etls.ClientConfig(cfg.TLS, h2ALPN); err != nil {
+			return err
+		}
+		if c.tlsRaw, err = etls.ClientConfig(cfg.TLS, nil); err != nil {
 			return err
 		}
 	}
