@@ -30,7 +30,8 @@ type DynamicDump struct {
 
 // ConfigDump renders /config_dump in Envoy's shape (envoy.admin.v3.ConfigDump:
 // bootstrap, clusters, listeners, routes, secrets, in Envoy's order), so
-// tools written for Envoy — istioctl proxy-config among them — read it.
+// tools written for Envoy — istioctl proxy-config among them — read it;
+// field names are the proto names (snake_case), as Envoy prints them.
 // Static resources come from the bootstrap (route tables inline in HTTP
 // connection managers count as static route configs, as in Envoy); dynamic
 // ones, when dyn is not nil, from the xDS client. Secrets' key material is
@@ -137,7 +138,7 @@ func ConfigDump(b *bootstrapv3.Bootstrap, loaded time.Time, dyn *DynamicDump) ([
 		}
 		dump.Configs = append(dump.Configs, a)
 	}
-	return protojson.MarshalOptions{Indent: "  "}.Marshal(dump)
+	return protojson.MarshalOptions{Indent: "  ", UseProtoNames: true}.Marshal(dump)
 }
 
 // redactSecret hides key material as Envoy's config dump does: private
