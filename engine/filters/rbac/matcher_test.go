@@ -380,3 +380,16 @@ func TestMatcherConfigErrors(t *testing.T) {
 		}
 	}
 }
+
+// ignore_case folds ASCII only, as Envoy's: non-ASCII bytes compare as
+// they are.
+func TestIgnoreCaseIsASCII(t *testing.T) {
+	m, err := compilePermission(permission(t, `header: {name: x, string_match: {exact: "CAFÉ", ignore_case: true}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCases(t, m, []matchCase{
+		{"ascii folded", withHeaders("x", "cafÉ"), true},
+		{"non-ascii not folded", withHeaders("x", "café"), false},
+	})
+}

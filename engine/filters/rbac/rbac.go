@@ -179,11 +179,9 @@ func (c Compiler) CompilePerRoute(cfg any) (any, error) {
 	return &routeRules{rules: r}, nil
 }
 
-// routeRules is a compiled per-route override.
+// routeRules is a compiled per-route override; without engines it turns
+// the filter off on its route.
 type routeRules struct{ *rules }
-
-// Disabled reports whether the override turns the filter off.
-func (r *routeRules) Disabled() bool { return r.enforced == nil && r.shadow == nil }
 
 // filterStats are Envoy's RBAC filter counters for one filter.
 type filterStats struct {
@@ -310,7 +308,7 @@ func (f *filter) OnRequestHeaders(h *header.Map, _ bool) stream.Status {
 			result = "denied"
 		}
 		if p != nil && r.perRuleStats {
-			ps := p.counters(st, true)
+			ps := p.counters(st, e.shadow)
 			if ok {
 				ps.allowed.Inc()
 			} else {
@@ -337,7 +335,7 @@ func (f *filter) OnRequestHeaders(h *header.Map, _ bool) stream.Status {
 	if p != nil {
 		md.Set(MetadataNamespace, keys.enforcedPolicyKey, p.nameValue)
 		if r.perRuleStats {
-			ps := p.counters(st, false)
+			ps := p.counters(st, e.shadow)
 			if ok {
 				ps.allowed.Inc()
 			} else {

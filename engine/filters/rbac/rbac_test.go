@@ -41,7 +41,7 @@ func fakeConditions(m proto.Message) (config.Condition, error) {
 			return nil, errors.New("undeclared reference to 'bad'")
 		}
 	case *v1alpha1.Expr_CallExpr:
-		if k.CallExpr.GetFunction() == "hdr" {
+		if k.CallExpr.GetFunction() == "hdr" && len(k.CallExpr.GetArgs()) == 1 {
 			name := k.CallExpr.GetArgs()[0].GetConstExpr().GetStringValue()
 			return condFunc(func(s attr.Source) (bool, error) { return s.RequestHeaders().Has(name), nil }), nil
 		}

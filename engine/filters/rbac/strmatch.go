@@ -40,8 +40,8 @@ const (
 // stringMatcher is Envoy's type.matcher.v3.StringMatcher, compiled.
 type stringMatcher struct {
 	kind       strKind
-	value      string // lower-cased when ignoreCase
-	ignoreCase bool
+	value      string
+	ignoreCase bool // ASCII case folding, as Envoy's (non-ASCII bytes compare as they are)
 	re         *regexp.Regexp
 }
 
@@ -86,9 +86,6 @@ func compileString(m *matcherv3.StringMatcher) (stringMatcher, error) {
 		out.kind, out.re, out.ignoreCase = strRegex, re, false
 	default:
 		return out, errors.New("a match pattern (exact, prefix, suffix, contains or safe_regex) is required")
-	}
-	if out.ignoreCase {
-		out.value = strings.ToLower(out.value)
 	}
 	return out, nil
 }
