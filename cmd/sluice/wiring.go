@@ -3,8 +3,13 @@ package main
 import (
 	"log/slog"
 
+	"google.golang.org/protobuf/proto"
+
+	"github.com/sluice-proxy/sluice/dsl/expr"
 	"github.com/sluice-proxy/sluice/dsl/rules"
+	"github.com/sluice-proxy/sluice/engine/config"
 	"github.com/sluice-proxy/sluice/engine/filters/headermutation"
+	"github.com/sluice-proxy/sluice/engine/filters/rbac"
 	"github.com/sluice-proxy/sluice/engine/observe"
 	"github.com/sluice-proxy/sluice/engine/stream"
 	"github.com/sluice-proxy/sluice/lua"
@@ -22,8 +27,19 @@ func builtins(stats *observe.Store) *stream.Registry {
 	r.RegisterCodec("http2", http2.NewServerCodec(), nil)
 	r.RegisterMuxCodec("http2", http2.NewClientCodec())
 	r.RegisterFilter(headermutation.Compiler{}, headermutation.TypeNames...)
+	r.RegisterFilter(rbac.Compiler{Stats: stats, Conditions: rbacCondition}, rbac.TypeURLs...)
 	r.RegisterFilter(rules.Compiler{}, rules.TypeURL)
 	r.RegisterFilter(lua.Compiler{Log: slog.Default()}, lua.TypeURL, lua.TypeURLPerRoute)
 	r.RegisterFilter(wasm.Compiler{Log: slog.Default(), Stats: stats, Callout: r.HTTPCall}, wasm.TypeURL, wasm.NetworkTypeURL)
 	return r
+}
+
+// rbacCondition compiles an RBAC policy's CEL condition in the DSL's CEL
+// environment, so policies read Envoy's attributes as rules do.
+func rbacCondition(m proto.Message) (config.Condition, error) {
+	celEnvOnce.Do(func() { celEnv, celEnvErr = expr.NewEnv() })
+	if celEnvErr != nil {
+		return nil, celEnvErr
+	}
+	return celEnv.ProtoCondition(m)
 }

@@ -52,6 +52,12 @@ func (e *Env) Compile(src string, want Type) (*Program, error) {
 	if iss.Err() != nil {
 		return nil, issuesError(src, iss)
 	}
+	return e.compileParsed(src, parsed, want)
+}
+
+// compileParsed checks and plans a parsed expression; src is its text, for
+// error positions and Source.
+func (e *Env) compileParsed(src string, parsed *cel.Ast, want Type) (*Program, error) {
 	if errs := e.checkNames(src, parsed.NativeRep()); len(errs) > 0 {
 		return nil, errs
 	}

@@ -190,7 +190,13 @@ func CompileConnectionManager(env *Env, cfg *config.HTTPConnectionManager, table
 			}
 			return nil, fmt.Errorf("proxy: http filter %d (%s): unknown filter type %q", i, f.Name, f.TypeURL)
 		}
-		fac, err := c.Compile(f.Config)
+		var fac stream.Factory
+		var err error
+		if sc, ok := c.(stream.ScopedCompiler); ok {
+			fac, err = sc.CompileScoped(f.Config, stream.CompileScope{StatPrefix: prefix, FilterName: f.Name})
+		} else {
+			fac, err = c.Compile(f.Config)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("proxy: http filter %d (%s): %w", i, f.Name, err)
 		}
