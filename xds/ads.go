@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"runtime/debug"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,6 +22,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/sluice-proxy/sluice/engine/config"
+	"github.com/sluice-proxy/sluice/engine/observe"
 )
 
 // The xDS client keeps one ADS stream to the control plane and turns what
@@ -74,6 +76,12 @@ type ClientOptions struct {
 	// DialOptions are added after the options the bootstrap implies (a
 	// custom dialer in tests, say).
 	DialOptions []grpc.DialOption
+	// Stats, when set, receives Envoy's update counters
+	// (listener_manager.lds.update_success/update_rejected,
+	// cluster_manager.cds.*; xds.<rds|eds|sds|ecds>.* for the others) and
+	// the control_plane.connected_state gauge, which Istio's pilot-agent
+	// reads.
+	Stats *observe.Store
 	// MinBackoff and MaxBackoff bound the delay between reconnection
 	// attempts, which doubles from one to the other with jitter; zero
 	// means 250 ms and 30 s.
@@ -99,6 +107,9 @@ type Client struct {
 	last  *assembly // of the snapshot last applied
 	since [numTypes]map[string]time.Time
 	types [numTypes]typeStatus
+
+	updates   [numTypes]struct{ ok, bad *observe.Counter }
+	connected *observe.Gauge
 
 	mu    sync.Mutex
 	state ClientState
@@ -257,6 +268,21 @@ func newClient(opts ClientOptions) (*Client, error) {
 	}
 	c.maxBackoff = max(c.maxBackoff, c.minBackoff)
 	c.state = ClientState{Target: cp.target, Delta: c.delta}
+	if st := opts.Stats; st != nil {
+		for t := range numTypes {
+			prefix := "xds." + typeInfo[t].short + "."
+			switch t {
+			case tListener:
+				prefix = "listener_manager.lds."
+			case tCluster:
+				prefix = "cluster_manager.cds."
+			}
+			sc := st.Scope(prefix, strings.ReplaceAll(prefix, ".", "_"))
+			c.updates[t].ok, c.updates[t].bad = sc.Counter("update_success"), sc.Counter("update_rejected")
+		}
+		c.connected = st.Scope("control_plane.", "control_plane_").Gauge("connected_state")
+		c.connected.Set(0)
+	}
 	return c, nil
 }
 
@@ -505,6 +531,9 @@ func (c *Client) commit(st *store, a *assembly, now time.Time) {
 // accepted records an ACK of type t.
 func (c *Client) accepted(t rtype) {
 	c.types[t] = typeStatus{}
+	if u := c.updates[t]; u.ok != nil {
+		u.ok.Inc()
+	}
 }
 
 // rejected records a NACK of type t and returns how long to wait before
@@ -513,6 +542,9 @@ func (c *Client) accepted(t rtype) {
 func (c *Client) rejected(t rtype, err error) time.Duration {
 	ts := &c.types[t]
 	msg := err.Error()
+	if u := c.updates[t]; u.bad != nil {
+		u.bad.Inc()
+	}
 	if msg == ts.lastError {
 		ts.repeats++
 	} else {
@@ -550,6 +582,13 @@ func (c *Client) publish(s *session) {
 	}
 	c.mu.Lock()
 	c.state.Connected = s.ready()
+	if c.connected != nil {
+		connected := int64(0)
+		if c.state.Connected {
+			connected = 1
+		}
+		c.connected.Set(connected)
+	}
 	c.state.Types = types
 	c.mu.Unlock()
 }

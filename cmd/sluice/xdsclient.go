@@ -16,29 +16,18 @@ import (
 
 // newXDSClient makes the xDS client of a bootstrap with dynamic_resources.
 // Every snapshot it applies shows, in /config_dump, the bootstrap and the
-// resources the control plane sent; Envoy's update counters, which Istio's
-// pilot-agent reads, count its applies.
+// resources the control plane sent; the client keeps Envoy's update
+// counters, which Istio's pilot-agent reads.
 func newXDSClient(lc *loadedConfig, envoy *envoyFlags, srv *server.Server, stats *observe.Store, log *slog.Logger) (*xds.Client, error) {
 	b := proto.Clone(lc.bootstrap).(*bootstrapv3.Bootstrap)
 	fillNode(b, envoy)
-	lds := stats.Scope("listener_manager.lds.", "listener_manager_lds_")
-	cds := stats.Scope("cluster_manager.cds.", "cluster_manager_cds_")
-	ldsOK, ldsBad := lds.Counter("update_success"), lds.Counter("update_rejected")
-	cdsOK, cdsBad := cds.Counter("update_success"), cds.Counter("update_rejected")
 	var client *xds.Client
 	apply := func(s *config.Snapshot) error {
 		s.EnvoyDump = func() ([]byte, error) { return xds.ConfigDump(b, lc.loaded, client.Dump()) }
-		if err := srv.Apply(s); err != nil {
-			ldsBad.Inc()
-			cdsBad.Inc()
-			return err
-		}
-		ldsOK.Inc()
-		cdsOK.Inc()
-		return nil
+		return srv.Apply(s)
 	}
 	var err error
-	client, err = xds.NewClient(xds.ClientOptions{Bootstrap: b, Apply: apply, Logger: log, Source: lc.snap.Source, UserAgentVersion: Version})
+	client, err = xds.NewClient(xds.ClientOptions{Bootstrap: b, Apply: apply, Logger: log, Source: lc.snap.Source, UserAgentVersion: Version, Stats: stats})
 	return client, err
 }
 
