@@ -229,6 +229,14 @@ func translateHTTPFilter(f *hcmv3.HttpFilter, d *deps) (_ *config.HTTPFilter, is
 		}
 		return nil, false, errors.New("typed_config is required")
 	}
+	if rs, ok, err := rulesSource(a); ok || err != nil {
+		// The Sluice rule language, as source text in a TypedStruct.
+		if err != nil {
+			return nil, false, within(err)
+		}
+		return &config.HTTPFilter{Name: f.GetName(), TypeURL: config.TypeRulesSource, Config: rs,
+			Disabled: f.GetDisabled(), Optional: f.GetIsOptional()}, false, nil
+	}
 	t, err := unpack(a)
 	if err != nil {
 		if errors.Is(err, errUnknownType) && f.GetIsOptional() {

@@ -5,6 +5,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/sluice-proxy/sluice/dsl/compile"
 	"github.com/sluice-proxy/sluice/dsl/expr"
 	"github.com/sluice-proxy/sluice/dsl/rules"
 	"github.com/sluice-proxy/sluice/engine/config"
@@ -29,6 +30,7 @@ func builtins(stats *observe.Store) *stream.Registry {
 	r.RegisterFilter(headermutation.Compiler{}, headermutation.TypeNames...)
 	r.RegisterFilter(rbac.Compiler{Stats: stats, Conditions: rbacCondition}, rbac.TypeURLs...)
 	r.RegisterFilter(rules.Compiler{}, rules.TypeURL)
+	r.RegisterFilter(compile.SourceCompiler{Env: sharedCELEnv()}, config.TypeRulesSource)
 	r.RegisterFilter(lua.Compiler{Log: slog.Default()}, lua.TypeURL, lua.TypeURLPerRoute)
 	r.RegisterFilter(wasm.Compiler{Log: slog.Default(), Stats: stats, Callout: r.HTTPCall}, wasm.TypeURL, wasm.NetworkTypeURL)
 	return r
@@ -42,4 +44,11 @@ func rbacCondition(m proto.Message) (config.Condition, error) {
 		return nil, celEnvErr
 	}
 	return celEnv.ProtoCondition(m)
+}
+
+// sharedCELEnv is the DSL's CEL environment, or nil (each config then
+// makes its own) if it cannot be built.
+func sharedCELEnv() *expr.Env {
+	celEnvOnce.Do(func() { celEnv, celEnvErr = expr.NewEnv() })
+	return celEnv
 }

@@ -582,6 +582,20 @@ const (
 	TypeRouter = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 )
 
+// TypeRulesSource is the type of a Sluice rule-language filter given as
+// source text, the way an xDS control plane sends one: an
+// xds.type.v3.TypedStruct whose type_url is this and whose value is
+// {"source": "on request ... { } ...", "name": "label for errors"}. Its
+// config is a *RulesSource, compiled by the rule language's compiler.
+const TypeRulesSource = "type.googleapis.com/sluice.filters.rules.v1.Rules"
+
+// RulesSource is a rules filter in the rule language's source form: `on
+// request` and `on response` blocks (routes come by RDS).
+type RulesSource struct {
+	Name   string // labels errors ("name:line:col"); the filter's name when empty
+	Source string
+}
+
 // HeaderMutationConfig configures the native header mutation filter.
 type HeaderMutationConfig struct {
 	HeaderMutations
