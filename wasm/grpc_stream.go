@@ -18,7 +18,7 @@ import (
 // gRPC streams (proxy_grpc_stream, proxy_grpc_send, and proxy_grpc_cancel
 // and proxy_grpc_close on a stream token). A stream is an HTTP/2 POST to
 // /<service>/<method> on a cluster, opened through stream.StreamCaller (a
-// stream context) or the plugin's Callout (the root context), whose body
+// stream context) or the plugin's StreamCallout (the root context), whose body
 // the guest sends message by message while the response is read.
 //
 // The guest sees Envoy's callback order (source/common/grpc/
@@ -109,13 +109,10 @@ func hGrpcStream(v *vm, s []uint64) result {
 	if f == nil {
 		// The root context: the stream lives until cancelled, closed or
 		// the VM goes away.
-		if v.p.callout == nil {
+		if v.p.streamCallout == nil {
 			return resultInternalFailure
 		}
-		parent = context.Background()
-		open = func(ctx context.Context, cluster string, h *header.Map) (stream.CalloutStream, error) {
-			return stream.OpenStreamVia(v.p.callout, ctx, cluster, h)
-		}
+		parent, open = context.Background(), v.p.streamCallout
 	} else {
 		sc, ok := f.cb.(stream.StreamCaller)
 		if !ok {

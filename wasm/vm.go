@@ -36,7 +36,8 @@ type plugin struct {
 
 	created, traps *observe.Counter
 	active         *observe.Gauge
-	callout        stream.HTTPCaller // http_call from the root context; nil: none
+	callout        stream.HTTPCaller   // calls with no HTTP stream to call through; nil: none
+	streamCallout  stream.StreamOpener // grpc streams likewise; nil: none
 
 	mu     sync.RWMutex
 	vms    []*vm

@@ -35,7 +35,7 @@
 //     current context. proxy_call_foreign_function returns NotFound.
 //   - proxy_grpc_stream opens a streaming call through
 //     stream.StreamCaller (stream contexts) or, from the root context,
-//     through Compiler.Callout with stream.OpenStreamVia; callbacks come
+//     through Compiler.StreamCallout; callbacks come
 //     in Envoy's order (grpc_stream.go). Unlike Envoy: a stream that never
 //     got a response head gets no initial metadata (Envoy delivers its
 //     local 503 reply's); an upstream RST_STREAM maps by its code (Envoy:
@@ -97,12 +97,14 @@ type Compiler struct {
 	// MemoryLimitPages bounds each VM's memory in 64 KiB pages; 0 means
 	// DefaultMemoryLimitPages.
 	MemoryLimitPages uint32
-	// Callout serves proxy_http_call, proxy_grpc_call and
-	// proxy_grpc_stream from a root context (no stream to call through):
+	// Callout serves proxy_http_call and proxy_grpc_call where there is
+	// no HTTP stream to call through (the root context, network filters):
 	// cmd/sluice passes the registry's HTTPCall, which reaches the running
-	// server's clusters, and serves streams asked of it with
-	// stream.OpenStreamVia. Nil: such calls fail.
+	// server's clusters. Nil: such calls fail.
 	Callout stream.HTTPCaller
+	// StreamCallout serves proxy_grpc_stream there: cmd/sluice passes the
+	// registry's OpenStream. Nil: such streams are refused.
+	StreamCallout stream.StreamOpener
 }
 
 var (
@@ -198,7 +200,7 @@ func (c Compiler) Compile(cfg any) (stream.Factory, error) {
 		env:      envVars(vmc.GetEnvironmentVariables()),
 		eng:      eng, mod: mod, log: log.With("wasm_plugin", statName), metrics: metricsFor(st),
 		created: scope.Counter("created"), traps: scope.Counter("traps"), active: scope.Gauge("active"),
-		callout: c.Callout,
+		callout: c.Callout, streamCallout: c.StreamCallout,
 	}
 	n := c.PoolSize
 	if n <= 0 {
