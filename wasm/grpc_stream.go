@@ -18,7 +18,8 @@ import (
 // gRPC streams (proxy_grpc_stream, proxy_grpc_send, and proxy_grpc_cancel
 // and proxy_grpc_close on a stream token). A stream is an HTTP/2 POST to
 // /<service>/<method> on a cluster, opened through stream.StreamCaller (a
-// stream context) or the plugin's StreamCallout (the root context), whose body
+// stream context) or the plugin's StreamCallout (the root context and
+// network contexts), whose body
 // the guest sends message by message while the response is read.
 //
 // The guest sees Envoy's callback order (source/common/grpc/
@@ -102,23 +103,14 @@ func hGrpcStream(v *vm, s []uint64) result {
 		return resultParseFailure
 	}
 	f := v.current()
-	var (
-		parent context.Context
-		open   func(context.Context, string, *header.Map) (stream.CalloutStream, error)
-	)
-	if f == nil {
-		// The root context: the stream lives until cancelled, closed or
-		// the VM goes away.
-		if v.p.streamCallout == nil {
-			return resultInternalFailure
-		}
-		parent, open = context.Background(), v.p.streamCallout
-	} else {
-		sc, ok := f.cb.(stream.StreamCaller)
-		if !ok {
-			return resultInternalFailure
-		}
-		parent, open = f.cb.Context(), sc.OpenStream
+	// The root context's streams live until cancelled, closed or the VM
+	// goes away; a stream context's end with it.
+	parent, open := context.Background(), v.p.streamCallout
+	if f != nil {
+		parent, open = f.context(), f.opener()
+	}
+	if open == nil {
+		return resultInternalFailure
 	}
 	h := grpcRequestHead(target, service, method, md, 0)
 	ctx, cancel := context.WithCancelCause(parent)

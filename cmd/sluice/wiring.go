@@ -24,6 +24,8 @@ func builtins(stats *observe.Store) *stream.Registry {
 	r.RegisterFilter(headermutation.Compiler{}, headermutation.TypeNames...)
 	r.RegisterFilter(rules.Compiler{}, rules.TypeURL)
 	r.RegisterFilter(lua.Compiler{Log: slog.Default()}, lua.TypeURL, lua.TypeURLPerRoute)
-	r.RegisterFilter(wasm.Compiler{Log: slog.Default(), Stats: stats, Callout: r.HTTPCall, StreamCallout: r.OpenStream}, wasm.TypeURL, wasm.NetworkTypeURL)
+	wc := wasm.Compiler{Log: slog.Default(), Stats: stats, Callout: r.HTTPCall, StreamCallout: r.OpenStream}
+	r.RegisterFilter(wc, wasm.TypeURL)
+	r.RegisterNetworkFilter(wc, wasm.NetworkTypeURL)
 	return r
 }
