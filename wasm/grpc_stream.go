@@ -17,10 +17,10 @@ import (
 
 // gRPC streams (proxy_grpc_stream, proxy_grpc_send, and proxy_grpc_cancel
 // and proxy_grpc_close on a stream token). A stream is an HTTP/2 POST to
-// /<service>/<method> on a cluster, opened through stream.StreamCaller (a
-// stream context) or the plugin's StreamCallout (the root context and
-// network contexts), whose body
-// the guest sends message by message while the response is read.
+// /<service>/<method> on a cluster, opened through stream.StreamCaller (an
+// HTTP stream context) or the plugin's StreamCallout (the root context and
+// network contexts), whose body the guest sends message by message while
+// the response is read.
 //
 // The guest sees Envoy's callback order (source/common/grpc/
 // async_client_impl.cc, AsyncStreamImpl): proxy_on_grpc_receive_initial_
