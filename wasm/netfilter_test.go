@@ -406,7 +406,7 @@ func TestNetworkProps(t *testing.T) {
 	fac, _ := compileNet(t, "mode=tcp-props")
 	f := fac.NewNetworkFilter(newConn(42))
 	f.OnNewConnection()
-	want := "source.address=0:10.1.2.3,destination.port=0:8080,connection_id=0:42,plugin_name=0:test," +
+	want := "source.address=0:10.1.2.3,destination.port=0:8080,upstream.address=0:127.0.0.1:9000,connection_id=0:42,plugin_name=0:test," +
 		"request.path=1:,my_prop=0:v1,header=1,local=0,continue-up=12,continue-req=0,close-bad=2"
 	if got := sharedValueOf(vmIDOf(t), "tcp_props"); got != want {
 		t.Errorf("props\n got %s\nwant %s", got, want)

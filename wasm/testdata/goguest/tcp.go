@@ -190,6 +190,7 @@ func tcpProps() {
 	}
 	prop("source", "address")
 	prop("destination", "port")
+	prop("upstream", "address")
 	prop("connection_id")
 	prop("plugin_name")
 	prop("request", "path")
