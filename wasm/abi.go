@@ -53,11 +53,21 @@ const (
 
 // streamType is the argument of proxy_continue_stream / proxy_close_stream.
 const (
-	streamRequest  = 0
-	streamResponse = 1
+	streamRequest    = 0
+	streamResponse   = 1
+	streamDownstream = 2
+	streamUpstream   = 3
 )
 
-// action is what the guest returns from header, body and trailer callbacks.
+// peerType is the argument of proxy_on_{downstream,upstream}_connection_close.
+const (
+	peerUnknown = 0
+	peerLocal   = 1
+	peerRemote  = 2
+)
+
+// action is what the guest returns from header, body, trailer, new
+// connection and data callbacks.
 const (
 	actionContinue = 0
 	actionPause    = 1

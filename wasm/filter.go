@@ -1,8 +1,11 @@
 package wasm
 
 import (
+	"context"
+	"log/slog"
 	"sync/atomic"
 
+	"github.com/sluice-proxy/sluice/engine/attr"
 	"github.com/sluice-proxy/sluice/engine/header"
 	"github.com/sluice-proxy/sluice/engine/stream"
 )
@@ -24,11 +27,16 @@ import (
 //     with the whole body and end_of_stream set. The guest sees the body
 //     grow, but in one step rather than chunk by chunk as in Envoy.
 //   - Pause on the last body chunk or on trailers → stream.StopAndWait.
+//
+// A network context (netfilter.go) is a filter too, with net set and cb
+// nil: the VM keeps both kinds of stream context in one table, and host
+// calls that differ between them ask f.net.
 type filter struct {
-	p  *plugin
-	cb stream.Callbacks
-	v  *vm
-	id uint32 // context id in v, 0 before the first callback
+	p   *plugin
+	cb  stream.Callbacks // nil for a network context
+	net *netFilter       // the network context this is, or nil
+	v   *vm
+	id  uint32 // context id in v, 0 before the first callback
 
 	passThrough atomic.Bool // failed open: the guest is out of the picture
 
@@ -214,9 +222,7 @@ func (f *filter) OnResponseTrailers(t *header.Map) stream.Status {
 	}, false)
 }
 
-// OnDone ends the context: proxy_on_done, proxy_on_log (where SDKs run
-// their "stream done" hooks and properties are still readable), then
-// proxy_on_delete.
+// OnDone ends the context (finish).
 func (f *filter) OnDone() {
 	v := f.v
 	if v == nil {
@@ -228,8 +234,15 @@ func (f *filter) OnDone() {
 	if v.broken.Load() || v.streams[f.id] != f {
 		return
 	}
+	f.finish(v)
+}
+
+// finish ends a live context: proxy_on_done, proxy_on_log (where SDKs run
+// their "stream done" hooks and properties are still readable), then
+// proxy_on_delete; its calls and streams are dropped. Callers hold v.mu.
+func (f *filter) finish(v *vm) {
 	v.effective = f.id
-	for _, e := range []export{v.ex.onDone, v.ex.onLog, v.ex.onDelete} {
+	for _, e := range [...]export{v.ex.onDone, v.ex.onLog, v.ex.onDelete} {
 		if _, err := v.invoke(e, uint64(f.id)); err != nil {
 			v.trapped(err)
 			return
@@ -240,4 +253,67 @@ func (f *filter) OnDone() {
 	f.p.active.Dec()
 	f.body = nil
 	v.flush()
+}
+
+// What host calls ask of a context of either kind.
+
+// logger is the stream's or connection's logger.
+func (f *filter) logger() *slog.Logger {
+	var l *slog.Logger
+	if f.cb != nil {
+		l = f.cb.Logger()
+	} else {
+		l = f.net.nc.Logger()
+	}
+	if l == nil {
+		l = f.p.log
+	}
+	return l
+}
+
+// context ends with the stream or the connection.
+func (f *filter) context() context.Context {
+	if f.cb != nil {
+		return f.cb.Context()
+	}
+	return f.net.nc.Context()
+}
+
+// source is what properties read.
+func (f *filter) source() attr.Source {
+	if f.cb != nil {
+		return f.cb
+	}
+	return f.net.nc
+}
+
+// filterState is where proxy_set_property stores: the stream's filter
+// state, or the network context's own (the network filter contract has
+// no filter state of the connection).
+func (f *filter) filterState() *stream.Metadata {
+	if f.cb != nil {
+		return f.cb.FilterState()
+	}
+	return &f.net.state
+}
+
+// caller makes the context's http and gRPC calls: through its stream, or
+// for a network context (no HTTP stream) through the plugin's Callout.
+// Nil: it cannot call out.
+func (f *filter) caller() stream.HTTPCaller {
+	if f.cb != nil {
+		return f.cb.HTTPCall
+	}
+	return f.p.callout
+}
+
+// opener opens the context's gRPC streams, as caller. Nil: it cannot.
+func (f *filter) opener() stream.StreamOpener {
+	if f.cb != nil {
+		if sc, ok := f.cb.(stream.StreamCaller); ok {
+			return sc.OpenStream
+		}
+		return nil
+	}
+	return f.p.streamCallout
 }

@@ -135,7 +135,11 @@ func hGrpcCall(v *vm, s []uint64) result {
 		return resultParseFailure
 	}
 	f := v.current()
-	if f == nil && v.p.callout == nil {
+	call := v.p.callout
+	if f != nil {
+		call = f.caller()
+	}
+	if call == nil {
 		return resultInternalFailure
 	}
 	timeout := time.Duration(uint32(s[10])) * time.Millisecond
@@ -151,17 +155,14 @@ func hGrpcCall(v *vm, s []uint64) result {
 	var (
 		ctx    context.Context
 		cancel context.CancelFunc
-		call   stream.HTTPCaller
 	)
 	if f == nil {
 		ctx, cancel = context.WithCancel(context.Background())
-		call = v.p.callout
 		if timeout <= 0 {
 			timeout = rootCallTimeout
 		}
 	} else {
-		ctx, cancel = context.WithCancel(f.cb.Context())
-		call = f.cb.HTTPCall
+		ctx, cancel = context.WithCancel(f.context())
 		f.pendingCalls++
 	}
 	if v.grpcCalls == nil {

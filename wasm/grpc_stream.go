@@ -17,9 +17,10 @@ import (
 
 // gRPC streams (proxy_grpc_stream, proxy_grpc_send, and proxy_grpc_cancel
 // and proxy_grpc_close on a stream token). A stream is an HTTP/2 POST to
-// /<service>/<method> on a cluster, opened through stream.StreamCaller (a
-// stream context) or the plugin's Callout (the root context), whose body
-// the guest sends message by message while the response is read.
+// /<service>/<method> on a cluster, opened through stream.StreamCaller (an
+// HTTP stream context) or the plugin's StreamCallout (the root context and
+// network contexts), whose body the guest sends message by message while
+// the response is read.
 //
 // The guest sees Envoy's callback order (source/common/grpc/
 // async_client_impl.cc, AsyncStreamImpl): proxy_on_grpc_receive_initial_
@@ -102,26 +103,14 @@ func hGrpcStream(v *vm, s []uint64) result {
 		return resultParseFailure
 	}
 	f := v.current()
-	var (
-		parent context.Context
-		open   func(context.Context, string, *header.Map) (stream.CalloutStream, error)
-	)
-	if f == nil {
-		// The root context: the stream lives until cancelled, closed or
-		// the VM goes away.
-		if v.p.callout == nil {
-			return resultInternalFailure
-		}
-		parent = context.Background()
-		open = func(ctx context.Context, cluster string, h *header.Map) (stream.CalloutStream, error) {
-			return stream.OpenStreamVia(v.p.callout, ctx, cluster, h)
-		}
-	} else {
-		sc, ok := f.cb.(stream.StreamCaller)
-		if !ok {
-			return resultInternalFailure
-		}
-		parent, open = f.cb.Context(), sc.OpenStream
+	// The root context's streams live until cancelled, closed or the VM
+	// goes away; a stream context's end with it.
+	parent, open := context.Background(), v.p.streamCallout
+	if f != nil {
+		parent, open = f.context(), f.opener()
+	}
+	if open == nil {
+		return resultInternalFailure
 	}
 	h := grpcRequestHead(target, service, method, md, 0)
 	ctx, cancel := context.WithCancelCause(parent)

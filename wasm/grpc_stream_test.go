@@ -411,17 +411,12 @@ func TestGrpcStreamTrap(t *testing.T) {
 }
 
 // TestGrpcStreamRootContext: a stream opened on a tick (no stream to
-// call through) goes through the Compiler's Callout, which serves it with
-// stream.OpenStreamVia's request, and its callbacks reach the root
-// context.
+// call through) goes through the Compiler's StreamCallout, and its
+// callbacks reach the root context.
 func TestGrpcStreamRootContext(t *testing.T) {
 	var mu sync.Mutex
 	var opened []string
-	callout := func(ctx context.Context, cluster string, h *header.Map, _ []byte, _ time.Duration) (*stream.HTTPResponse, error) {
-		req := stream.StreamRequested(ctx)
-		if req == nil {
-			return nil, errors.New("fake: only streams")
-		}
+	open := func(ctx context.Context, cluster string, h *header.Map) (stream.CalloutStream, error) {
 		mu.Lock()
 		opened = append(opened, cluster+" "+h.Value(":path"))
 		mu.Unlock()
@@ -437,10 +432,9 @@ func TestGrpcStreamRootContext(t *testing.T) {
 			}
 			s.end("grpc-status", "0", "x-count", "2")
 		}()
-		req.Stream = s
-		return nil, nil
+		return s, nil
 	}
-	compileGo(t, "grpcstream-root", func(c *Compiler, _ *wasmhttpv3.Wasm) { c.Callout = callout })
+	compileGo(t, "grpcstream-root", func(c *Compiler, _ *wasmhttpv3.Wasm) { c.StreamCallout = open })
 	want := "im:application/grpc,m:1,m:2,tm:2,close:0:,after:0:1"
 	eventually(t, "the root context's stream", func() bool { return sharedValueOf("vm-"+t.Name(), "root_stream") == want })
 	mu.Lock()
@@ -450,7 +444,7 @@ func TestGrpcStreamRootContext(t *testing.T) {
 	}
 }
 
-// Without a Callout the root context cannot open streams.
+// Without a StreamCallout the root context cannot open streams.
 func TestGrpcStreamRootContextWithoutCallout(t *testing.T) {
 	compileGo(t, "grpcstream-root")
 	eventually(t, "the refused stream", func() bool { return sharedValueOf("vm-"+t.Name(), "root_stream") == "open:10" })

@@ -76,10 +76,12 @@ func hLog(v *vm, s []uint64) result {
 	args := []any{"plugin", v.p.name}
 	log := v.logger()
 	if f := v.current(); f != nil {
-		if l := f.cb.Logger(); l != nil {
-			log = l
+		log = f.logger()
+		if f.cb != nil {
+			args = append(args, "stream", f.cb.StreamID())
+		} else {
+			args = append(args, "conn", f.net.nc.ConnectionID())
 		}
-		args = append(args, "stream", f.cb.StreamID())
 	}
 	log.Log(context.Background(), logLevel(uint32(s[0])), msg, args...)
 	return resultOk
@@ -137,7 +139,7 @@ func (v *vm) headerMap(t uint32) *header.Map {
 	}
 	switch t {
 	case mapRequestHeaders:
-		if f.reqHeaders == nil {
+		if f.reqHeaders == nil && f.cb != nil {
 			return f.cb.RequestHeaders()
 		}
 		return f.reqHeaders
@@ -265,7 +267,9 @@ func lowerName(s string) string {
 // read-only ones (configurations, the http call response).
 func (v *vm) buffer(t uint32) (data []byte, mutable *stream.Buffer, ok bool) {
 	switch t {
-	case bufferRequestBody, bufferResponseBody:
+	case bufferRequestBody, bufferResponseBody, bufferDownstreamData, bufferUpstreamData:
+		// A body during its callback (or while the stream waits in it);
+		// a connection's data likewise (netfilter.go).
 		f := v.current()
 		if f == nil || f.body == nil || f.bodyType != t {
 			return nil, nil, false
@@ -359,6 +363,9 @@ func (v *vm) continueStream(t uint32) result {
 	if f == nil {
 		return resultNotFound
 	}
+	if f.net != nil {
+		return f.net.continueStream(t)
+	}
 	if t != streamRequest && t != streamResponse {
 		return resultBadArgument
 	}
@@ -370,11 +377,15 @@ func (v *vm) continueStream(t uint32) result {
 func hContinueStream(v *vm, s []uint64) result { return v.continueStream(uint32(s[0])) }
 
 // hCloseStream: the filter contract has no stream reset, so closing a
-// stream answers it with a local 503 (details wasm_close_stream).
+// stream answers it with a local 503 (details wasm_close_stream). On a
+// network context it closes the connection.
 func hCloseStream(v *vm, s []uint64) result {
 	f := v.current()
 	if f == nil {
 		return resultNotFound
+	}
+	if f.net != nil {
+		return f.net.closeStream(uint32(s[0]))
 	}
 	f.pendingReply = &localReply{status: 503, details: "wasm_close_stream"}
 	v.dirty = append(v.dirty, f)
@@ -382,7 +393,7 @@ func hCloseStream(v *vm, s []uint64) result {
 }
 
 func hClearRouteCache(v *vm, _ []uint64) result {
-	if f := v.current(); f != nil {
+	if f := v.current(); f != nil && f.cb != nil {
 		f.cb.ClearRouteCache()
 	}
 	return resultOk
@@ -410,6 +421,12 @@ func hSendLocalResponse(v *vm, s []uint64) result {
 	hs, err := decodePairs(hb)
 	if err != nil {
 		return resultParseFailure
+	}
+	if f.net != nil {
+		// As Envoy: a connection has no HTTP response to send; the call
+		// succeeds and does nothing (SDKs panic on an error here).
+		f.logger().Debug("wasm: proxy_send_local_response on a network connection: ignored", "plugin", v.p.name)
+		return resultOk
 	}
 	r := &localReply{status: int(uint32(s[0])), body: body, headers: hs, details: details}
 	if grpc := int32(uint32(s[7])); grpc >= 0 && isGRPC(f) {
@@ -455,11 +472,15 @@ func hDone(v *vm, _ []uint64) result {
 
 // hHTTPCall sends the request through Callbacks.HTTPCall on a goroutine
 // and delivers the answer with proxy_on_http_call_response under the VM
-// lock. The root context, which has no stream, calls through the
-// plugin's Callout (the server's clusters) instead.
+// lock. The root context and network contexts, which have no HTTP stream,
+// call through the plugin's Callout (the server's clusters) instead.
 func hHTTPCall(v *vm, s []uint64) result {
 	f := v.current()
-	if f == nil && v.p.callout == nil {
+	call := v.p.callout
+	if f != nil {
+		call = f.caller()
+	}
+	if call == nil {
 		return resultInternalFailure
 	}
 	cluster, ok1 := v.str(uint32(s[0]), uint32(s[1]))
@@ -490,10 +511,10 @@ func hHTTPCall(v *vm, s []uint64) result {
 		go v.rootCallout(token, cluster, &h, body, timeout)
 		return resultOk
 	}
-	ctx := f.cb.Context()
+	ctx := f.context()
 	f.pendingCalls++
 	go func() {
-		resp, err := f.cb.HTTPCall(ctx, cluster, &h, body, timeout)
+		resp, err := call(ctx, cluster, &h, body, timeout)
 		v.deliverCallResponse(f, token, resp, err)
 	}()
 	return resultOk
@@ -595,12 +616,23 @@ func (v *vm) property(path []string) ([]byte, bool) {
 	if f == nil {
 		return nil, false
 	}
+	if f.net != nil {
+		switch path[0] {
+		case "request", "response":
+			// A connection has no HTTP request (Envoy: not found).
+			return nil, false
+		case "connection_id":
+			if len(path) == 1 {
+				return binary.LittleEndian.AppendUint64(nil, f.net.nc.ConnectionID()), true
+			}
+		}
+	}
 	if len(path) == 3 && (path[0] == "request" || path[0] == "response") && (path[1] == "headers" || path[1] == "trailers") {
 		id, err := attr.Parse(path[0] + "." + path[1])
 		if err != nil {
 			return nil, false
 		}
-		m := attr.Resolve(f.cb, id).Headers
+		m := attr.Resolve(f.source(), id).Headers
 		if m == nil {
 			return nil, false
 		}
@@ -609,9 +641,9 @@ func (v *vm) property(path []string) ([]byte, bool) {
 	}
 	name := strings.Join(path, ".")
 	if id, err := attr.Parse(name); err == nil {
-		return serialize(attr.Resolve(f.cb, id)), true
+		return serialize(attr.Resolve(f.source(), id)), true
 	}
-	if val, ok := f.cb.FilterState().Get("", filterStatePrefix+name); ok {
+	if val, ok := f.filterState().Get("", filterStatePrefix+name); ok {
 		switch x := val.(type) {
 		case []byte:
 			return x, true
@@ -669,7 +701,7 @@ func hSetProperty(v *vm, s []uint64) result {
 	if !ok1 || !ok2 {
 		return resultInvalidMemoryAccess
 	}
-	f.cb.FilterState().Set("", filterStatePrefix+strings.Join(propertyPath(pb), "."), string(val))
+	f.filterState().Set("", filterStatePrefix+strings.Join(propertyPath(pb), "."), string(val))
 	return resultOk
 }
 

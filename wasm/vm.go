@@ -36,7 +36,8 @@ type plugin struct {
 
 	created, traps *observe.Counter
 	active         *observe.Gauge
-	callout        stream.HTTPCaller // http_call from the root context; nil: none
+	callout        stream.HTTPCaller   // calls with no HTTP stream to call through; nil: none
+	streamCallout  stream.StreamOpener // grpc streams likewise; nil: none
 
 	mu     sync.RWMutex
 	vms    []*vm
@@ -58,6 +59,8 @@ type exports struct {
 	onHTTPCallResponse, onDone, onLog, onDelete, allocate, initialize export
 	onGrpcReceive, onGrpcClose                                        export
 	onGrpcInitialMetadata, onGrpcTrailingMetadata                     export
+	onNewConnection, onDownstreamData, onUpstreamData                 export
+	onDownstreamClose, onUpstreamClose                                export
 }
 
 // vm is one instance of the module with its root context. A wazero
@@ -83,6 +86,12 @@ type vm struct {
 	effective uint32             // the context host calls act on
 	dirty     []*filter          // streams with a pending continue or reply
 
+	// cond wakes network contexts waiting in a data callback for their
+	// calls (netFilter.wait); it is broadcast by flush while netWaiting
+	// is not zero, and when the VM breaks.
+	cond       *sync.Cond
+	netWaiting int
+
 	callResp  *stream.HTTPResponse // during proxy_on_http_call_response
 	nextToken uint32
 
@@ -106,6 +115,7 @@ type vm struct {
 // proxy_on_configure.
 func (p *plugin) newVM() (*vm, error) {
 	v := &vm{p: p, root: 1, nextID: 2, nextToken: 1, nextGrpcToken: 1, streams: map[uint32]*filter{}}
+	v.cond = sync.NewCond(&v.mu)
 	v.ctx = context.WithValue(context.Background(), vmKey{}, v)
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -142,6 +152,10 @@ func (p *plugin) newVM() (*vm, error) {
 		onGrpcReceive: get("proxy_on_grpc_receive"), onGrpcClose: get("proxy_on_grpc_close"),
 		onGrpcInitialMetadata:  get("proxy_on_grpc_receive_initial_metadata"),
 		onGrpcTrailingMetadata: get("proxy_on_grpc_receive_trailing_metadata"),
+		onNewConnection:        get("proxy_on_new_connection"),
+		onDownstreamData:       get("proxy_on_downstream_data"), onUpstreamData: get("proxy_on_upstream_data"),
+		onDownstreamClose: get("proxy_on_downstream_connection_close"),
+		onUpstreamClose:   get("proxy_on_upstream_connection_close"),
 	}
 	// Proxy-wasm's allocator first, then the libc-style one (the
 	// AssemblyScript SDK exports only malloc).
@@ -233,7 +247,9 @@ func (v *vm) trapped(err error) {
 	for id, f := range v.streams {
 		delete(v.streams, id)
 		p.active.Dec()
-		if f.waiting {
+		if f.waiting && f.net == nil {
+			// A waiting network context wakes up (closeLocked) and
+			// applies the policy itself.
 			f.waiting = false
 			f.failAsync()
 		}
@@ -249,6 +265,7 @@ func (v *vm) closeLocked() {
 	}
 	v.closed = true
 	v.broken.Store(true)
+	v.cond.Broadcast()
 	v.cancelGrpcCalls()
 	if v.tickStop != nil {
 		close(v.tickStop)
@@ -267,6 +284,10 @@ func (v *vm) flush() {
 		if f.inCallback {
 			continue
 		}
+		if n := f.net; n != nil {
+			n.flushed()
+			continue
+		}
 		reply, cont := f.pendingReply, f.pendingContinue
 		f.pendingReply, f.pendingContinue = nil, false
 		switch {
@@ -280,6 +301,9 @@ func (v *vm) flush() {
 	}
 	clear(v.dirty)
 	v.dirty = v.dirty[:0]
+	if v.netWaiting > 0 {
+		v.cond.Broadcast()
+	}
 }
 
 // setTick starts, changes or stops the VM's ticker. Callers hold v.mu.

@@ -1,23 +1,27 @@
-// Package wasm is Sluice's proxy-wasm host: it runs Wasm HTTP filter
-// modules built for Envoy and Istio (proxy-wasm ABI 0.2.1, 0.2.0 and
+// Package wasm is Sluice's proxy-wasm host: it runs Wasm HTTP and network
+// filter modules built for Envoy and Istio (proxy-wasm ABI 0.2.1, 0.2.0 and
 // 0.1.0; Go, Rust, C++, TinyGo and AssemblyScript SDKs) on wazero, unchanged.
 //
 // Compiler compiles Envoy's envoy.extensions.filters.http.wasm.v3.Wasm
-// config: the module is compiled once per sha256 of its bytes, and each
-// filter config gets a small pool of VMs (instances with their root
-// context started and configured). A stream binds to one VM for its life;
-// every call into a VM holds that VM's lock. A trap fails only the request
-// that hit it (a local 503, or pass-through with fail_open), and the VM is
-// replaced by a fresh one.
+// config, and envoy.extensions.filters.network.wasm.v3.Wasm into a network
+// filter (netfilter.go, with its own list of differences from Envoy): the
+// module is compiled once per sha256 of its bytes, and each filter config
+// gets a small pool of VMs (instances with their root context started and
+// configured). A stream or connection binds to one VM for its life; every
+// call into a VM holds that VM's lock. A trap fails the request or
+// connection that hit it (a local 503 or a close, or pass-through with
+// fail_open), the VM is replaced by a fresh one, and the other contexts
+// of the trapped VM fail the same way at their next callback (their guest
+// state went with it), as in Envoy.
 //
 // Where this host differs from Envoy:
 //   - Guest actions map onto the stream.Filter statuses as documented on
 //     filter; a body paused mid-stream is handed back whole once, not
 //     chunk by chunk.
-//   - proxy_http_call goes through Callbacks.HTTPCall from stream
+//   - proxy_http_call goes through Callbacks.HTTPCall from HTTP stream
 //     contexts and through Compiler.Callout (the server's clusters) from
-//     the root context, which gets InternalFailure without one; request
-//     trailers are dropped.
+//     the root context and network contexts, which get InternalFailure
+//     without one; request trailers are dropped.
 //   - proxy_grpc_call is a unary gRPC call sent the same way: an HTTP/2
 //     POST to /<service>/<method> on the envoy_grpc cluster of the
 //     serialized GrpcService (or the bytes as a cluster name, as Envoy
@@ -34,18 +38,19 @@
 //     proxy_grpc_cancel / proxy_grpc_close end an outstanding call of the
 //     current context. proxy_call_foreign_function returns NotFound.
 //   - proxy_grpc_stream opens a streaming call through
-//     stream.StreamCaller (stream contexts) or, from the root context,
-//     through Compiler.Callout with stream.OpenStreamVia; callbacks come
-//     in Envoy's order (grpc_stream.go). Unlike Envoy: a stream that never
-//     got a response head gets no initial metadata (Envoy delivers its
-//     local 503 reply's); an upstream RST_STREAM maps by its code (Envoy:
-//     INTERNAL); an unknown cluster in a GrpcService is refused
-//     (InternalFailure) without a close callback; a response without
-//     grpc-status is INTERNAL (Envoy: UNKNOWN); a send after the guest's
-//     own end of stream is BadArgument; received messages are capped at
-//     4 MiB and queued sends at 8 MiB (RESOURCE_EXHAUSTED).
+//     stream.StreamCaller (HTTP stream contexts) or, from the root
+//     context and network contexts, through Compiler.StreamCallout;
+//     callbacks come in Envoy's order (grpc_stream.go). Unlike Envoy: a
+//     stream that never got a response head gets no initial metadata
+//     (Envoy delivers its local 503 reply's); an upstream RST_STREAM maps
+//     by its code (Envoy: INTERNAL); an unknown cluster in a GrpcService
+//     is refused (InternalFailure) without a close callback; a response
+//     without grpc-status is INTERNAL (Envoy: UNKNOWN); a send after the
+//     guest's own end of stream is BadArgument; received messages are
+//     capped at 4 MiB and queued sends at 8 MiB (RESOURCE_EXHAUSTED).
 //   - proxy_close_stream answers a local 503 (details wasm_close_stream):
-//     the filter contract has no stream reset.
+//     the filter contract has no stream reset. On a network context it
+//     closes the connection, as Envoy does.
 //   - proxy_set_property stores a string in filter state under
 //     "wasm.<path>"; proxy_get_property reads Envoy's attribute paths
 //     through engine/attr, plugin_name / plugin_root_id / plugin_vm_id,
@@ -84,11 +89,12 @@ import (
 // TypeURL is the filter config type this package compiles.
 const TypeURL = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
 
-// NetworkTypeURL is Envoy's network-filter variant, not supported yet.
+// NetworkTypeURL is the network filter config type this package compiles
+// (CompileNetworkFilter).
 const NetworkTypeURL = "type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm"
 
 // Compiler compiles proxy-wasm HTTP filter configs (*wasmhttpv3.Wasm, or a
-// bare *wasmv3.PluginConfig).
+// bare *wasmv3.PluginConfig) and network filter configs (*wasmnetv3.Wasm).
 type Compiler struct {
 	Log   *slog.Logger
 	Stats *observe.Store // guest metrics and per-plugin host stats; nil keeps them private
@@ -97,12 +103,14 @@ type Compiler struct {
 	// MemoryLimitPages bounds each VM's memory in 64 KiB pages; 0 means
 	// DefaultMemoryLimitPages.
 	MemoryLimitPages uint32
-	// Callout serves proxy_http_call, proxy_grpc_call and
-	// proxy_grpc_stream from a root context (no stream to call through):
+	// Callout serves proxy_http_call and proxy_grpc_call where there is
+	// no HTTP stream to call through (the root context, network filters):
 	// cmd/sluice passes the registry's HTTPCall, which reaches the running
-	// server's clusters, and serves streams asked of it with
-	// stream.OpenStreamVia. Nil: such calls fail.
+	// server's clusters. Nil: such calls fail.
 	Callout stream.HTTPCaller
+	// StreamCallout serves proxy_grpc_stream there: cmd/sluice passes the
+	// registry's OpenStream. Nil: such streams are refused.
+	StreamCallout stream.StreamOpener
 }
 
 var (
@@ -130,10 +138,52 @@ func (c Compiler) Compile(cfg any) (stream.Factory, error) {
 	case *wasmv3.PluginConfig:
 		pc = x
 	case *wasmnetv3.Wasm:
-		return nil, errors.New("wasm: the network filter (envoy.extensions.filters.network.wasm.v3.Wasm) is not supported yet")
+		return nil, errors.New("wasm: envoy.extensions.filters.network.wasm.v3.Wasm is a network filter: it belongs in a filter chain's filters, before tcp_proxy")
 	default:
 		return nil, fmt.Errorf("wasm: config is %T, want *wasmhttpv3.Wasm", cfg)
 	}
+	p, err := c.plugin(pc)
+	if err != nil {
+		return nil, err
+	}
+	f := &Factory{p: p}
+	// The filter contract has no teardown for factories: free the VMs
+	// (and stop their tickers) when the config that holds f is dropped.
+	runtime.AddCleanup(f, func(p *plugin) { p.close() }, p)
+	return f, nil
+}
+
+// CompileNetworkFilter implements stream.NetworkCompiler for Envoy's
+// network Wasm filter (*wasmnetv3.Wasm, or a bare *wasmv3.PluginConfig):
+// the same modules, VM pools and fail policy as the HTTP filter, with one
+// stream context per connection (netfilter.go).
+func (c Compiler) CompileNetworkFilter(cfg any) (stream.NetworkFactory, error) {
+	var pc *wasmv3.PluginConfig
+	switch x := cfg.(type) {
+	case *wasmnetv3.Wasm:
+		if x != nil {
+			pc = x.GetConfig()
+		}
+	case *wasmv3.PluginConfig:
+		pc = x
+	case *wasmhttpv3.Wasm:
+		return nil, errors.New("wasm: envoy.extensions.filters.http.wasm.v3.Wasm is an HTTP filter: it belongs in the http_connection_manager's http_filters")
+	default:
+		return nil, fmt.Errorf("wasm: network filter config is %T, want *wasmnetv3.Wasm", cfg)
+	}
+	p, err := c.plugin(pc)
+	if err != nil {
+		return nil, err
+	}
+	f := &NetworkFactory{p: p}
+	runtime.AddCleanup(f, func(p *plugin) { p.close() }, p)
+	return f, nil
+}
+
+// plugin loads and compiles a plugin config's module (cached by sha256)
+// and starts its pool of VMs, configured. HTTP and network filters share
+// it.
+func (c Compiler) plugin(pc *wasmv3.PluginConfig) (*plugin, error) {
 	if pc == nil {
 		return nil, errors.New("wasm: config has no plugin config")
 	}
@@ -198,7 +248,7 @@ func (c Compiler) Compile(cfg any) (stream.Factory, error) {
 		env:      envVars(vmc.GetEnvironmentVariables()),
 		eng:      eng, mod: mod, log: log.With("wasm_plugin", statName), metrics: metricsFor(st),
 		created: scope.Counter("created"), traps: scope.Counter("traps"), active: scope.Gauge("active"),
-		callout: c.Callout,
+		callout: c.Callout, streamCallout: c.StreamCallout,
 	}
 	n := c.PoolSize
 	if n <= 0 {
@@ -225,11 +275,7 @@ func (c Compiler) Compile(cfg any) (stream.Factory, error) {
 			}
 		}
 	}
-	f := &Factory{p: p}
-	// The filter contract has no teardown for factories: free the VMs
-	// (and stop their tickers) when the config that holds f is dropped.
-	runtime.AddCleanup(f, func(p *plugin) { p.close() }, p)
-	return f, nil
+	return p, nil
 }
 
 // Factory makes the per-stream filters of one compiled Wasm config.

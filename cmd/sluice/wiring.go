@@ -32,7 +32,9 @@ func builtins(stats *observe.Store) *stream.Registry {
 	r.RegisterFilter(rules.Compiler{}, rules.TypeURL)
 	r.RegisterFilter(compile.SourceCompiler{Env: sharedCELEnv()}, config.TypeRulesSource)
 	r.RegisterFilter(lua.Compiler{Log: slog.Default()}, lua.TypeURL, lua.TypeURLPerRoute)
-	r.RegisterFilter(wasm.Compiler{Log: slog.Default(), Stats: stats, Callout: r.HTTPCall}, wasm.TypeURL, wasm.NetworkTypeURL)
+	wc := wasm.Compiler{Log: slog.Default(), Stats: stats, Callout: r.HTTPCall, StreamCallout: r.OpenStream}
+	r.RegisterFilter(wc, wasm.TypeURL)
+	r.RegisterNetworkFilter(wc, wasm.NetworkTypeURL)
 	return r
 }
 

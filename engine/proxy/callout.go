@@ -31,18 +31,8 @@ func (cm *ConnectionManager) httpCall(ctx context.Context, cluster string, h *he
 
 // HTTPCall makes a request of a filter's own to a cluster of set, outside
 // any stream (a Wasm root context's http_call, a timer): as
-// Callbacks.HTTPCall, with the response body bounded by bodyLimit. When
-// ctx carries a stream.StreamRequest (stream.OpenStreamVia), it opens a
-// streaming call with OpenStream instead and leaves it in the request.
+// Callbacks.HTTPCall, with the response body bounded by bodyLimit.
 func HTTPCall(ctx context.Context, set *upstream.Set, bodyLimit int, cluster string, h *header.Map, body []byte, timeout time.Duration) (_ *stream.HTTPResponse, err error) {
-	if req := stream.StreamRequested(ctx); req != nil {
-		cs, err := OpenStream(ctx, set, cluster, h)
-		if err != nil {
-			return nil, err
-		}
-		req.Stream = cs
-		return nil, nil
-	}
 	if bodyLimit <= 0 {
 		bodyLimit = defaultBufferLimit
 	}

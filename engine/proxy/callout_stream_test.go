@@ -399,23 +399,3 @@ func TestCalloutStreamRefused(t *testing.T) {
 	default:
 	}
 }
-
-// TestHTTPCallServesStreamRequests: the HTTPCaller filters get at
-// registration reaches OpenStream through stream.OpenStreamVia.
-func TestHTTPCallServesStreamRequests(t *testing.T) {
-	set, _ := calloutSet(t)
-	call := func(ctx context.Context, cluster string, h *header.Map, body []byte, timeout time.Duration) (*stream.HTTPResponse, error) {
-		return HTTPCall(ctx, set, 0, cluster, h, body, timeout)
-	}
-	cs, err := stream.OpenStreamVia(call, context.Background(), "h2", grpcHead())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, ok := cs.(*CalloutStream); !ok {
-		t.Errorf("got %T", cs)
-	}
-	cs.Close()
-	if _, err := stream.OpenStreamVia(call, context.Background(), "nope", grpcHead()); !errors.Is(err, ErrUnknownCluster) {
-		t.Errorf("unknown cluster: %v", err)
-	}
-}

@@ -179,6 +179,7 @@ func New(opts Options) *Server {
 	}
 	if opts.Registry != nil {
 		opts.Registry.SetHTTPCaller(s.HTTPCall)
+		opts.Registry.SetStreamOpener(s.OpenStream)
 	}
 	sc := stats.Scope("server.", "server_")
 	s.applied = sc.Counter("config_applied")
@@ -792,4 +793,19 @@ func (s *Server) HTTPCall(ctx context.Context, cluster string, h *header.Map, bo
 		return nil, fmt.Errorf("server: http call to %q: no config applied yet", cluster)
 	}
 	return proxy.HTTPCall(ctx, g.clusters, 0, cluster, h, body, timeout)
+}
+
+// OpenStream opens a streaming call of a filter's own to a cluster of the
+// current config, outside any stream (proxy-wasm's grpc_stream from a root
+// context or a network filter): see proxy.OpenStream.
+func (s *Server) OpenStream(ctx context.Context, cluster string, h *header.Map) (stream.CalloutStream, error) {
+	g := s.current.Load()
+	if g == nil || g.clusters == nil {
+		return nil, fmt.Errorf("server: stream call to %q: no config applied yet", cluster)
+	}
+	cs, err := proxy.OpenStream(ctx, g.clusters, cluster, h)
+	if err != nil {
+		return nil, err
+	}
+	return cs, nil
 }

@@ -2,7 +2,6 @@ package stream
 
 import (
 	"context"
-	"fmt"
 
 	"github.com/sluice-proxy/sluice/engine/header"
 )
@@ -42,42 +41,4 @@ type StreamCaller interface {
 	// I/O: the first Send or ResponseHeaders connects. The end of ctx
 	// resets the stream.
 	OpenStream(ctx context.Context, cluster string, h *header.Map) (CalloutStream, error)
-}
-
-// StreamRequest is how a stream is asked of an HTTPCaller (OpenStreamVia):
-// an HTTPCaller that serves streams (proxy.HTTPCall, and the server's and
-// the registry's HTTPCall, which end in it) finds the request in its
-// context with StreamRequested, opens the stream instead of making a
-// unary call, and leaves it in Stream. This lets the HTTPCaller that
-// filters are given at registration (before a server exists) reach the
-// running config's clusters for streams too.
-type StreamRequest struct {
-	Stream CalloutStream
-}
-
-type streamRequestKey struct{}
-
-// StreamRequested returns the StreamRequest OpenStreamVia put in ctx, or
-// nil for an ordinary call.
-func StreamRequested(ctx context.Context) *StreamRequest {
-	r, _ := ctx.Value(streamRequestKey{}).(*StreamRequest)
-	return r
-}
-
-// OpenStreamVia opens a streaming call through call, as
-// StreamCaller.OpenStream does (ctx bounds the stream's life). It fails
-// when call does not serve streams.
-func OpenStreamVia(call HTTPCaller, ctx context.Context, cluster string, h *header.Map) (CalloutStream, error) {
-	req := &StreamRequest{}
-	_, err := call(context.WithValue(ctx, streamRequestKey{}, req), cluster, h, nil, 0)
-	if err != nil {
-		if req.Stream != nil {
-			req.Stream.Close()
-		}
-		return nil, err
-	}
-	if req.Stream == nil {
-		return nil, fmt.Errorf("stream: stream call to %q: the http caller does not serve streams", cluster)
-	}
-	return req.Stream, nil
 }

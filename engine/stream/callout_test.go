@@ -25,40 +25,29 @@ func TestRegistryOpenStream(t *testing.T) {
 		t.Errorf("before a server: %v", err)
 	}
 
-	// An HTTPCaller that serves streams.
 	var got string
-	r.SetHTTPCaller(func(ctx context.Context, cluster string, h *header.Map, body []byte, timeout time.Duration) (*HTTPResponse, error) {
-		req := StreamRequested(ctx)
-		if req == nil {
-			return &HTTPResponse{}, nil
-		}
+	want := &nopStream{}
+	r.SetStreamOpener(func(ctx context.Context, cluster string, h *header.Map) (CalloutStream, error) {
 		got = cluster
-		req.Stream = &nopStream{}
-		return nil, nil
+		return want, nil
 	})
 	s, err := r.OpenStream(context.Background(), "c", &h)
-	if err != nil || s == nil || got != "c" {
+	if err != nil || s != want || got != "c" {
 		t.Fatalf("stream %v err %v cluster %q", s, err, got)
 	}
-	if StreamRequested(context.Background()) != nil {
-		t.Error("a plain context asks for a stream")
+
+	// The opener's errors reach the caller unchanged.
+	errNo := errors.New("no such cluster")
+	r.SetStreamOpener(func(context.Context, string, *header.Map) (CalloutStream, error) { return nil, errNo })
+	if _, err := r.OpenStream(context.Background(), "c", &h); !errors.Is(err, errNo) {
+		t.Errorf("err %v", err)
 	}
 
-	// One that does not.
+	// Unary calls do not open streams.
 	r.SetHTTPCaller(func(context.Context, string, *header.Map, []byte, time.Duration) (*HTTPResponse, error) {
 		return &HTTPResponse{}, nil
 	})
-	if _, err := r.OpenStream(context.Background(), "c", &h); err == nil || !strings.Contains(err.Error(), "does not serve streams") {
-		t.Errorf("caller without streams: %v", err)
-	}
-
-	// A stream left behind by a failing caller is closed.
-	left := &nopStream{}
-	r.SetHTTPCaller(func(ctx context.Context, _ string, _ *header.Map, _ []byte, _ time.Duration) (*HTTPResponse, error) {
-		StreamRequested(ctx).Stream = left
-		return nil, errors.New("late failure")
-	})
-	if _, err := r.OpenStream(context.Background(), "c", &h); err == nil || !left.closed {
-		t.Errorf("err %v, closed %v", err, left.closed)
+	if s, err := r.OpenStream(context.Background(), "c", &h); !errors.Is(err, errNo) || s != nil {
+		t.Errorf("stream %v err %v", s, err)
 	}
 }

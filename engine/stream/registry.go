@@ -22,6 +22,7 @@ type Registry struct {
 	clients   map[string]ClientCodec
 	muxes     map[string]MuxClientCodec
 	caller    atomic.Pointer[HTTPCaller]
+	opener    atomic.Pointer[StreamOpener]
 }
 
 // HTTPCaller makes a request of a filter's own to a cluster of the running
@@ -44,11 +45,25 @@ func (r *Registry) HTTPCall(ctx context.Context, cluster string, h *header.Map, 
 	return (*fn)(ctx, cluster, h, body, timeout)
 }
 
+// StreamOpener opens a streaming call of a filter's own to a cluster of
+// the running config, outside any stream, as StreamCaller.OpenStream does
+// (ctx bounds the stream's life).
+type StreamOpener func(ctx context.Context, cluster string, h *header.Map) (CalloutStream, error)
+
+// SetStreamOpener installs what OpenStream uses; the server does it when
+// it is created with this registry, next to SetHTTPCaller.
+func (r *Registry) SetStreamOpener(fn StreamOpener) { r.opener.Store(&fn) }
+
 // OpenStream is a streaming call outside any stream (proxy-wasm's
-// grpc_stream from a root context), as StreamCaller.OpenStream, made
-// through the installed HTTPCaller (OpenStreamVia).
+// grpc_stream from a root context or a network filter), as
+// StreamCaller.OpenStream: filters are given this method when they are
+// registered, and it reaches the server's clusters once one runs.
 func (r *Registry) OpenStream(ctx context.Context, cluster string, h *header.Map) (CalloutStream, error) {
-	return OpenStreamVia(r.HTTPCall, ctx, cluster, h)
+	fn := r.opener.Load()
+	if fn == nil {
+		return nil, fmt.Errorf("stream: stream call to %q: no server is running", cluster)
+	}
+	return (*fn)(ctx, cluster, h)
 }
 
 // NewRegistry returns an empty registry.

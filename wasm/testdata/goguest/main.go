@@ -1,7 +1,8 @@
 //go:build wasip1
 
 // The Go test guest of Sluice's wasm host. Its plugin configuration
-// ("mode=<name>") selects what it does; see the cases below.
+// ("mode=<name>", then options "key=value" separated by spaces) selects
+// what it does; see the cases below and tcp.go.
 package main
 
 import (
@@ -15,6 +16,7 @@ func main() {}
 
 var (
 	mode     string
+	opts     = map[string]string{}
 	vmConfig string
 	queueID  uint32
 
@@ -34,6 +36,7 @@ func proxyOnVMStart(root, size uint32) uint32 {
 	gauge = defineMetric(1, "goguest_gauge")
 	hist = defineMetric(2, "goguest_hist")
 	streamMsgs = defineMetric(0, "goguest_grpc_stream_messages")
+	tcpBytes = defineMetric(0, "goguest_tcp_bytes_total")
 	q := "goguest_queue"
 	proxyRegisterSharedQueue(sptr(q), uint32(len(q)), unsafe.Pointer(&queueID))
 	return 1
@@ -41,8 +44,14 @@ func proxyOnVMStart(root, size uint32) uint32 {
 
 //go:wasmexport proxy_on_configure
 func proxyOnConfigure(root, size uint32) uint32 {
-	cfg := string(getBuffer(bufPluginConfig, 0, size))
-	mode = strings.TrimPrefix(cfg, "mode=")
+	cfg := strings.Fields(string(getBuffer(bufPluginConfig, 0, size)))
+	if len(cfg) > 0 {
+		mode = strings.TrimPrefix(cfg[0], "mode=")
+	}
+	for _, kv := range cfg[min(1, len(cfg)):] {
+		k, v, _ := strings.Cut(kv, "=")
+		opts[k] = v
+	}
 	switch mode {
 	case "refuse":
 		return 0
@@ -257,6 +266,10 @@ func proxyOnRequestHeaders(id, n, end uint32) uint32 {
 
 //go:wasmexport proxy_on_http_call_response
 func proxyOnHTTPCallResponse(id, token, nh, bodySize, nt uint32) {
+	if isTCP() {
+		tcpCallResponse(id, bodySize)
+		return
+	}
 	if mode == "tick-call" {
 		status, _ := getHeader(mapCallResponseHeaders, ":status")
 		body := string(getBuffer(bufCallResponseBody, 0, bodySize))
@@ -383,6 +396,7 @@ func proxyOnDone(id uint32) uint32 { return 1 }
 
 //go:wasmexport proxy_on_log
 func proxyOnLog(id uint32) {
+	tcpDone(id, "log")
 	if mode == "log" {
 		v, _ := getProperty("response", "code")
 		if len(v) == 8 {
@@ -392,4 +406,7 @@ func proxyOnLog(id uint32) {
 }
 
 //go:wasmexport proxy_on_delete
-func proxyOnDelete(id uint32) { delete(paths, id) }
+func proxyOnDelete(id uint32) {
+	delete(paths, id)
+	tcpDone(id, "delete")
+}
