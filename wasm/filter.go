@@ -71,24 +71,47 @@ func b2u(b bool) uint64 {
 
 // lockVM returns the stream's VM locked, binding the stream to a VM and
 // creating its context on first use; nil when no healthy VM is there.
+//
+// An HTTP stream whose VM trapped under another stream's callback is not
+// failed with it: it continues on a fresh context in a healthy VM (what
+// the guest kept for it before is gone; its request and response as the
+// host holds them are not). Envoy fails such streams; losing requests that
+// did nothing wrong to a neighbour's bug is worse than a guest seeing a
+// stream from its middle. A stream the trap caught waiting (a pause, a call
+// in flight) has already been failed by policy; a network connection is
+// closed instead (its guest state is part of the byte stream's meaning).
 func (f *filter) lockVM() *vm {
 	if v := f.v; v != nil {
 		v.mu.Lock()
-		if v.broken.Load() {
-			v.mu.Unlock()
+		if !v.broken.Load() {
+			return v
+		}
+		gone := f.net != nil || f.replied || f.done || f.passThrough.Load()
+		v.mu.Unlock()
+		if gone {
 			return nil
 		}
-		return v
+		f.v, f.id = nil, 0
+		f.p.moved.Inc()
 	}
-	v, err := f.p.pick()
-	if err != nil {
-		f.p.log.Error("wasm: no vm for the stream", "plugin", f.p.name, "error", err)
-		return nil
-	}
-	v.mu.Lock()
-	if v.broken.Load() {
+	var v *vm
+	// A VM picked healthy may trap (under another stream) before we hold
+	// its lock: pick again (bounded: a module that traps on every request
+	// must not keep a stream spinning).
+	for attempt := 0; ; attempt++ {
+		var err error
+		if v, err = f.p.pick(); err != nil {
+			f.p.log.Error("wasm: no vm for the stream", "plugin", f.p.name, "error", err)
+			return nil
+		}
+		v.mu.Lock()
+		if !v.broken.Load() {
+			break
+		}
 		v.mu.Unlock()
-		return nil
+		if attempt == 15 {
+			return nil
+		}
 	}
 	f.v, f.id = v, v.nextID
 	v.nextID++

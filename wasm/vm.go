@@ -35,9 +35,12 @@ type plugin struct {
 	metrics *metricRegistry
 
 	created, traps *observe.Counter
-	active         *observe.Gauge
-	callout        stream.HTTPCaller   // calls with no HTTP stream to call through; nil: none
-	streamCallout  stream.StreamOpener // grpc streams likewise; nil: none
+	// moved counts HTTP streams that continued on a fresh context in a
+	// healthy VM after another stream's trap took theirs down.
+	moved         *observe.Counter
+	active        *observe.Gauge
+	callout       stream.HTTPCaller   // calls with no HTTP stream to call through; nil: none
+	streamCallout stream.StreamOpener // grpc streams likewise; nil: none
 
 	mu     sync.RWMutex
 	vms    []*vm
@@ -347,27 +350,38 @@ func (v *vm) rootCall(e export, args ...uint64) {
 }
 
 // pick returns a healthy VM, round robin; when every VM is broken it
-// replaces one on the spot.
+// replaces one on the spot (and again if that one trapped meanwhile).
 func (p *plugin) pick() (*vm, error) {
-	p.mu.RLock()
-	n := len(p.vms)
-	start := int(p.rr.Add(1))
-	for i := 0; i < n; i++ {
-		if v := p.vms[(start+i)%n]; !v.broken.Load() {
-			p.mu.RUnlock()
+	for range 8 {
+		p.mu.RLock()
+		n := len(p.vms)
+		start := int(p.rr.Add(1))
+		for i := 0; i < n; i++ {
+			if v := p.vms[(start+i)%n]; !v.broken.Load() {
+				p.mu.RUnlock()
+				return v, nil
+			}
+		}
+		var broken *vm
+		if n > 0 {
+			broken = p.vms[start%n]
+		}
+		p.mu.RUnlock()
+		if broken == nil {
+			return nil, errors.New("wasm: plugin has no vm")
+		}
+		v, err := p.replace(broken)
+		switch {
+		case err == nil && !v.broken.Load():
 			return v, nil
+		case err != nil && !errors.Is(err, errNoHealthyVM):
+			return nil, err
 		}
 	}
-	var broken *vm
-	if n > 0 {
-		broken = p.vms[start%n]
-	}
-	p.mu.RUnlock()
-	if broken == nil {
-		return nil, errors.New("wasm: plugin has no vm")
-	}
-	return p.replace(broken)
+	return nil, errNoHealthyVM
 }
+
+var errNoHealthyVM = errors.New("wasm: no healthy vm")
 
 // replace swaps a broken VM for a fresh one.
 func (p *plugin) replace(old *vm) (*vm, error) {
@@ -390,7 +404,7 @@ func (p *plugin) replace(old *vm) (*vm, error) {
 				return v, nil
 			}
 		}
-		return nil, errors.New("wasm: no healthy vm")
+		return nil, errNoHealthyVM
 	}
 	v, err := p.newVM()
 	if err != nil {

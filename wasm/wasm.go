@@ -248,6 +248,7 @@ func (c Compiler) plugin(pc *wasmv3.PluginConfig) (*plugin, error) {
 		env:      envVars(vmc.GetEnvironmentVariables()),
 		eng:      eng, mod: mod, log: log.With("wasm_plugin", statName), metrics: metricsFor(st),
 		created: scope.Counter("created"), traps: scope.Counter("traps"), active: scope.Gauge("active"),
+		moved:   scope.Counter("streams_moved"),
 		callout: c.Callout, streamCallout: c.StreamCallout,
 	}
 	n := c.PoolSize
