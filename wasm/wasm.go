@@ -199,7 +199,7 @@ func (c Compiler) plugin(pc *wasmv3.PluginConfig) (*plugin, error) {
 	default:
 		return nil, fmt.Errorf("wasm: unknown runtime %q", rt)
 	}
-	code, source, err := loadCode(vmc.GetCode())
+	code, source, err := loadCode(vmc.GetCode(), c.Callout, c.Log)
 	if err != nil {
 		return nil, err
 	}
@@ -292,12 +292,12 @@ func (f *Factory) NewFilter(cb stream.Callbacks) stream.Filter {
 func (f *Factory) Close() { f.p.close() }
 
 // loadCode reads the module bytes from vm_config.code.
-func loadCode(src *corev3.AsyncDataSource) ([]byte, string, error) {
+func loadCode(src *corev3.AsyncDataSource, call stream.HTTPCaller, log *slog.Logger) ([]byte, string, error) {
 	if src == nil {
 		return nil, "", errors.New("wasm: vm_config has no code")
 	}
 	if r := src.GetRemote(); r != nil {
-		return fetchRemote(r)
+		return fetchRemote(r, call, log)
 	}
 	local := src.GetLocal()
 	if local == nil {

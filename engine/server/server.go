@@ -790,7 +790,7 @@ func hostname() string {
 func (s *Server) HTTPCall(ctx context.Context, cluster string, h *header.Map, body []byte, timeout time.Duration) (*stream.HTTPResponse, error) {
 	g := s.current.Load()
 	if g == nil || g.clusters == nil {
-		return nil, fmt.Errorf("server: http call to %q: no config applied yet", cluster)
+		return nil, fmt.Errorf("server: http call to %q: no config applied yet: %w", cluster, proxy.ErrUnknownCluster)
 	}
 	return proxy.HTTPCall(ctx, g.clusters, 0, cluster, h, body, timeout)
 }
