@@ -44,6 +44,7 @@ var proxyCases = []proxyCase{
 	{"routes100-last", VariantRoutes100, "/p099/small"},
 	{"lua-headers", VariantLua, "/small"},
 	{"wasm-header", VariantWasm, "/small"},
+	{"wasm-lean-header", VariantWasmLean, "/small"},
 }
 
 // startOrigin serves ServeOrigin on a loopback port until the test ends.
@@ -165,4 +166,7 @@ func BenchmarkProxyRequest(b *testing.B) {
 }
 
 // The tests run in bench/: the Wasm variant's module is one level up.
-func init() { WasmModule = "../wasm/testdata/goguest.wasm" }
+func init() {
+	WasmModule = "../wasm/testdata/goguest.wasm"
+	WasmLeanModule = "../wasm/testdata/watguest.wasm"
+}

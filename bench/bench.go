@@ -15,6 +15,7 @@ const (
 	VariantRoutes100      = "routes100"      // 100 prefix routes, the last one matches
 	VariantLua            = "lua"            // + an Envoy Lua filter doing what the header_mutation variant does
 	VariantWasm           = "wasm"           // + a proxy-wasm filter (standard-Go guest) adding a request header
+	VariantWasmLean       = "wasmlean"       // + the same filter from a hand-written guest: the host's own cost
 )
 
 // WasmModule is the proxy-wasm module of VariantWasm: the host's
@@ -22,6 +23,12 @@ const (
 // resolved by the process that loads the config; set it to an absolute
 // path when that is not the repository root.
 var WasmModule = "wasm/testdata/goguest.wasm"
+
+// WasmLeanModule is VariantWasmLean's module: wasm/testdata/watguest, a
+// hand-written proxy-wasm filter adding the same header with next to no
+// guest code (the shape of a Rust or C++ SDK filter), so the row shows what
+// the host costs rather than a guest language's runtime.
+var WasmLeanModule = "wasm/testdata/watguest.wasm"
 
 // SluiceConfig is an Envoy v3 bootstrap: one listener, one HCM with Envoy's
 // defaults (so x-request-id generation is on, as in Envoy), no access log.
@@ -73,7 +80,11 @@ static_resources:
                   end
 `)
 	}
-	if variant == VariantWasm {
+	if variant == VariantWasm || variant == VariantWasmLean {
+		module := WasmModule
+		if variant == VariantWasmLean {
+			module = WasmLeanModule
+		}
 		fmt.Fprintf(&b, `          - name: envoy.filters.http.wasm
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
@@ -85,7 +96,7 @@ static_resources:
                 vm_config:
                   runtime: envoy.wasm.runtime.v8
                   code: { local: { filename: %q } }
-`, WasmModule)
+`, module)
 	}
 	b.WriteString(`          - name: envoy.filters.http.router
             typed_config:

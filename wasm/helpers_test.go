@@ -24,8 +24,9 @@ import (
 )
 
 const (
-	goGuest = "testdata/goguest.wasm"
-	asGuest = "testdata/asguest.wasm"
+	goGuest  = "testdata/goguest.wasm"
+	asGuest  = "testdata/asguest.wasm"
+	watGuest = "testdata/watguest.wasm"
 )
 
 // reply is a local reply the fake stream received.

@@ -69,21 +69,34 @@ func logLevel(l uint32) slog.Level {
 }
 
 func hLog(v *vm, s []uint64) result {
+	level := logLevel(uint32(s[0]))
+	log := v.logger()
+	f := v.current()
+	if f != nil {
+		log = f.logger()
+	}
+	// SDKs log at trace and debug on every context (the AssemblyScript
+	// runtime does): a disabled level costs nothing, not a string and its
+	// arguments per call.
+	if !log.Enabled(context.Background(), level) {
+		if s[1]+s[2] > uint64(v.mem.Size()) {
+			return resultInvalidMemoryAccess
+		}
+		return resultOk
+	}
 	msg, ok := v.str(uint32(s[1]), uint32(s[2]))
 	if !ok {
 		return resultInvalidMemoryAccess
 	}
 	args := []any{"plugin", v.p.name}
-	log := v.logger()
-	if f := v.current(); f != nil {
-		log = f.logger()
+	if f != nil {
 		if f.cb != nil {
 			args = append(args, "stream", f.cb.StreamID())
 		} else {
 			args = append(args, "conn", f.net.nc.ConnectionID())
 		}
 	}
-	log.Log(context.Background(), logLevel(uint32(s[0])), msg, args...)
+	log.Log(context.Background(), level, msg, args...)
 	return resultOk
 }
 

@@ -66,6 +66,7 @@ var targetInfo = map[string]struct{ label, kind string }{
 	"sluice-lua":            {"sluice + Lua header filter", "sluice"},
 	"sluice-baseline":       {"sluice --baseline binary (GOMAXPROCS=1)", "sluice"},
 	"sluice-wasm":           {"sluice + Wasm header filter", "sluice"},
+	"sluice-wasm-lean":      {"sluice + Wasm header filter (hand-written guest)", "sluice"},
 	"sluice-routes100":      {"sluice, 100 prefix routes (last matches)", "sluice"},
 	"sluice-dsl-routes100":  {"sluice, 100 DSL routes (last matches)", "sluice"},
 	"sluice-cel":            {"sluice + CEL `on request` filter (DSL)", "sluice"},
@@ -87,7 +88,7 @@ func (e *env) startTarget(id string) (*target, error) {
 	t := &target{id: id, label: info.label, kind: info.kind}
 	var err error
 	switch id {
-	case "sluice", "sluice-gmp2", "sluice-headermutation", "sluice-routes100", "sluice-lua", "sluice-wasm", "sluice-baseline":
+	case "sluice", "sluice-gmp2", "sluice-headermutation", "sluice-routes100", "sluice-lua", "sluice-wasm", "sluice-wasm-lean", "sluice-baseline":
 		variant, procs := bench.VariantPlain, 1
 		switch id {
 		case "sluice-gmp2":
@@ -100,6 +101,11 @@ func (e *env) startTarget(id string) (*target, error) {
 			variant = bench.VariantWasm
 			if abs, err := filepath.Abs(bench.WasmModule); err == nil {
 				bench.WasmModule = abs
+			}
+		case "sluice-wasm-lean":
+			variant = bench.VariantWasmLean
+			if abs, err := filepath.Abs(bench.WasmLeanModule); err == nil {
+				bench.WasmLeanModule = abs
 			}
 		case "sluice-routes100":
 			variant = bench.VariantRoutes100
@@ -341,6 +347,7 @@ func buildScenarios(o options) []*Scenario {
 		row("sluice-cel", "CEL `on request` filter (DSL; 1 request header from a string expression)", "/small"),
 		row("sluice-lua", "Envoy Lua filter (1 request + 1 response header, as header_mutation)", "/small"),
 		row("sluice-wasm", "proxy-wasm filter (standard-Go guest; adds 1 request header, counts a metric)", "/small"),
+		row("sluice-wasm-lean", "proxy-wasm filter (hand-written guest, as lean as a Rust/C++ SDK filter; adds 1 request header)", "/small"),
 	}
 	out = append(out, f)
 	for _, sc := range out {
