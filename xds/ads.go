@@ -221,7 +221,7 @@ func newClient(opts ClientOptions) (*Client, error) {
 		return nil, inField(err, "static_resources")
 	}
 	c.as = &assembler{listeners: sr.GetListeners(), secrets: secrets, dynamicClusters: c.subscribe[tCluster],
-		source: "ads " + cp.target}
+		source: "ads " + cp.target, node: nodeOf(b.GetNode())}
 	if opts.Source != "" {
 		c.as.source = opts.Source + " + ads " + cp.target
 	}

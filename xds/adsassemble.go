@@ -44,6 +44,8 @@ type assembler struct {
 	clusters  []*clusterv3.Cluster
 	secrets   map[string]*tlsv3.Secret
 	admin     *config.Admin
+	// node is the bootstrap's node, for Istio's filters.
+	node *config.Node
 	// dynamicClusters: clusters come from CDS, so a route may name one
 	// that has not arrived (Snapshot.DynamicClusters: 503 at request time).
 	dynamicClusters bool
@@ -106,7 +108,7 @@ func (as *assembler) assemble(v *view, prev *assembly) (*assembly, error) {
 	// complete; refs are recorded either way, so what it waits for is
 	// subscribed.
 	translate := func(msg any) (*built, *deps, error) {
-		d := &deps{view: v, statics: as.secrets}
+		d := &deps{view: v, statics: as.secrets, node: as.node}
 		b := &built{msg: msg}
 		var err error
 		switch m := msg.(type) {
@@ -219,6 +221,9 @@ func (as *assembler) assemble(v *view, prev *assembly) (*assembly, error) {
 		s.RouteConfigs = append(s.RouteConfigs, rc)
 	}
 	s.DynamicClusters = as.dynamicClusters
+	if err := applyIstio(s); err != nil {
+		return nil, err
+	}
 	if err := checkSnapshot(s, !as.dynamicClusters); err != nil {
 		return nil, err
 	}

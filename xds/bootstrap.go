@@ -54,7 +54,7 @@ func translate(b *bootstrapv3.Bootstrap) (*config.Snapshot, error) {
 	if err != nil {
 		return nil, inField(err, "static_resources")
 	}
-	d := &deps{statics: statics}
+	d := &deps{statics: statics, node: nodeOf(b.GetNode())}
 	for i, l := range sr.GetListeners() {
 		cl, err := translateListener(l, d)
 		if err != nil {
@@ -72,6 +72,9 @@ func translate(b *bootstrapv3.Bootstrap) (*config.Snapshot, error) {
 	dr := b.GetDynamicResources()
 	dynamicClusters := dr.GetCdsConfig() != nil || dr.GetCdsResourcesLocator() != ""
 	s.DynamicClusters = dynamicClusters
+	if err := applyIstio(s); err != nil {
+		return nil, err
+	}
 	if err := checkSnapshot(s, !dynamicClusters); err != nil {
 		return nil, err
 	}

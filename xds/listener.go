@@ -35,8 +35,11 @@ var (
 	filterChainMatchFields = knownFields(&listenerv3.FilterChainMatch{},
 		"destination_port", "prefix_ranges", "source_prefix_ranges", "server_names", "transport_protocol",
 		"application_protocols")
-	networkFilterFields  = knownFields(&listenerv3.Filter{}, "name", "typed_config")
-	listenerFilterFields = knownFields(&listenerv3.ListenerFilter{}, "name", "typed_config")
+	networkFilterFields = knownFields(&listenerv3.Filter{}, "name", "typed_config")
+	// filter_disabled turns an inspector off for some connections; Sluice
+	// inspects a connection only when a filter chain match needs it, so
+	// it is ignored.
+	listenerFilterFields = knownFields(&listenerv3.ListenerFilter{}, "name", "typed_config", "filter_disabled")
 	transportSocketField = knownFields(&corev3.TransportSocket{}, "name", "typed_config")
 )
 
@@ -161,6 +164,9 @@ func translateFilterChain(fc *listenerv3.FilterChain, d *deps) (*config.FilterCh
 		out.Match = match
 	}
 	if err := translateFilters(out, fc.GetFilters(), d); err != nil {
+		return nil, err
+	}
+	if err := withoutMX(out); err != nil {
 		return nil, err
 	}
 	return out, nil

@@ -9,6 +9,8 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/sluice-proxy/sluice/engine/config"
 )
 
 // Listeners and clusters name other resources that arrive on their own:
@@ -51,6 +53,8 @@ type view struct {
 type deps struct {
 	view    *view
 	statics map[string]*tlsv3.Secret
+	// node is the bootstrap's node, for Istio's filters (nil: unknown).
+	node *config.Node
 
 	// refs are the names the resource refers to, by type.
 	refs [numTypes]map[string]bool

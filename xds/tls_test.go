@@ -247,9 +247,10 @@ func TestTranslateTLSErrors(t *testing.T) {
 			cluster: `    transport_socket: { name: tls, typed_config: { "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext } }` + "\n",
 			want: `cluster "c": transport_socket: tls (type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext): ` +
 				`a cluster takes envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext or envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer`},
-		{name: "transport_socket_matches", unsupported: true,
-			cluster: `    transport_socket_matches: [{ name: m, transport_socket: { name: raw, typed_config: { "@type": type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer } } }]` + "\n",
-			want:    `cluster "c": transport_socket_matches: not supported yet`},
+		{name: "transport_socket_matches",
+			cluster: `    transport_socket_matches: [{ name: m, transport_socket: { name: tls, typed_config: { "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext } } }]` + "\n",
+			want: `cluster "c": transport_socket_matches[0].transport_socket: tls (type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext): ` +
+				`a cluster takes envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext or envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer`},
 
 		// Upstream protocol.
 		{name: "auto without TLS", cluster: fmt.Sprintf(h2Options, `auto_config: {}`),
