@@ -4,7 +4,9 @@ import (
 	"log/slog"
 
 	"github.com/sluice-proxy/sluice/dsl/rules"
+	"github.com/sluice-proxy/sluice/engine/config"
 	"github.com/sluice-proxy/sluice/engine/filters/headermutation"
+	"github.com/sluice-proxy/sluice/engine/filters/istio"
 	"github.com/sluice-proxy/sluice/engine/observe"
 	"github.com/sluice-proxy/sluice/engine/stream"
 	"github.com/sluice-proxy/sluice/lua"
@@ -25,5 +27,10 @@ func builtins(stats *observe.Store) *stream.Registry {
 	r.RegisterFilter(rules.Compiler{}, rules.TypeURL)
 	r.RegisterFilter(lua.Compiler{Log: slog.Default()}, lua.TypeURL, lua.TypeURLPerRoute)
 	r.RegisterFilter(wasm.Compiler{Log: slog.Default(), Stats: stats, Callout: r.HTTPCall}, wasm.TypeURL, wasm.NetworkTypeURL)
+	r.RegisterFilter(istio.Stats{Store: stats, Log: slog.Default()}, config.TypeIstioStats)
+	r.RegisterFilter(istio.PeerMetadata{}, config.TypeIstioPeerMetadata)
+	r.RegisterFilter(istio.NormalizePath{}, config.TypeNormalizePath)
+	r.RegisterFilter(istio.ForwardClientCert{}, config.TypeForwardClientCert)
+	r.RegisterNetworkFilter(istio.MetadataExchange{}, config.TypeIstioMetadataExchange)
 	return r
 }
