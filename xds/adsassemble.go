@@ -73,6 +73,11 @@ type assembly struct {
 	// deadline is the earliest initial fetch timeout that would change
 	// the snapshot when it passes; zero: none.
 	deadline time.Time
+	// sdsSources are the SDS servers other than the ADS stream that the
+	// snapshot's secrets come from, by key; secretSource maps the names
+	// of their secrets to the key (names absent come over ADS).
+	sdsSources   map[string]*sdsSource
+	secretSource map[string]string
 }
 
 func (a *assembly) ref(refs *[numTypes]map[string]bool) {
@@ -124,6 +129,16 @@ func (as *assembler) assemble(v *view, prev *assembly) (*assembly, error) {
 		}
 		b.refs = d.refs
 		out.ref(&d.refs)
+		for name, key := range d.secretSource {
+			if other, ok := out.secretSource[name]; ok && other != key {
+				return nil, nil, fmt.Errorf("secret %q is asked of two SDS servers (%s and %s): %w", name, other, key, ErrUnsupported)
+			}
+			if out.sdsSources == nil {
+				out.sdsSources, out.secretSource = map[string]*sdsSource{}, map[string]string{}
+			}
+			out.secretSource[name] = key
+			out.sdsSources[key] = d.sdsSources[key]
+		}
 		return b, d, nil
 	}
 	// add translates a resource and includes it, or the last version
@@ -132,6 +147,9 @@ func (as *assembler) assemble(v *view, prev *assembly) (*assembly, error) {
 		b, d, err := translate(msg)
 		if err != nil {
 			return err
+		}
+		if b.listener != nil && as.dynamicClusters {
+			waitForTCPClusters(b.listener, out.clusters, d)
 		}
 		if len(d.missing) == 0 {
 			included[name] = b
@@ -148,6 +166,9 @@ func (as *assembler) assemble(v *view, prev *assembly) (*assembly, error) {
 		b, d, err = translate(p.msg)
 		if err != nil {
 			return fmt.Errorf("previous version of %s: %w", what, err)
+		}
+		if b.listener != nil && as.dynamicClusters {
+			waitForTCPClusters(b.listener, out.clusters, d)
 		}
 		if len(d.missing) == 0 {
 			included[name] = b
@@ -169,12 +190,12 @@ func (as *assembler) assemble(v *view, prev *assembly) (*assembly, error) {
 		}
 	}
 	for i, l := range as.listeners {
-		if err := add("listener", l.GetName(), l, out.listeners, prev.listeners); err != nil {
+		if err := add("listener", listenerName(l), l, out.listeners, prev.listeners); err != nil {
 			return nil, inIndex(err, "static_resources.listeners", i)
 		}
 	}
 	for _, name := range v.st.names(tListener) {
-		if slices.ContainsFunc(as.listeners, func(l *listenerv3.Listener) bool { return l.GetName() == name }) {
+		if slices.ContainsFunc(as.listeners, func(l *listenerv3.Listener) bool { return listenerName(l) == name }) {
 			return nil, inNamed(fmt.Errorf("a static listener has this name"), "listener", name)
 		}
 		if err := add("listener", name, v.st.get(tListener, name).msg, out.listeners, prev.listeners); err != nil {
@@ -197,7 +218,7 @@ func (as *assembler) assemble(v *view, prev *assembly) (*assembly, error) {
 	}
 	routes := map[string]bool{}
 	for _, l := range as.listeners {
-		if b := out.listeners[l.GetName()]; b != nil {
+		if b := out.listeners[listenerName(l)]; b != nil {
 			s.Listeners = append(s.Listeners, b.listener)
 			maps.Copy(routes, b.refs[tRoute])
 		}
@@ -240,4 +261,34 @@ func snapshotVersion(st *store) string {
 		}
 	}
 	return strings.Join(parts, " ")
+}
+
+// waitForTCPClusters makes a listener wait for the clusters its TCP
+// proxies name that are not in the snapshot yet (from CDS, still warming
+// or not sent): the engine compiles a TCP proxy against its clusters.
+// Routes do not wait: a missing cluster answers 503 at request time
+// (Snapshot.DynamicClusters). Envoy serves such a listener and closes
+// its connections; Sluice keeps it (or its previous version) out until
+// the cluster arrives.
+func waitForTCPClusters(l *config.Listener, clusters map[string]*built, d *deps) {
+	chains := l.FilterChains
+	if l.DefaultFilterChain != nil {
+		chains = append(slices.Clip(chains), l.DefaultFilterChain)
+	}
+	seen := map[string]bool{}
+	need := func(name string) {
+		if name != "" && clusters[name] == nil && !seen[name] {
+			seen[name] = true
+			d.missing = append(d.missing, fmt.Sprintf("cluster %q", name))
+		}
+	}
+	for _, fc := range chains {
+		if fc.TCP == nil {
+			continue
+		}
+		need(fc.TCP.Cluster)
+		for _, wc := range fc.TCP.WeightedClusters {
+			need(wc.Name)
+		}
+	}
 }

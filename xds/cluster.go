@@ -471,10 +471,13 @@ func upstreamProtocol(c *clusterv3.Cluster, out *config.Cluster) error {
 		if err := upstreamHTTPFields.check(po); err != nil {
 			return inField(err, field)
 		}
-		if c.GetHttp2ProtocolOptions() != nil || common != nil || c.GetMaxRequestsPerConnection() != nil ||
+		// The deprecated max_requests_per_connection may stay beside it
+		// (Istio's bootstrap has both), unless both set the limit: see
+		// below.
+		if c.GetHttp2ProtocolOptions() != nil || common != nil ||
 			c.GetProtocolSelection() != clusterv3.Cluster_USE_CONFIGURED_PROTOCOL {
 			return inField(errors.New("may not be combined with the deprecated http2_protocol_options, "+
-				"common_http_protocol_options, max_requests_per_connection or protocol_selection cluster fields"), field)
+				"common_http_protocol_options or protocol_selection cluster fields"), field)
 		}
 		if err := typedUpstreamProtocol(po, out); err != nil {
 			return inField(err, field)

@@ -93,6 +93,24 @@ func istioConfig(a *anypb.Any) (u *config.UndecodedConfig, ok bool, err error) {
 	return u, true, nil
 }
 
+// typedStructURL returns the type URL a TypedStruct describes; ok is false
+// for an Any that is not a TypedStruct.
+func typedStructURL(a *anypb.Any) (string, bool) {
+	switch a.MessageName() {
+	case "xds.type.v3.TypedStruct":
+		ts := &xdstypev3.TypedStruct{}
+		if proto.Unmarshal(a.GetValue(), ts) == nil {
+			return ts.GetTypeUrl(), true
+		}
+	case "udpa.type.v1.TypedStruct":
+		ts := &udpatypev1.TypedStruct{}
+		if proto.Unmarshal(a.GetValue(), ts) == nil {
+			return ts.GetTypeUrl(), true
+		}
+	}
+	return "", false
+}
+
 // nodeOf converts the bootstrap's node for Istio's filters.
 func nodeOf(n *corev3.Node) *config.Node {
 	if n == nil {
@@ -210,6 +228,9 @@ func clusterFilters(fs []*clusterv3.Filter, out *config.Cluster) error {
 		}
 		if !ok || u.TypeURL != config.TypeIstioMetadataExchange {
 			url := f.GetTypedConfig().GetTypeUrl()
+			if inner, ok := typedStructURL(f.GetTypedConfig()); ok {
+				url = inner
+			}
 			if u != nil {
 				url = u.TypeURL
 			}

@@ -67,7 +67,7 @@ func translateListener(l *listenerv3.Listener, d *deps) (*config.Listener, error
 		return nil, inField(err, "address")
 	}
 	out := &config.Listener{
-		Name:                     l.GetName(),
+		Name:                     listenerName(l),
 		Address:                  addr,
 		PerConnectionBufferLimit: int(u32(l.GetPerConnectionBufferLimitBytes(), 0)),
 		UseOriginalDst:           boolean(l.GetUseOriginalDst(), false),
@@ -86,6 +86,10 @@ func translateListener(l *listenerv3.Listener, d *deps) (*config.Listener, error
 		}
 		out.OriginalDst = out.OriginalDst || origDst
 	}
+	// Envoy runs the original_dst listener filter on a use_original_dst
+	// listener even when it is not listed (Istio's virtualOutbound lists
+	// none): the hand-off needs the destination from before the redirect.
+	out.OriginalDst = out.OriginalDst || out.UseOriginalDst
 	seen := map[string]int{}
 	for i, fc := range l.GetFilterChains() {
 		c, err := translateFilterChain(fc, d)
@@ -254,4 +258,16 @@ func matchKey(m *config.FilterChainMatch) string {
 	}
 	return fmt.Sprintf("%d|%s|%s|%s|%s|%s", m.DestinationPort, sorted(m.ServerNames), m.TransportProtocol,
 		sorted(m.ApplicationProtocols), prefixes(m.PrefixRanges), prefixes(m.SourcePrefixRanges))
+}
+
+// listenerName is a listener's name or, for an unnamed (static) listener,
+// one made from its address as Istio names its listeners
+// ("0.0.0.0_15090"): Envoy names those itself, and the engine needs a
+// name to keep a listener across reloads.
+func listenerName(l *listenerv3.Listener) string {
+	if l.GetName() != "" {
+		return l.GetName()
+	}
+	sa := l.GetAddress().GetSocketAddress()
+	return fmt.Sprintf("%s_%d", sa.GetAddress(), sa.GetPortValue())
 }
