@@ -197,18 +197,19 @@ func withoutMX(fc *config.FilterChain) error {
 	if fc.HTTP == nil {
 		return nil
 	}
-	for _, nf := range fc.NetworkFilters {
-		if nf.TypeURL != config.TypeIstioMetadataExchange {
-			return nil // the engine reports it
-		}
+	n := len(fc.NetworkFilters)
+	fc.NetworkFilters = slices.DeleteFunc(fc.NetworkFilters, func(nf *config.NetworkFilter) bool {
+		return nf.TypeURL == config.TypeIstioMetadataExchange
+	})
+	if len(fc.NetworkFilters) == n {
+		return nil
 	}
 	if len(fc.NetworkFilters) == 0 {
-		return nil
+		fc.NetworkFilters = nil
 	}
 	if fc.TLS != nil {
 		fc.TLS.ALPN = slices.DeleteFunc(fc.TLS.ALPN, func(p string) bool { return p == istioPeerExchangeALPN })
 	}
-	fc.NetworkFilters = nil
 	return nil
 }
 

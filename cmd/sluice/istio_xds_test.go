@@ -37,6 +37,7 @@ import (
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"golang.org/x/net/http2"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
@@ -573,6 +574,23 @@ func TestIstioXDSEndToEnd(t *testing.T) {
 		}
 	})
 
+	t.Run("h2c to v2 over mTLS", func(t *testing.T) {
+		// The downstream protocol carries on upstream
+		// (use_downstream_protocol_config): HTTP/2 with Istio's h2 ALPN
+		// to the inbound listener, HTTP/1.1 from there to the app.
+		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}, Timeout: 5 * time.Second}
+		c := &http.Client{Timeout: 10 * time.Second, Transport: &http2.Transport{AllowHTTP: true,
+			DialTLSContext: func(ctx context.Context, _, _ string, _ *ctls.Config) (net.Conn, error) {
+				return d.DialContext(ctx, "tcp", fmt.Sprintf("127.0.0.1:%d", outbound))
+			}}}
+		for i := 0; i < 5; i++ {
+			code, body, _ := get(c, "http://reviews:9080/reviews/h2", map[string]string{"End-User": "jason"})
+			if code != 200 || body != "reviews-v2" {
+				t.Fatalf("h2c jason: %d %q", code, body)
+			}
+		}
+	})
+
 	t.Run("weighted v1 and v3, retried off a failing host", func(t *testing.T) {
 		seen := map[string]int{}
 		for i := 0; i < 60; i++ {
@@ -721,6 +739,7 @@ func TestIstioXDSEndToEnd(t *testing.T) {
 		var wg sync.WaitGroup
 		stop := make(chan struct{})
 		var after atomic.Int64 // requests after v3 was seen alone
+		var total atomic.Int64
 		for w := 0; w < 4; w++ {
 			wg.Add(1)
 			go func() {
@@ -741,6 +760,7 @@ func TestIstioXDSEndToEnd(t *testing.T) {
 					}
 					body, _ := io.ReadAll(resp.Body)
 					resp.Body.Close()
+					total.Add(1)
 					if resp.StatusCode != 200 || (string(body) != "reviews-v1" && string(body) != "reviews-v3") {
 						failed.Store(fmt.Sprintf("%d %q", resp.StatusCode, body))
 						return
@@ -755,7 +775,13 @@ func TestIstioXDSEndToEnd(t *testing.T) {
 				}
 			}()
 		}
-		time.Sleep(100 * time.Millisecond) // let load build up; not asserted on
+		// The update goes out under load.
+		for i := 0; i < 2000 && total.Load() < 40 && failed.Load() == nil; i++ {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if total.Load() < 40 {
+			t.Fatalf("no load before the update: %d requests, %v", total.Load(), failed.Load())
+		}
 		vars.WeightV1, vars.WeightV3 = 0, 100
 		setSnapshot(t, ads, bookinfoNode, "2", bookinfoResources(t, vars))
 		// The update is applied when a fresh connection sees v3 only.
@@ -780,6 +806,7 @@ func TestIstioXDSEndToEnd(t *testing.T) {
 		if f := failed.Load(); f != nil {
 			t.Fatalf("a request failed during the update: %v", f)
 		}
+		t.Logf("%d requests under load, %d after v3 alone was seen", total.Load(), after.Load())
 	})
 }
 
