@@ -102,6 +102,13 @@ type Client struct {
 
 	minBackoff, maxBackoff time.Duration
 
+	// staticClusters are the bootstrap's, where SDS servers are found;
+	// sds are the streams to them and sdsErrors why one could not start
+	// (adssds.go). Owned by Run's goroutine.
+	staticClusters []*clusterv3.Cluster
+	sds            map[string]*sdsStream
+	sdsErrors      map[string]string
+
 	// Owned by Run's goroutine.
 	st    *store
 	last  *assembly // of the snapshot last applied
@@ -174,6 +181,9 @@ func newClient(opts ClientOptions) (*Client, error) {
 	if err := validateMsg(b); err != nil {
 		return nil, err
 	}
+	if err := checkBootstrap(b); err != nil {
+		return nil, err
+	}
 	c := &Client{opts: opts, log: opts.Logger, st: &store{}}
 	if c.log == nil {
 		c.log = slog.Default()
@@ -231,8 +241,9 @@ func newClient(opts ClientOptions) (*Client, error) {
 	if err != nil {
 		return nil, inField(err, "static_resources")
 	}
+	c.staticClusters, c.sds, c.sdsErrors = sr.GetClusters(), map[string]*sdsStream{}, map[string]string{}
 	c.as = &assembler{listeners: sr.GetListeners(), secrets: secrets, dynamicClusters: c.subscribe[tCluster],
-		source: "ads " + cp.target}
+		source: "ads " + cp.target, node: nodeOf(b.GetNode())}
 	if opts.Source != "" {
 		c.as.source = opts.Source + " + ads " + cp.target
 	}
@@ -338,6 +349,7 @@ func (c *Client) Run(ctx context.Context) error {
 		backoff = c.minBackoff
 	)
 	defer wg.Wait()
+	defer c.stopSDS()
 	retry := time.NewTimer(0)
 	defer retry.Stop()
 	closeSession := func() {
@@ -371,6 +383,7 @@ func (c *Client) Run(ctx context.Context) error {
 			c.arm(warm, c.last.deadline)
 		}
 		c.arm(nack, s.nextNack())
+		c.syncSDS(ctx, events, &wg)
 		c.publish(s)
 		select {
 		case <-ctx.Done():
@@ -379,6 +392,10 @@ func (c *Client) Run(ctx context.Context) error {
 			gen++
 			s = c.open(ctx, gen, events, &wg)
 		case ev := <-events:
+			if ev.sds != nil {
+				c.onSDSEvent(ev)
+				continue
+			}
 			if s == nil || ev.gen != s.gen {
 				continue
 			}

@@ -44,6 +44,8 @@ type assembler struct {
 	clusters  []*clusterv3.Cluster
 	secrets   map[string]*tlsv3.Secret
 	admin     *config.Admin
+	// node is the bootstrap's node, for Istio's filters.
+	node *config.Node
 	// dynamicClusters: clusters come from CDS, so a route may name one
 	// that has not arrived (Snapshot.DynamicClusters: 503 at request time).
 	dynamicClusters bool
@@ -71,6 +73,11 @@ type assembly struct {
 	// deadline is the earliest initial fetch timeout that would change
 	// the snapshot when it passes; zero: none.
 	deadline time.Time
+	// sdsSources are the SDS servers other than the ADS stream that the
+	// snapshot's secrets come from, by key; secretSource maps the names
+	// of their secrets to the key (names absent come over ADS).
+	sdsSources   map[string]*sdsSource
+	secretSource map[string]string
 }
 
 func (a *assembly) ref(refs *[numTypes]map[string]bool) {
@@ -106,7 +113,7 @@ func (as *assembler) assemble(v *view, prev *assembly) (*assembly, error) {
 	// complete; refs are recorded either way, so what it waits for is
 	// subscribed.
 	translate := func(msg any) (*built, *deps, error) {
-		d := &deps{view: v, statics: as.secrets}
+		d := &deps{view: v, statics: as.secrets, node: as.node}
 		b := &built{msg: msg}
 		var err error
 		switch m := msg.(type) {
@@ -122,6 +129,16 @@ func (as *assembler) assemble(v *view, prev *assembly) (*assembly, error) {
 		}
 		b.refs = d.refs
 		out.ref(&d.refs)
+		for name, key := range d.secretSource {
+			if other, ok := out.secretSource[name]; ok && other != key {
+				return nil, nil, fmt.Errorf("secret %q is asked of two SDS servers (%s and %s): %w", name, other, key, ErrUnsupported)
+			}
+			if out.sdsSources == nil {
+				out.sdsSources, out.secretSource = map[string]*sdsSource{}, map[string]string{}
+			}
+			out.secretSource[name] = key
+			out.sdsSources[key] = d.sdsSources[key]
+		}
 		return b, d, nil
 	}
 	// add translates a resource and includes it, or the last version
@@ -130,6 +147,9 @@ func (as *assembler) assemble(v *view, prev *assembly) (*assembly, error) {
 		b, d, err := translate(msg)
 		if err != nil {
 			return err
+		}
+		if b.listener != nil && as.dynamicClusters {
+			waitForTCPClusters(b.listener, out.clusters, d)
 		}
 		if len(d.missing) == 0 {
 			included[name] = b
@@ -146,6 +166,9 @@ func (as *assembler) assemble(v *view, prev *assembly) (*assembly, error) {
 		b, d, err = translate(p.msg)
 		if err != nil {
 			return fmt.Errorf("previous version of %s: %w", what, err)
+		}
+		if b.listener != nil && as.dynamicClusters {
+			waitForTCPClusters(b.listener, out.clusters, d)
 		}
 		if len(d.missing) == 0 {
 			included[name] = b
@@ -167,12 +190,12 @@ func (as *assembler) assemble(v *view, prev *assembly) (*assembly, error) {
 		}
 	}
 	for i, l := range as.listeners {
-		if err := add("listener", l.GetName(), l, out.listeners, prev.listeners); err != nil {
+		if err := add("listener", listenerName(l), l, out.listeners, prev.listeners); err != nil {
 			return nil, inIndex(err, "static_resources.listeners", i)
 		}
 	}
 	for _, name := range v.st.names(tListener) {
-		if slices.ContainsFunc(as.listeners, func(l *listenerv3.Listener) bool { return l.GetName() == name }) {
+		if slices.ContainsFunc(as.listeners, func(l *listenerv3.Listener) bool { return listenerName(l) == name }) {
 			return nil, inNamed(fmt.Errorf("a static listener has this name"), "listener", name)
 		}
 		if err := add("listener", name, v.st.get(tListener, name).msg, out.listeners, prev.listeners); err != nil {
@@ -195,7 +218,7 @@ func (as *assembler) assemble(v *view, prev *assembly) (*assembly, error) {
 	}
 	routes := map[string]bool{}
 	for _, l := range as.listeners {
-		if b := out.listeners[l.GetName()]; b != nil {
+		if b := out.listeners[listenerName(l)]; b != nil {
 			s.Listeners = append(s.Listeners, b.listener)
 			maps.Copy(routes, b.refs[tRoute])
 		}
@@ -219,6 +242,9 @@ func (as *assembler) assemble(v *view, prev *assembly) (*assembly, error) {
 		s.RouteConfigs = append(s.RouteConfigs, rc)
 	}
 	s.DynamicClusters = as.dynamicClusters
+	if err := applyIstio(s); err != nil {
+		return nil, err
+	}
 	if err := checkSnapshot(s, !as.dynamicClusters); err != nil {
 		return nil, err
 	}
@@ -235,4 +261,34 @@ func snapshotVersion(st *store) string {
 		}
 	}
 	return strings.Join(parts, " ")
+}
+
+// waitForTCPClusters makes a listener wait for the clusters its TCP
+// proxies name that are not in the snapshot yet (from CDS, still warming
+// or not sent): the engine compiles a TCP proxy against its clusters.
+// Routes do not wait: a missing cluster answers 503 at request time
+// (Snapshot.DynamicClusters). Envoy serves such a listener and closes
+// its connections; Sluice keeps it (or its previous version) out until
+// the cluster arrives.
+func waitForTCPClusters(l *config.Listener, clusters map[string]*built, d *deps) {
+	chains := l.FilterChains
+	if l.DefaultFilterChain != nil {
+		chains = append(slices.Clip(chains), l.DefaultFilterChain)
+	}
+	seen := map[string]bool{}
+	need := func(name string) {
+		if name != "" && clusters[name] == nil && !seen[name] {
+			seen[name] = true
+			d.missing = append(d.missing, fmt.Sprintf("cluster %q", name))
+		}
+	}
+	for _, fc := range chains {
+		if fc.TCP == nil {
+			continue
+		}
+		need(fc.TCP.Cluster)
+		for _, wc := range fc.TCP.WeightedClusters {
+			need(wc.Name)
+		}
+	}
 }

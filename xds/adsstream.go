@@ -24,6 +24,11 @@ type event struct {
 	sotw   *discoveryv3.DiscoveryResponse
 	delta  *discoveryv3.DeltaDiscoveryResponse
 	err    error
+	// sds is set for the events of an SDS stream (adssds.go): sdsConn
+	// tells its connections apart, sdsSt is the stream opened.
+	sds     *sdsStream
+	sdsConn int
+	sdsSt   grpc.BidiStreamingClient[discoveryv3.DiscoveryRequest, discoveryv3.DiscoveryResponse]
 }
 
 // session is one ADS stream and what was sent on it.
@@ -170,6 +175,13 @@ func (c *Client) wanted(t rtype) map[string]bool {
 	want := c.last.subs[t]
 	if want == nil {
 		want = map[string]bool{}
+	}
+	if t == tSecret && len(c.last.secretSource) > 0 {
+		// Those come from their own SDS servers (adssds.go).
+		want = maps.Clone(want)
+		for name := range c.last.secretSource {
+			delete(want, name)
+		}
 	}
 	return want
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -14,6 +15,8 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/sluice-proxy/sluice/engine/config"
 )
@@ -37,11 +40,20 @@ var (
 		"typed_extension_protocol_options", "http2_protocol_options", "common_http_protocol_options",
 		"max_requests_per_connection", "ring_hash_lb_config", "maglev_lb_config", "least_request_lb_config",
 		"round_robin_lb_config", "transport_socket", "common_lb_config", "protocol_selection",
+		"transport_socket_matches", "upstream_bind_config", "metadata",
 		// eds_cluster_config is read by the xDS client.
 		"eds_cluster_config",
-		// Ignored: stats and metadata, DNS resolution tuning, warming,
+		// Checked below: only Istio's metadata exchange filter, which is
+		// not run (see istio.go).
+		"filters",
+		// Accepted, not implemented: passive health checking (outlier
+		// detection) never ejects a host. Istio sets it from a
+		// DestinationRule's outlierDetection; refusing it would refuse
+		// the whole CDS update. samples/istio/README.md says so.
+		"outlier_detection",
+		// Ignored: stats, DNS resolution tuning, warming,
 		// buffer limits, socket options and HTTP/1 codec tuning.
-		"alt_stat_name", "metadata", "track_timeout_budgets", "track_cluster_stats", "stats_matcher",
+		"alt_stat_name", "track_timeout_budgets", "track_cluster_stats", "stats_matcher",
 		"dns_refresh_rate", "dns_jitter", "dns_failure_refresh_rate", "respect_dns_ttl", "dns_lookup_family",
 		"dns_resolvers", "use_tcp_for_dns_lookups", "dns_resolution_config", "typed_dns_resolver_config",
 		"wait_for_warm_on_init", "cleanup_interval", "per_connection_buffer_limit_bytes",
@@ -66,8 +78,20 @@ var (
 	localityFields = knownFields(&endpointv3.LocalityLbEndpoints{}, "lb_endpoints", "priority",
 		"locality", "metadata", "load_balancing_weight", "proximity")
 	edsClusterConfigFields = knownFields(&clusterv3.Cluster_EdsClusterConfig{}, "eds_config", "service_name")
-	lbEndpointFields       = knownFields(&endpointv3.LbEndpoint{}, "endpoint", "health_status", "load_balancing_weight",
+	// metadata is read for transport_socket_matches; the rest of it
+	// (Istio's workload name, ...) has no user.
+	lbEndpointFields = knownFields(&endpointv3.LbEndpoint{}, "endpoint", "health_status", "load_balancing_weight",
 		"metadata")
+	// Pipe: mode sets the permissions of a socket file a listener
+	// creates; an endpoint only connects, so it is ignored.
+	pipeFields                = knownFields(&corev3.Pipe{}, "path", "mode")
+	transportSocketMatchField = knownFields(&clusterv3.Cluster_TransportSocketMatch{}, "name", "match", "transport_socket")
+	// freebind is honoured when false (the default) only; the source
+	// port must be 0.
+	bindConfigFields = knownFields(&corev3.BindConfig{}, "source_address", "freebind")
+	// Cluster metadata: filter_metadata is kept for filters;
+	// typed_filter_metadata has no reader.
+	metadataFields = knownFields(&corev3.Metadata{}, "filter_metadata", "typed_filter_metadata")
 	// Ignored: active health checking settings (there is none), names.
 	endpointFields = knownFields(&endpointv3.Endpoint{}, "address", "health_check_config", "hostname",
 		"observability_name")
@@ -142,18 +166,30 @@ func translateCluster(c *clusterv3.Cluster, d *deps) (*config.Cluster, error) {
 			return nil, inField(err, "common_lb_config")
 		}
 	}
+	var socketMeta []endpointMeta
 	switch la := c.GetLoadAssignment(); {
 	case t == clusterv3.Cluster_EDS && d.dynamic():
 		if la != nil {
 			// Envoy ignores it; Sluice drops nothing silently.
 			return nil, inField(errors.New("an EDS cluster takes its endpoints from EDS, not load_assignment"), "load_assignment")
 		}
-		if out.Endpoints, err = edsEndpoints(c, d); err != nil {
+		if out.Endpoints, socketMeta, err = edsEndpoints(c, d); err != nil {
 			return nil, inField(err, "eds_cluster_config")
 		}
 	case la != nil:
-		if out.Endpoints, err = endpoints(la, t); err != nil {
+		if out.Endpoints, socketMeta, err = endpoints(la, t); err != nil {
 			return nil, inField(err, "load_assignment")
+		}
+	}
+	if m := c.GetMetadata(); m != nil {
+		if err := metadataFields.check(m); err != nil {
+			return nil, inField(err, "metadata")
+		}
+		out.Metadata = filterMetadata(m)
+	}
+	if bc := c.GetUpstreamBindConfig(); bc != nil {
+		if out.SourceAddress, err = sourceAddress(bc); err != nil {
+			return nil, inField(err, "upstream_bind_config")
 		}
 	}
 	if ts := c.GetTransportSocket(); ts != nil {
@@ -170,6 +206,16 @@ func translateCluster(c *clusterv3.Cluster, d *deps) (*config.Cluster, error) {
 		default:
 			return nil, inField(fmt.Errorf("%s (%s): a cluster takes %s or %s", ts.GetName(), tt.url,
 				nameUpstreamTLS, nameRawBuffer), "transport_socket")
+		}
+	}
+	if tsm := c.GetTransportSocketMatches(); len(tsm) > 0 {
+		if err := transportSocketMatches(tsm, out, socketMeta, d); err != nil {
+			return nil, err
+		}
+	}
+	if fs := c.GetFilters(); len(fs) > 0 {
+		if err := clusterFilters(fs, out); err != nil {
+			return nil, err
 		}
 	}
 	switch {
@@ -270,10 +316,10 @@ func isPrime(n uint64) bool {
 // Localities are flattened: each endpoint keeps its own weight and its
 // locality's priority, locality weights are ignored (locality weighted
 // balancing is rejected in common_lb_config, so nothing would read them).
-func edsEndpoints(c *clusterv3.Cluster, d *deps) ([]*config.Endpoint, error) {
+func edsEndpoints(c *clusterv3.Cluster, d *deps) ([]*config.Endpoint, []endpointMeta, error) {
 	ecc := c.GetEdsClusterConfig()
 	if err := edsClusterConfigFields.check(ecc); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	name := ecc.GetServiceName()
 	if name == "" {
@@ -281,36 +327,50 @@ func edsEndpoints(c *clusterv3.Cluster, d *deps) ([]*config.Endpoint, error) {
 	}
 	la, err := d.loadAssignment(name, ecc.GetEdsConfig())
 	if err != nil || la == nil {
-		return nil, inField(err, "eds_config")
+		return nil, nil, inField(err, "eds_config")
 	}
-	eps, err := endpoints(la, clusterv3.Cluster_EDS)
-	return eps, inNamed(err, typeInfo[tEndpoint].kind, name)
+	eps, meta, err := endpoints(la, clusterv3.Cluster_EDS)
+	return eps, meta, inNamed(err, typeInfo[tEndpoint].kind, name)
 }
 
-func endpoints(la *endpointv3.ClusterLoadAssignment, t clusterv3.Cluster_DiscoveryType) ([]*config.Endpoint, error) {
+// endpointMeta is what transport_socket_matches match an endpoint on: the
+// envoy.transport_socket_match filter metadata of the endpoint and of its
+// locality (either may be nil).
+type endpointMeta struct {
+	endpoint, locality *structpb.Struct
+}
+
+// transportSocketMatchNS is the metadata namespace transport socket
+// matches read.
+const transportSocketMatchNS = "envoy.transport_socket_match"
+
+func endpoints(la *endpointv3.ClusterLoadAssignment, t clusterv3.Cluster_DiscoveryType) ([]*config.Endpoint, []endpointMeta, error) {
 	if err := loadAssignmentFields.check(la); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if p := la.GetPolicy(); p != nil {
 		if err := lbPolicyFields.check(p); err != nil {
-			return nil, inField(err, "policy")
+			return nil, nil, inField(err, "policy")
 		}
 	}
 	var out []*config.Endpoint
+	var meta []endpointMeta
 	for i, loc := range la.GetEndpoints() {
 		if err := localityFields.check(loc); err != nil {
-			return nil, inIndex(err, "endpoints", i)
+			return nil, nil, inIndex(err, "endpoints", i)
 		}
+		locMeta := loc.GetMetadata().GetFilterMetadata()[transportSocketMatchNS]
 		for j, lbe := range loc.GetLbEndpoints() {
 			ep, err := lbEndpoint(lbe, t)
 			if err != nil {
-				return nil, inIndex(inIndex(err, "lb_endpoints", j), "endpoints", i)
+				return nil, nil, inIndex(inIndex(err, "lb_endpoints", j), "endpoints", i)
 			}
 			ep.Priority = loc.GetPriority()
 			out = append(out, ep)
+			meta = append(meta, endpointMeta{endpoint: lbe.GetMetadata().GetFilterMetadata()[transportSocketMatchNS], locality: locMeta})
 		}
 	}
-	return out, nil
+	return out, meta, nil
 }
 
 func lbEndpoint(lbe *endpointv3.LbEndpoint, t clusterv3.Cluster_DiscoveryType) (*config.Endpoint, error) {
@@ -324,11 +384,11 @@ func lbEndpoint(lbe *endpointv3.LbEndpoint, t clusterv3.Cluster_DiscoveryType) (
 	if err := endpointFields.check(e); err != nil {
 		return nil, inField(err, "endpoint")
 	}
-	addr, err := hostPort(e.GetAddress())
+	addr, err := endpointAddress(e.GetAddress(), t)
 	if err != nil {
 		return nil, inField(inField(err, "address"), "endpoint")
 	}
-	if t == clusterv3.Cluster_STATIC || t == clusterv3.Cluster_EDS {
+	if (t == clusterv3.Cluster_STATIC || t == clusterv3.Cluster_EDS) && !strings.HasPrefix(addr, config.UnixAddressPrefix) {
 		host, _, _ := net.SplitHostPort(addr)
 		if _, err := netip.ParseAddr(host); err != nil {
 			return nil, inField(inField(fmt.Errorf("%q is not an IP address (%s clusters do not resolve names)", host, t), "address"), "endpoint")
@@ -411,10 +471,13 @@ func upstreamProtocol(c *clusterv3.Cluster, out *config.Cluster) error {
 		if err := upstreamHTTPFields.check(po); err != nil {
 			return inField(err, field)
 		}
-		if c.GetHttp2ProtocolOptions() != nil || common != nil || c.GetMaxRequestsPerConnection() != nil ||
+		// The deprecated max_requests_per_connection may stay beside it
+		// (Istio's bootstrap has both), unless both set the limit: see
+		// below.
+		if c.GetHttp2ProtocolOptions() != nil || common != nil ||
 			c.GetProtocolSelection() != clusterv3.Cluster_USE_CONFIGURED_PROTOCOL {
 			return inField(errors.New("may not be combined with the deprecated http2_protocol_options, "+
-				"common_http_protocol_options, max_requests_per_connection or protocol_selection cluster fields"), field)
+				"common_http_protocol_options or protocol_selection cluster fields"), field)
 		}
 		if err := typedUpstreamProtocol(po, out); err != nil {
 			return inField(err, field)
@@ -499,4 +562,133 @@ func typedUpstreamProtocol(po *upstreamhttpv3.HttpProtocolOptions, out *config.C
 	var err error
 	out.HTTP2, err = http2Options(h2)
 	return inField(inField(err, "http2_protocol_options"), field)
+}
+
+// endpointAddress translates an endpoint's address: a TCP socket address
+// ("host:port") or a pipe ("unix:PATH", "unix:@NAME" for the abstract
+// namespace), which only STATIC and EDS clusters may list (the DNS types
+// resolve names).
+func endpointAddress(a *corev3.Address, t clusterv3.Cluster_DiscoveryType) (string, error) {
+	p := a.GetPipe()
+	if p == nil {
+		return hostPort(a)
+	}
+	if err := pipeFields.check(p); err != nil {
+		return "", inField(err, "pipe")
+	}
+	if t != clusterv3.Cluster_STATIC && t != clusterv3.Cluster_EDS {
+		return "", inField(fmt.Errorf("a %s cluster resolves host names; a pipe endpoint needs a STATIC or EDS cluster", t), "pipe")
+	}
+	switch p.GetPath() {
+	case "", "@":
+		return "", inField(errors.New("path is required"), "pipe")
+	}
+	return config.UnixAddressPrefix + p.GetPath(), nil
+}
+
+// filterMetadata converts a Metadata's filter_metadata.
+func filterMetadata(m *corev3.Metadata) map[string]map[string]any {
+	fm := m.GetFilterMetadata()
+	if len(fm) == 0 {
+		return nil
+	}
+	out := make(map[string]map[string]any, len(fm))
+	for ns, st := range fm {
+		out[ns] = st.AsMap()
+	}
+	return out
+}
+
+// sourceAddress translates upstream_bind_config: the local IP address
+// upstream connections are made from.
+func sourceAddress(bc *corev3.BindConfig) (string, error) {
+	if err := bindConfigFields.check(bc); err != nil {
+		return "", err
+	}
+	if boolean(bc.GetFreebind(), false) {
+		return "", unsupportedValue("freebind", true)
+	}
+	sa := bc.GetSourceAddress()
+	if sa == nil {
+		return "", errors.New("source_address is required")
+	}
+	if err := socketAddressFields.check(sa); err != nil {
+		return "", inField(err, "source_address")
+	}
+	if sa.GetProtocol() != corev3.SocketAddress_TCP {
+		return "", inField(unsupportedValue("protocol", sa.GetProtocol()), "source_address")
+	}
+	if sa.GetPortValue() != 0 {
+		return "", inField(fmt.Errorf("port_value %d: %w (the source port is always chosen by the system)", sa.GetPortValue(), ErrUnsupported), "source_address")
+	}
+	ip, err := netip.ParseAddr(sa.GetAddress())
+	if err != nil || ip.Zone() != "" {
+		return "", inField(fmt.Errorf("%q is not an IP address", sa.GetAddress()), "source_address")
+	}
+	return ip.String(), nil
+}
+
+// transportSocketMatches translates transport_socket_matches and picks,
+// for each endpoint, the first match whose criteria its metadata (the
+// endpoint's envoy.transport_socket_match metadata, else its locality's)
+// satisfies: every key of the match with an equal value. An endpoint that
+// matches none keeps the cluster's transport_socket, as in Envoy.
+func transportSocketMatches(tsm []*clusterv3.Cluster_TransportSocketMatch, out *config.Cluster, meta []endpointMeta, d *deps) error {
+	names := map[string]bool{}
+	for i, m := range tsm {
+		if err := transportSocketMatchField.check(m); err != nil {
+			return inIndex(err, "transport_socket_matches", i)
+		}
+		name := m.GetName()
+		if name == "" {
+			name = fmt.Sprintf("transport_socket_matches[%d]", i)
+		}
+		if names[name] {
+			return inIndex(fmt.Errorf("duplicate name %q", name), "transport_socket_matches", i)
+		}
+		names[name] = true
+		tm := &config.TransportSocketMatch{Name: name}
+		if ts := m.GetTransportSocket(); ts != nil {
+			tt, err := transportSocket(ts)
+			if err != nil {
+				return inIndex(inField(err, "transport_socket"), "transport_socket_matches", i)
+			}
+			switch x := tt.msg.(type) {
+			case nil:
+			case *tlsv3.UpstreamTlsContext:
+				if tm.TLS, err = upstreamTLS(x, out.Endpoints, d); err != nil {
+					return inIndex(inField(inField(err, "typed_config"), "transport_socket"), "transport_socket_matches", i)
+				}
+			default:
+				return inIndex(inField(fmt.Errorf("%s (%s): a cluster takes %s or %s", ts.GetName(), tt.url,
+					nameUpstreamTLS, nameRawBuffer), "transport_socket"), "transport_socket_matches", i)
+			}
+		}
+		out.TransportSocketMatches = append(out.TransportSocketMatches, tm)
+	}
+	for i, ep := range out.Endpoints {
+		var em endpointMeta
+		if i < len(meta) {
+			em = meta[i]
+		}
+		for j, m := range tsm {
+			if metadataMatches(m.GetMatch(), em.endpoint) || (em.endpoint == nil && metadataMatches(m.GetMatch(), em.locality)) {
+				ep.TransportSocket = out.TransportSocketMatches[j].Name
+				break
+			}
+		}
+	}
+	return nil
+}
+
+// metadataMatches reports whether every field of want is in have with an
+// equal value (an empty want matches anything, even no metadata).
+func metadataMatches(want, have *structpb.Struct) bool {
+	for k, v := range want.GetFields() {
+		hv, ok := have.GetFields()[k]
+		if !ok || !proto.Equal(v, hv) {
+			return false
+		}
+	}
+	return true
 }

@@ -11,7 +11,10 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -138,7 +141,7 @@ func ConfigDump(b *bootstrapv3.Bootstrap, loaded time.Time, dyn *DynamicDump) ([
 		}
 		dump.Configs = append(dump.Configs, a)
 	}
-	return protojson.MarshalOptions{Indent: "  ", UseProtoNames: true}.Marshal(dump)
+	return protojson.MarshalOptions{Indent: "  ", UseProtoNames: true, Resolver: dumpResolver{}}.Marshal(dump)
 }
 
 // redactSecret hides key material as Envoy's config dump does: private
@@ -169,4 +172,30 @@ func redactSecret(s *tlsv3.Secret) *tlsv3.Secret {
 		}
 	}
 	return out
+}
+
+// dumpResolver resolves the types of Anys for /config_dump, as the linked
+// ones do, and Istio's own filter configs (not linked: see istio.go),
+// which show as their type URL alone ({"@type": ...}), where a dump
+// would otherwise fail.
+type dumpResolver struct{}
+
+func (dumpResolver) FindMessageByName(name protoreflect.FullName) (protoreflect.MessageType, error) {
+	return protoregistry.GlobalTypes.FindMessageByName(name)
+}
+
+func (r dumpResolver) FindMessageByURL(url string) (protoreflect.MessageType, error) {
+	mt, err := protoregistry.GlobalTypes.FindMessageByURL(url)
+	if err != nil && istioTypes[typePrefix+string((&anypb.Any{TypeUrl: url}).MessageName())] {
+		return (&emptypb.Empty{}).ProtoReflect().Type(), nil
+	}
+	return mt, err
+}
+
+func (dumpResolver) FindExtensionByName(field protoreflect.FullName) (protoreflect.ExtensionType, error) {
+	return protoregistry.GlobalTypes.FindExtensionByName(field)
+}
+
+func (dumpResolver) FindExtensionByNumber(message protoreflect.FullName, field protoreflect.FieldNumber) (protoreflect.ExtensionType, error) {
+	return protoregistry.GlobalTypes.FindExtensionByNumber(message, field)
 }

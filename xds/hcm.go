@@ -4,12 +4,17 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	corsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/cors/v3"
+	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
+	grpcstatsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/grpc_stats/v3"
 	headermutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/header_mutation/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/sluice-proxy/sluice/engine/config"
@@ -36,7 +41,15 @@ var (
 		"request_headers_timeout", "drain_timeout", "access_log", "use_remote_address", "xff_num_trusted_hops",
 		"skip_xff_append", "generate_request_id", "preserve_external_request_id", "http2_protocol_options",
 		// Checked below: only their default or no-op values are accepted.
-		"add_user_agent", "normalize_path", "path_with_escaped_slashes_action",
+		"add_user_agent", "path_with_escaped_slashes_action",
+		// Applied by native filters put first in the chain (see
+		// hcmFeatureFilters); upgrade_configs is checked below: the engine
+		// forwards upgrades (websocket) anyway.
+		"normalize_path", "merge_slashes", "forward_client_cert_details", "set_current_client_cert_details",
+		"upgrade_configs",
+		// Ignored: it only tunes how request IDs feed trace sampling
+		// (checked to be the UUID extension, Sluice's own behaviour).
+		"request_id_extension",
 		// Ignored: tracing and access log flushing (observability), codec
 		// and connection tuning.
 		"tracing", "access_log_flush_interval", "flush_access_log_on_new_request", "access_log_options",
@@ -49,8 +62,12 @@ var (
 	hcmProtocolFields = knownFields(&corev3.HttpProtocolOptions{},
 		"idle_timeout", "max_connection_duration", "max_headers_count", "max_requests_per_connection",
 		"max_connection_duration_jitter", "max_response_headers_kb")
-	rdsFields        = knownFields(&hcmv3.Rds{}, "config_source", "route_config_name")
-	httpFilterFields = knownFields(&hcmv3.HttpFilter{}, "name", "typed_config", "config_discovery", "is_optional", "disabled")
+	rdsFields = knownFields(&hcmv3.Rds{}, "config_source", "route_config_name")
+	// enabled is checked below; filters on upgrades are not supported.
+	upgradeConfigFields = knownFields(&hcmv3.HttpConnectionManager_UpgradeConfig{}, "upgrade_type", "enabled")
+	certDetailsFields   = knownFields(&hcmv3.HttpConnectionManager_SetCurrentClientCertDetails{}, "subject", "cert", "chain", "dns", "uri")
+	requestIDFields     = knownFields(&corev3.TypedExtensionConfig{}, "name", "typed_config")
+	httpFilterFields    = knownFields(&hcmv3.HttpFilter{}, "name", "typed_config", "config_discovery", "is_optional", "disabled")
 	// Router: its options tune stats, tracing, upstream logs and Envoy's
 	// own headers, and are ignored; upstream HTTP filters are not supported.
 	routerFields = knownFields(&routerv3.Router{}, "dynamic_stats", "start_child_span", "upstream_log",
@@ -64,9 +81,6 @@ func translateHCM(m *hcmv3.HttpConnectionManager, d *deps) (*config.HTTPConnecti
 	}
 	if boolean(m.GetAddUserAgent(), false) {
 		return nil, unsupportedValue("add_user_agent", true)
-	}
-	if boolean(m.GetNormalizePath(), false) {
-		return nil, unsupportedValue("normalize_path", true)
 	}
 	if a := m.GetPathWithEscapedSlashesAction(); a != hcmv3.HttpConnectionManager_IMPLEMENTATION_SPECIFIC_DEFAULT &&
 		a != hcmv3.HttpConnectionManager_KEEP_UNCHANGED {
@@ -129,7 +143,11 @@ func translateHCM(m *hcmv3.HttpConnectionManager, d *deps) (*config.HTTPConnecti
 	if err != nil {
 		return nil, err
 	}
-	out.HTTPFilters = filters
+	first, err := hcmFeatureFilters(m)
+	if err != nil {
+		return nil, err
+	}
+	out.HTTPFilters = append(first, filters...)
 	if out.AccessLogs, err = translateAccessLogs(m.GetAccessLog()); err != nil {
 		return nil, err
 	}
@@ -189,6 +207,7 @@ func translateHTTPFilters(fs []*hcmv3.HttpFilter, d *deps) ([]*config.HTTPFilter
 		switch {
 		case isRouter:
 			router = true
+		case hf == notRun:
 		case hf == nil:
 			pending = true
 		default:
@@ -200,6 +219,11 @@ func translateHTTPFilters(fs []*hcmv3.HttpFilter, d *deps) ([]*config.HTTPFilter
 	}
 	return out, nil
 }
+
+// notRun is what translateHTTPFilter returns for a filter that is
+// accepted and left out of the chain because running it would change
+// nothing (see the case that returns it).
+var notRun = &config.HTTPFilter{}
 
 // translateHTTPFilter translates one HTTP filter; its config is typed_config
 // or, with config_discovery, the ECDS resource named like the filter (nil
@@ -237,6 +261,20 @@ func translateHTTPFilter(f *hcmv3.HttpFilter, d *deps) (_ *config.HTTPFilter, is
 		return &config.HTTPFilter{Name: f.GetName(), TypeURL: config.TypeRulesSource, Config: rs,
 			Disabled: f.GetDisabled(), Optional: f.GetIsOptional()}, false, nil
 	}
+	if u, ok, err := istioConfig(a); ok || err != nil {
+		if err == nil && typeURLs != nil && !slices.ContainsFunc(typeURLs, func(t string) bool {
+			return typePrefix+string((&anypb.Any{TypeUrl: t}).MessageName()) == u.TypeURL
+		}) {
+			err = fmt.Errorf("type %q is not one of config_discovery.type_urls %q", u.TypeURL, typeURLs)
+		}
+		if err == nil {
+			err = istioHTTPFilter(u, d)
+		}
+		if err != nil {
+			return nil, false, within(err)
+		}
+		return &config.HTTPFilter{Name: f.GetName(), TypeURL: u.TypeURL, Config: u, Disabled: f.GetDisabled(), Optional: f.GetIsOptional()}, false, nil
+	}
 	t, err := unpack(a)
 	if err != nil {
 		if errors.Is(err, errUnknownType) && f.GetIsOptional() {
@@ -259,6 +297,24 @@ func translateHTTPFilter(f *hcmv3.HttpFilter, d *deps) (_ *config.HTTPFilter, is
 			return nil, false, within(err)
 		}
 		return nil, true, nil
+	case *grpcstatsv3.FilterConfig:
+		// Its per-method gRPC statistics are not kept; it changes no
+		// request (emit_filter_state feeds Envoy's access log only).
+		return notRun, false, nil
+	case *faultv3.HTTPFault:
+		// Istio adds it empty to every connection manager, for faults
+		// a route may configure; empty, it does nothing.
+		if !proto.Equal(m, &faultv3.HTTPFault{}) {
+			return nil, false, within(fmt.Errorf("fault injection: %w", ErrUnsupported))
+		}
+		return notRun, false, nil
+	case *corsv3.Cors:
+		// Istio adds it empty for the CORS policies a route may set (which
+		// are refused); alone it does nothing.
+		if !proto.Equal(m, &corsv3.Cors{}) {
+			return nil, false, within(fmt.Errorf("cors: %w", ErrUnsupported))
+		}
+		return notRun, false, nil
 	case *headermutationv3.HeaderMutation:
 		hm, err := headerMutationFilter(m.GetMutations())
 		if err != nil {
@@ -271,4 +327,53 @@ func translateHTTPFilter(f *hcmv3.HttpFilter, d *deps) (_ *config.HTTPFilter, is
 		hf.Config = hm
 	}
 	return hf, false, nil
+}
+
+// hcmFeatureFilters returns the native filters that apply connection
+// manager features Envoy applies before any HTTP filter: path
+// normalization (normalize_path, merge_slashes) and the
+// x-forwarded-client-cert header (forward_client_cert_details with
+// set_current_client_cert_details). It also checks upgrade_configs and
+// request_id_extension.
+func hcmFeatureFilters(m *hcmv3.HttpConnectionManager) ([]*config.HTTPFilter, error) {
+	var out []*config.HTTPFilter
+	np := &config.NormalizePathConfig{Normalize: boolean(m.GetNormalizePath(), false), MergeSlashes: m.GetMergeSlashes()}
+	if np.Normalize || np.MergeSlashes {
+		out = append(out, &config.HTTPFilter{Name: "normalize_path", TypeURL: config.TypeNormalizePath, Config: np})
+	}
+	if mode := m.GetForwardClientCertDetails(); mode != hcmv3.HttpConnectionManager_SANITIZE || m.GetSetCurrentClientCertDetails() != nil {
+		// SANITIZE, the default, is only applied when details are set:
+		// without this filter an incoming header is forwarded as is.
+		fc := &config.ForwardClientCertConfig{Mode: mode.String()}
+		if cd := m.GetSetCurrentClientCertDetails(); cd != nil {
+			if err := certDetailsFields.check(cd); err != nil {
+				return nil, inField(err, "set_current_client_cert_details")
+			}
+			fc.Subject, fc.Cert, fc.Chain, fc.DNS, fc.URI = boolean(cd.GetSubject(), false), cd.GetCert(), cd.GetChain(), cd.GetDns(), cd.GetUri()
+		}
+		out = append(out, &config.HTTPFilter{Name: "forward_client_cert", TypeURL: config.TypeForwardClientCert, Config: fc})
+	}
+	for i, uc := range m.GetUpgradeConfigs() {
+		if err := upgradeConfigFields.check(uc); err != nil {
+			return nil, inIndex(err, "upgrade_configs", i)
+		}
+		if !strings.EqualFold(uc.GetUpgradeType(), "websocket") {
+			return nil, inIndex(unsupportedValue("upgrade_type", uc.GetUpgradeType()), "upgrade_configs", i)
+		}
+		if !boolean(uc.GetEnabled(), true) {
+			return nil, inIndex(unsupportedValue("enabled", false), "upgrade_configs", i)
+		}
+	}
+	if rid := m.GetRequestIdExtension(); rid != nil {
+		if rid.GetTypedConfig() != nil {
+			t, err := unpack(rid.GetTypedConfig())
+			if err != nil {
+				return nil, inField(inField(err, "typed_config"), "request_id_extension")
+			}
+			if t.name() != nameUUIDRequestID {
+				return nil, inField(fmt.Errorf("%s: %w", t.url, ErrUnsupported), "request_id_extension")
+			}
+		}
+	}
+	return out, nil
 }

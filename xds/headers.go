@@ -201,6 +201,12 @@ func filterOverride(a *anypb.Any, inFilterConfig bool) (*config.FilterOverride, 
 	if err != nil {
 		return nil, err
 	}
+	switch t.name() {
+	case nameFault, nameCORSPolicy:
+		// What the (empty, not run) fault and CORS filters would do for
+		// the route: fault injection, CORS policies.
+		return nil, fmt.Errorf("%s: %w", t.url, ErrUnsupported)
+	}
 	switch m := t.msg.(type) {
 	case *routev3.FilterConfig:
 		if inFilterConfig {

@@ -35,8 +35,11 @@ var (
 	filterChainMatchFields = knownFields(&listenerv3.FilterChainMatch{},
 		"destination_port", "prefix_ranges", "source_prefix_ranges", "server_names", "transport_protocol",
 		"application_protocols")
-	networkFilterFields  = knownFields(&listenerv3.Filter{}, "name", "typed_config")
-	listenerFilterFields = knownFields(&listenerv3.ListenerFilter{}, "name", "typed_config")
+	networkFilterFields = knownFields(&listenerv3.Filter{}, "name", "typed_config")
+	// filter_disabled turns an inspector off for some connections; Sluice
+	// inspects a connection only when a filter chain match needs it, so
+	// it is ignored.
+	listenerFilterFields = knownFields(&listenerv3.ListenerFilter{}, "name", "typed_config", "filter_disabled")
 	transportSocketField = knownFields(&corev3.TransportSocket{}, "name", "typed_config")
 )
 
@@ -64,7 +67,7 @@ func translateListener(l *listenerv3.Listener, d *deps) (*config.Listener, error
 		return nil, inField(err, "address")
 	}
 	out := &config.Listener{
-		Name:                     l.GetName(),
+		Name:                     listenerName(l),
 		Address:                  addr,
 		PerConnectionBufferLimit: int(u32(l.GetPerConnectionBufferLimitBytes(), 0)),
 		UseOriginalDst:           boolean(l.GetUseOriginalDst(), false),
@@ -83,6 +86,10 @@ func translateListener(l *listenerv3.Listener, d *deps) (*config.Listener, error
 		}
 		out.OriginalDst = out.OriginalDst || origDst
 	}
+	// Envoy runs the original_dst listener filter on a use_original_dst
+	// listener even when it is not listed (Istio's virtualOutbound lists
+	// none): the hand-off needs the destination from before the redirect.
+	out.OriginalDst = out.OriginalDst || out.UseOriginalDst
 	seen := map[string]int{}
 	for i, fc := range l.GetFilterChains() {
 		c, err := translateFilterChain(fc, d)
@@ -161,6 +168,9 @@ func translateFilterChain(fc *listenerv3.FilterChain, d *deps) (*config.FilterCh
 		out.Match = match
 	}
 	if err := translateFilters(out, fc.GetFilters(), d); err != nil {
+		return nil, err
+	}
+	if err := withoutMX(out); err != nil {
 		return nil, err
 	}
 	return out, nil
@@ -248,4 +258,16 @@ func matchKey(m *config.FilterChainMatch) string {
 	}
 	return fmt.Sprintf("%d|%s|%s|%s|%s|%s", m.DestinationPort, sorted(m.ServerNames), m.TransportProtocol,
 		sorted(m.ApplicationProtocols), prefixes(m.PrefixRanges), prefixes(m.SourcePrefixRanges))
+}
+
+// listenerName is a listener's name or, for an unnamed (static) listener,
+// one made from its address as Istio names its listeners
+// ("0.0.0.0_15090"): Envoy names those itself, and the engine needs a
+// name to keep a listener across reloads.
+func listenerName(l *listenerv3.Listener) string {
+	if l.GetName() != "" {
+		return l.GetName()
+	}
+	sa := l.GetAddress().GetSocketAddress()
+	return fmt.Sprintf("%s_%d", sa.GetAddress(), sa.GetPortValue())
 }

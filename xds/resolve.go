@@ -9,6 +9,8 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/sluice-proxy/sluice/engine/config"
 )
 
 // Listeners and clusters name other resources that arrive on their own:
@@ -51,9 +53,16 @@ type view struct {
 type deps struct {
 	view    *view
 	statics map[string]*tlsv3.Secret
+	// node is the bootstrap's node, for Istio's filters (nil: unknown).
+	node *config.Node
 
 	// refs are the names the resource refers to, by type.
 	refs [numTypes]map[string]bool
+	// sdsSources are the SDS servers (not the ADS stream) its secrets come
+	// from, by key (see sdsSourceKey); secretSource maps such a secret's
+	// name to its server's key.
+	sdsSources   map[string]*sdsSource
+	secretSource map[string]string
 	// missing are the resources it waits for ("route_config \"r\"").
 	missing []string
 	// deadline is the earliest initial fetch timeout among missing
@@ -179,8 +188,24 @@ func (d *deps) secret(sc *tlsv3.SdsSecretConfig) (*tlsv3.Secret, error) {
 		return nil, inField(fmt.Errorf("secret %q from SDS needs the xDS client (dynamic_resources.ads_config): %w",
 			name, ErrUnsupported), "sds_config")
 	}
-	timeout, err := adsSource(sc.GetSdsConfig())
-	if err != nil {
+	cs := sc.GetSdsConfig()
+	var timeout time.Duration
+	var err error
+	if cs.GetApiConfigSource() != nil {
+		// Its own SDS server, as Istio's sds-grpc (pilot-agent).
+		var src *sdsSource
+		if src, timeout, err = sdsServer(cs); err != nil {
+			return nil, inField(err, "sds_config")
+		}
+		if d.sdsSources == nil {
+			d.sdsSources, d.secretSource = map[string]*sdsSource{}, map[string]string{}
+		}
+		if other, ok := d.secretSource[name]; ok && other != src.key {
+			return nil, inField(fmt.Errorf("secret %q is asked of two SDS servers (%s and %s): %w", name, other, src.key, ErrUnsupported), "sds_config")
+		}
+		d.sdsSources[src.key] = src
+		d.secretSource[name] = src.key
+	} else if timeout, err = adsSource(cs); err != nil {
 		return nil, inField(err, "sds_config")
 	}
 	d.ref(tSecret, name)
@@ -223,4 +248,64 @@ func (d *deps) extensionConfig(name string, ecs *corev3.ExtensionConfigSource) (
 		d.await(tExtensionConfig, name, timeout, false)
 	}
 	return nil, nil, nil
+}
+
+var (
+	// initial_fetch_timeout is honoured; resource_api_version is checked.
+	sdsConfigSourceFields = knownFields(&corev3.ConfigSource{}, "api_config_source", "initial_fetch_timeout", "resource_api_version")
+	// Ignored as for the ADS stream (see apiConfigSourceFields).
+	sdsAPIConfigFields = knownFields(&corev3.ApiConfigSource{}, "api_type", "transport_api_version", "grpc_services",
+		"set_node_on_first_message_only", "rate_limit_settings", "request_timeout")
+)
+
+// sdsSource is an SDS server other than the ADS stream: the xDS client
+// keeps a state-of-the-world SecretDiscoveryService stream to it.
+type sdsSource struct {
+	key      string // "sds-grpc" for envoy_grpc, else the gRPC target
+	service  *corev3.GrpcService
+	nodeOnce bool
+}
+
+// sdsServer checks an SDS config source of api_config_source kind: gRPC
+// state of the world (what Envoy and Istio's pilot-agent speak for SDS)
+// with one gRPC service.
+func sdsServer(cs *corev3.ConfigSource) (*sdsSource, time.Duration, error) {
+	if err := sdsConfigSourceFields.check(cs); err != nil {
+		return nil, 0, err
+	}
+	if v := cs.GetResourceApiVersion(); v != corev3.ApiVersion_AUTO && v != corev3.ApiVersion_V3 {
+		return nil, 0, unsupportedValue("resource_api_version", v)
+	}
+	acs := cs.GetApiConfigSource()
+	err := func() error {
+		if err := sdsAPIConfigFields.check(acs); err != nil {
+			return err
+		}
+		if t := acs.GetApiType(); t != corev3.ApiConfigSource_GRPC {
+			return unsupportedValue("api_type", t)
+		}
+		if v := acs.GetTransportApiVersion(); v != corev3.ApiVersion_AUTO && v != corev3.ApiVersion_V3 {
+			return unsupportedValue("transport_api_version", v)
+		}
+		if n := len(acs.GetGrpcServices()); n != 1 {
+			return fmt.Errorf("exactly one grpc_services is required, not %d", n)
+		}
+		return nil
+	}()
+	if err != nil {
+		return nil, 0, inField(err, "api_config_source")
+	}
+	gs := acs.GetGrpcServices()[0]
+	key := gs.GetEnvoyGrpc().GetClusterName()
+	if key == "" {
+		key = gs.GetGoogleGrpc().GetTargetUri()
+	}
+	if key == "" {
+		return nil, 0, inField(inIndex(errors.New("envoy_grpc or google_grpc is required"), "grpc_services", 0), "api_config_source")
+	}
+	timeout, err := durationField(cs.GetInitialFetchTimeout(), defaultInitialFetchTimeout, "initial_fetch_timeout")
+	if err != nil {
+		return nil, 0, err
+	}
+	return &sdsSource{key: key, service: gs, nodeOnce: acs.GetSetNodeOnFirstMessageOnly()}, timeout, nil
 }

@@ -25,13 +25,19 @@ var (
 		"name", "virtual_hosts", "request_headers_to_add", "request_headers_to_remove", "response_headers_to_add",
 		"response_headers_to_remove", "max_direct_response_body_size_bytes",
 		// Ignored: metadata; validate_clusters, because route tables are
-		// always checked against the clusters when those are all static.
-		"metadata", "validate_clusters")
+		// always checked against the clusters when those are all static;
+		// ignore_port_in_host_matching (Istio sets it), because when no
+		// domain matches the host with its port, Sluice already matches
+		// it without (see engine/proxy/route's selectVirtualHost).
+		"metadata", "validate_clusters", "ignore_port_in_host_matching")
 	virtualHostFields = knownFields(&routev3.VirtualHost{},
 		"name", "domains", "routes", "request_headers_to_add", "request_headers_to_remove",
 		"response_headers_to_add", "response_headers_to_remove", "typed_per_filter_config", "retry_policy",
-		// Ignored: metadata, virtual cluster stats, buffer limits.
-		"metadata", "virtual_clusters", "per_request_buffer_limit_bytes", "request_body_buffer_limit")
+		// Ignored: metadata, virtual cluster stats, buffer limits, and
+		// include_request_attempt_count, which Istio sets: the
+		// informational x-envoy-attempt-count header is not sent.
+		"metadata", "virtual_clusters", "per_request_buffer_limit_bytes", "request_body_buffer_limit",
+		"include_request_attempt_count")
 	routeFields = knownFields(&routev3.Route{},
 		"name", "match", "route", "redirect", "direct_response", "typed_per_filter_config",
 		"request_headers_to_add", "request_headers_to_remove", "response_headers_to_add",
@@ -46,6 +52,8 @@ var (
 		"cluster", "cluster_header", "weighted_clusters", "prefix_rewrite", "regex_rewrite",
 		"host_rewrite_literal", "auto_host_rewrite", "host_rewrite_header", "timeout", "idle_timeout",
 		"retry_policy", "request_mirror_policies", "hash_policy",
+		// Checked below: what Istio sets (see streamDuration).
+		"max_stream_duration", "max_grpc_timeout", "grpc_timeout_offset",
 		// Ignored: HIGH priority only selects other circuit breaker
 		// thresholds; rate limits are not configured anywhere else.
 		"priority", "include_vh_rate_limits")
@@ -283,6 +291,9 @@ func routeAction(a *routev3.RouteAction) (*config.RouteAction, error) {
 	}
 	var err error
 	if out.Timeout, err = durationField(a.GetTimeout(), defaultRouteTimeout, "timeout"); err != nil {
+		return nil, err
+	}
+	if err := streamDuration(a, out); err != nil {
 		return nil, err
 	}
 	if it := a.GetIdleTimeout(); it != nil {
@@ -555,4 +566,54 @@ func redirect(r *routev3.RedirectAction) (*config.Redirect, error) {
 		out.PrefixRewrite = p.PrefixRewrite
 	}
 	return out, nil
+}
+
+var maxStreamDurationFields = knownFields(&routev3.RouteAction_MaxStreamDuration{}, "max_stream_duration",
+	"grpc_timeout_header_max", "grpc_timeout_header_offset")
+
+// streamDuration translates max_stream_duration and the deprecated
+// max_grpc_timeout as far as they agree with the route timeout, which is
+// how Istio sets them (0s, or a VirtualService timeout in all three):
+// max_stream_duration shortens the timeout (it bounds the whole stream,
+// the timeout the upstream exchange: close enough for a proxy that
+// forwards as it receives); a grpc-timeout header always caps the
+// timeout in Sluice, which is grpc_timeout_header_max 0 (no cap on the
+// header), or a cap equal to the timeout. Offsets are not supported.
+func streamDuration(a *routev3.RouteAction, out *config.RouteAction) error {
+	if msd := a.GetMaxStreamDuration(); msd != nil {
+		if err := maxStreamDurationFields.check(msd); err != nil {
+			return inField(err, "max_stream_duration")
+		}
+		d, err := durationField(msd.GetMaxStreamDuration(), 0, "max_stream_duration")
+		if err != nil {
+			return inField(err, "max_stream_duration")
+		}
+		if d > 0 && (out.Timeout == 0 || d < out.Timeout) {
+			out.Timeout = d
+		}
+		hm, err := durationField(msd.GetGrpcTimeoutHeaderMax(), 0, "grpc_timeout_header_max")
+		if err != nil {
+			return inField(err, "max_stream_duration")
+		}
+		if hm != 0 && hm != out.Timeout {
+			return inField(inField(fmt.Errorf("%s differs from the route timeout %s: %w", hm, out.Timeout, ErrUnsupported),
+				"grpc_timeout_header_max"), "max_stream_duration")
+		}
+		if off, _ := durationField(msd.GetGrpcTimeoutHeaderOffset(), 0, ""); off != 0 {
+			return inField(unsupported("grpc_timeout_header_offset"), "max_stream_duration")
+		}
+	}
+	if mg := a.GetMaxGrpcTimeout(); mg != nil {
+		d, err := durationField(mg, 0, "max_grpc_timeout")
+		if err != nil {
+			return err
+		}
+		if d != 0 && d != out.Timeout {
+			return inField(fmt.Errorf("%s differs from the route timeout %s: %w", d, out.Timeout, ErrUnsupported), "max_grpc_timeout")
+		}
+	}
+	if off, _ := durationField(a.GetGrpcTimeoutOffset(), 0, ""); off != 0 {
+		return unsupported("grpc_timeout_offset")
+	}
+	return nil
 }

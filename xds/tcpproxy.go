@@ -111,6 +111,21 @@ func translateNetworkFilter(out *config.FilterChain, f *listenerv3.Filter, last 
 	if err := networkFilterFields.check(f); err != nil {
 		return err
 	}
+	if u, ok, err := istioConfig(f.GetTypedConfig()); ok || err != nil {
+		keep := false
+		if err == nil {
+			keep, err = istioNetworkFilter(u, d)
+		}
+		switch {
+		case err != nil:
+			return inField(err, "typed_config")
+		case last:
+			return fmt.Errorf("network filter type %q is not a terminal filter: the last network filter must be http_connection_manager or tcp_proxy", u.TypeURL)
+		case keep:
+			out.NetworkFilters = append(out.NetworkFilters, &config.NetworkFilter{Name: f.GetName(), TypeURL: u.TypeURL, Config: u})
+		}
+		return nil
+	}
 	t, err := unpack(f.GetTypedConfig())
 	if err != nil {
 		return inField(err, "typed_config")

@@ -247,9 +247,10 @@ func TestTranslateTLSErrors(t *testing.T) {
 			cluster: `    transport_socket: { name: tls, typed_config: { "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext } }` + "\n",
 			want: `cluster "c": transport_socket: tls (type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext): ` +
 				`a cluster takes envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext or envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer`},
-		{name: "transport_socket_matches", unsupported: true,
-			cluster: `    transport_socket_matches: [{ name: m, transport_socket: { name: raw, typed_config: { "@type": type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer } } }]` + "\n",
-			want:    `cluster "c": transport_socket_matches: not supported yet`},
+		{name: "transport_socket_matches",
+			cluster: `    transport_socket_matches: [{ name: m, transport_socket: { name: tls, typed_config: { "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext } } }]` + "\n",
+			want: `cluster "c": transport_socket_matches[0].transport_socket: tls (type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext): ` +
+				`a cluster takes envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext or envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer`},
 
 		// Upstream protocol.
 		{name: "auto without TLS", cluster: fmt.Sprintf(h2Options, `auto_config: {}`),
@@ -264,8 +265,8 @@ func TestTranslateTLSErrors(t *testing.T) {
 			want: clusterOpt + `upstream_http_protocol_options.auto_san_validation: true: not supported yet`},
 		{name: "typed options and protocol_selection",
 			cluster: "    protocol_selection: USE_DOWNSTREAM_PROTOCOL\n" + fmt.Sprintf(h2Options, `explicit_http_config: { http2_protocol_options: {} }`),
-			want: clusterOpt[:len(clusterOpt)-1] + `: may not be combined with the deprecated http2_protocol_options, common_http_protocol_options, ` +
-				`max_requests_per_connection or protocol_selection cluster fields`},
+			want: clusterOpt[:len(clusterOpt)-1] + `: may not be combined with the deprecated http2_protocol_options, common_http_protocol_options ` +
+				`or protocol_selection cluster fields`},
 		{name: "keepalive without timeout", cluster: "    http2_protocol_options: { connection_keepalive: { interval: 1s } }\n",
 			want: `static_resources.clusters[0].http2_protocol_options.connection_keepalive.timeout: value is required`},
 	}

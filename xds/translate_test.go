@@ -100,9 +100,9 @@ func TestTranslateClusterDefaults(t *testing.T) {
 		RingHashMinSize: 1024, RingHashMaxSize: 8 << 20, MaglevTableSize: 65537, LeastRequestCount: 2,
 	})
 
-	_, err = TranslateCluster(&clusterv3.Cluster{Name: "c", OutlierDetection: &clusterv3.OutlierDetection{}})
-	if !errors.Is(err, ErrUnsupported) || err.Error() != `xds: cluster "c": outlier_detection: not supported yet` {
-		t.Errorf("outlier detection: %v", err)
+	_, err = TranslateCluster(&clusterv3.Cluster{Name: "c", LbSubsetConfig: &clusterv3.Cluster_LbSubsetConfig{}})
+	if !errors.Is(err, ErrUnsupported) || err.Error() != `xds: cluster "c": lb_subset_config: not supported yet` {
+		t.Errorf("subsets: %v", err)
 	}
 	_, err = TranslateCluster(&clusterv3.Cluster{Name: "c", ConnectTimeout: durationpb.New(-time.Second)})
 	if err == nil || !strings.HasPrefix(err.Error(), `xds: cluster "c": connect_timeout: `) {

@@ -35,6 +35,11 @@ import (
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/raw_buffer/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	// Filters and extensions Istio's control plane sends (see istio.go).
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/cors/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/grpc_stats/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/request_id/uuid/v3"
 )
 
 // typePrefix is the canonical type URL prefix; translated configs always
@@ -58,6 +63,11 @@ const (
 	nameUpstreamTLS         = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 	namePreviousHosts       = "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
 	nameUpstreamHTTPOptions = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+	nameUUIDRequestID       = "envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig"
+	nameGRPCStats           = "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig"
+	nameFault               = "envoy.extensions.filters.http.fault.v3.HTTPFault"
+	nameCORS                = "envoy.extensions.filters.http.cors.v3.Cors"
+	nameCORSPolicy          = "envoy.extensions.filters.http.cors.v3.CorsPolicy"
 )
 
 // errUnknownType is wrapped by errors about a type URL no linked package

@@ -10,6 +10,7 @@ import (
 	"github.com/sluice-proxy/sluice/dsl/rules"
 	"github.com/sluice-proxy/sluice/engine/config"
 	"github.com/sluice-proxy/sluice/engine/filters/headermutation"
+	"github.com/sluice-proxy/sluice/engine/filters/istio"
 	"github.com/sluice-proxy/sluice/engine/filters/rbac"
 	"github.com/sluice-proxy/sluice/engine/observe"
 	"github.com/sluice-proxy/sluice/engine/stream"
@@ -35,6 +36,11 @@ func builtins(stats *observe.Store) *stream.Registry {
 	wc := wasm.Compiler{Log: slog.Default(), Stats: stats, Callout: r.HTTPCall, StreamCallout: r.OpenStream}
 	r.RegisterFilter(wc, wasm.TypeURL)
 	r.RegisterNetworkFilter(wc, wasm.NetworkTypeURL)
+	r.RegisterFilter(istio.Stats{Store: stats, Log: slog.Default()}, config.TypeIstioStats)
+	r.RegisterFilter(istio.PeerMetadata{}, config.TypeIstioPeerMetadata)
+	r.RegisterFilter(istio.NormalizePath{}, config.TypeNormalizePath)
+	r.RegisterFilter(istio.ForwardClientCert{}, config.TypeForwardClientCert)
+	r.RegisterNetworkFilter(istio.MetadataExchange{}, config.TypeIstioMetadataExchange)
 	return r
 }
 

@@ -192,6 +192,12 @@ type UpstreamTLS struct {
 	// SubjectAltNames, when set, must contain one of the certificate's
 	// DNS or URI SANs (Envoy's match_typed_subject_alt_names, exact).
 	SubjectAltNames []string
+	// HTTP1ALPN and HTTP2ALPN, when set, replace ALPN on the connections
+	// of the HTTP/1 and the HTTP/2 pool (raw TCP proxy connections keep
+	// ALPN): this is how Istio's istio.alpn filter tells the peer sidecar
+	// which protocol its requests use ("istio-http/1.1", "istio-h2").
+	HTTP1ALPN []string
+	HTTP2ALPN []string
 }
 
 // Upstream protocols of a cluster (Cluster.Protocol).
@@ -531,6 +537,21 @@ type Cluster struct {
 	HTTP2    HTTP2Options
 	// TLS, when set, dials endpoints over TLS.
 	TLS *UpstreamTLS
+	// TransportSocketMatches are per-endpoint alternatives to TLS
+	// (Envoy's transport_socket_matches, which the front-end resolves
+	// against each endpoint's metadata): an endpoint whose
+	// TransportSocket names one of them connects with its TLS, or in
+	// plaintext when that is nil, instead of with the cluster's.
+	TransportSocketMatches []*TransportSocketMatch
+	// SourceAddress, when set, is the local IP address upstream
+	// connections are made from (Envoy's upstream_bind_config; Istio
+	// binds inbound traffic to 127.0.0.6 so that its iptables rules let
+	// it through to the application).
+	SourceAddress string
+	// Metadata is the cluster's filter_metadata, values by namespace, as
+	// filters read it (Istio's "istio" namespace names the services
+	// behind a cluster).
+	Metadata map[string]map[string]any
 	// IdleTimeout closes pooled upstream connections idle this long.
 	IdleTimeout              time.Duration
 	MaxRequestsPerConnection int
@@ -548,10 +569,32 @@ const ClusterOriginalDst = "ORIGINAL_DST"
 
 // Endpoint is one upstream host.
 type Endpoint struct {
-	Address  string // host:port
+	// Address is "host:port", or a unix socket: "unix:" then a path
+	// ("unix:/run/app.sock", or relative to the working directory as in
+	// "unix:./var/run/app.sock") or, on Linux, "unix:@name" for a name in
+	// the abstract namespace (Envoy's pipe addresses).
+	Address  string
 	Weight   uint32 // 1 when zero
 	Priority uint32
 	Healthy  bool
+	// TransportSocket names the entry of the cluster's
+	// TransportSocketMatches this endpoint connects with; "" is the
+	// cluster's own TLS (or plaintext).
+	TransportSocket string
+}
+
+// UnixAddressPrefix starts an Endpoint address that is a unix socket.
+const UnixAddressPrefix = "unix:"
+
+// TransportSocketMatch is one named transport socket of a cluster, for
+// the endpoints whose metadata selected it (Envoy's
+// transport_socket_matches; Istio's "tlsMode-istio" mTLS and
+// "tlsMode-disabled" plaintext).
+type TransportSocketMatch struct {
+	Name string
+	// TLS originates TLS to the endpoints that use this match; nil is
+	// plaintext.
+	TLS *UpstreamTLS
 }
 
 // CircuitBreakers are per-cluster limits (Envoy's default thresholds).
@@ -599,4 +642,80 @@ type RulesSource struct {
 // HeaderMutationConfig configures the native header mutation filter.
 type HeaderMutationConfig struct {
 	HeaderMutations
+}
+
+// UndecodedConfig is the config of a filter whose protobuf type is not
+// linked into Sluice (Istio's istio.stats, istio.metadata_exchange, ...):
+// a front-end accepts it by type URL and hands it on as it came, for the
+// native compiler registered under TypeURL to read.
+type UndecodedConfig struct {
+	TypeURL string
+	// Value is the serialized message (an Any's value); nil when the
+	// config came as a TypedStruct.
+	Value []byte
+	// Fields is a TypedStruct's value (xds.type.v3 or udpa.type.v1) as
+	// Go values in protobuf's JSON mapping (map[string]any, []any,
+	// string, float64, bool).
+	Fields map[string]any
+	// Node is the proxy's identity (the bootstrap's node), which Istio's
+	// filters report to their peers and in their metrics; nil: unknown.
+	Node *Node
+	// TrafficDirection is that of the listener the filter belongs to
+	// (TrafficInbound, TrafficOutbound or "").
+	TrafficDirection string
+	// ClusterMetadata is the Metadata of every cluster of the snapshot
+	// by cluster name, for filters that describe the upstream a request
+	// went to (Istio's stats read the "istio" namespace).
+	ClusterMetadata map[string]map[string]map[string]any
+}
+
+// Node is the proxy's identity, Envoy's bootstrap node.
+type Node struct {
+	ID       string
+	Cluster  string
+	Metadata map[string]any
+}
+
+// Type URLs of Istio's filters. Their protobuf types are not in
+// go-control-plane, so their configs are *UndecodedConfig.
+const (
+	TypeIstioALPN             = "type.googleapis.com/istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig"
+	TypeIstioStats            = "type.googleapis.com/stats.PluginConfig"
+	TypeIstioPeerMetadata     = "type.googleapis.com/io.istio.http.peer_metadata.Config"
+	TypeIstioMetadataExchange = "type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange"
+	TypeIstioNetworkAuthn     = "type.googleapis.com/io.istio.network.authn.Config"
+)
+
+// Connection manager features that the native filters of
+// engine/filters/istio implement; a front-end puts them first in an HCM's
+// filter chain, where Envoy's connection manager applies them before any
+// filter.
+const (
+	// TypeNormalizePath normalizes the request path (Envoy's
+	// normalize_path and merge_slashes); config *NormalizePathConfig.
+	TypeNormalizePath = "sluice.normalize_path"
+	// TypeForwardClientCert handles x-forwarded-client-cert (Envoy's
+	// forward_client_cert_details); config *ForwardClientCertConfig.
+	TypeForwardClientCert = "sluice.forward_client_cert"
+)
+
+// NormalizePathConfig configures TypeNormalizePath.
+type NormalizePathConfig struct {
+	// Normalize applies RFC 3986 normalization: percent-encoded
+	// unreserved characters decoded, dot segments removed.
+	Normalize bool
+	// MergeSlashes collapses runs of "/" into one.
+	MergeSlashes bool
+}
+
+// ForwardClientCertConfig configures TypeForwardClientCert.
+type ForwardClientCertConfig struct {
+	// Mode is Envoy's forward_client_cert_details: "SANITIZE",
+	// "FORWARD_ONLY", "APPEND_FORWARD", "SANITIZE_SET" or
+	// "ALWAYS_FORWARD_ONLY".
+	Mode string
+	// What APPEND_FORWARD and SANITIZE_SET add about the client's
+	// certificate (set_current_client_cert_details); the hash is always
+	// added.
+	Subject, Cert, Chain, DNS, URI bool
 }

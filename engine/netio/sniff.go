@@ -1,6 +1,7 @@
 package netio
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -51,6 +52,78 @@ func prefaceDecided(b []byte) bool {
 	return len(b) >= len(HTTP2Preface)
 }
 
+// Application protocols SniffHTTP reports, Envoy's http_inspector's names.
+const (
+	ProtocolHTTP10 = "http/1.0"
+	ProtocolHTTP11 = "http/1.1"
+	ProtocolH2C    = "h2c"
+)
+
+// maxRequestLine bounds how far SniffHTTP looks for the end of an HTTP/1
+// request line.
+const maxRequestLine = 8 << 10
+
+// SniffHTTP is Envoy's http_inspector for plaintext connections: it tells
+// which HTTP a client speaks from its first bytes, "h2c" for the HTTP/2
+// preface, "http/1.1" or "http/1.0" for a request line, "" for anything
+// else (not HTTP, or undecided when c's read deadline passed: a
+// client that waits for the server, as some TCP protocols do, is not HTTP
+// either, so a deadline is no error). The returned connection replays
+// what was read.
+func SniffHTTP(c net.Conn) (net.Conn, string, error) {
+	c, b, err := sniff(c, maxRequestLine, httpDecided)
+	var ne net.Error
+	if err != nil && !(errors.As(err, &ne) && ne.Timeout()) && err != io.EOF {
+		return c, "", fmt.Errorf("netio: detecting HTTP: %w", err)
+	}
+	return c, httpProtocol(b), nil
+}
+
+// httpDecided reports whether b tells: the HTTP/2 preface or a difference
+// from it, then a whole first line or a byte no request line has.
+func httpDecided(b []byte) bool {
+	if len(b) <= len(HTTP2Preface) && string(b) == HTTP2Preface[:len(b)] {
+		return len(b) == len(HTTP2Preface)
+	}
+	return bytes.IndexByte(b, '\n') >= 0 || !couldBeRequestLine(b)
+}
+
+// httpProtocol names the protocol of a complete first line, or "".
+func httpProtocol(b []byte) string {
+	if len(b) >= len(HTTP2Preface) && string(b[:len(HTTP2Preface)]) == HTTP2Preface {
+		return ProtocolH2C
+	}
+	i := bytes.IndexByte(b, '\n')
+	if i < 0 || !couldBeRequestLine(b[:i]) {
+		return ""
+	}
+	line := bytes.TrimSuffix(b[:i], []byte("\r"))
+	switch {
+	case bytes.HasSuffix(line, []byte(" HTTP/1.1")):
+		return ProtocolHTTP11
+	case bytes.HasSuffix(line, []byte(" HTTP/1.0")):
+		return ProtocolHTTP10
+	}
+	return ""
+}
+
+// couldBeRequestLine reports whether b may start a request line: a method
+// token, a space, then no control bytes.
+func couldBeRequestLine(b []byte) bool {
+	sp := false
+	for i, c := range b {
+		switch {
+		case c == ' ' && i > 0:
+			sp = true
+		case sp && c >= 0x20 && c < 0x7f, sp && c == '\r' || sp && c == '\n':
+		case !sp && (c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c == '-' || c == '_'):
+		default:
+			return false
+		}
+	}
+	return true
+}
+
 // errNoProgress is peekSocket's way of saying it cannot go on peeking.
 var errNoProgress = errors.New("netio: peek made no progress")
 
@@ -74,6 +147,10 @@ func sniff(c net.Conn, max int, decided func([]byte) bool) (net.Conn, []byte, er
 		if err != nil {
 			if n > 0 && err == io.EOF {
 				break // let the codec see what there is, then EOF
+			}
+			if n > 0 {
+				// What was read stays readable, for a caller that goes on.
+				return &peekedConn{Conn: c, buf: buf[:n]}, buf[:n], err
 			}
 			return c, buf[:n], err
 		}

@@ -81,6 +81,7 @@ const (
 	opConnectionID
 	opStreamID
 	opAttemptCount
+	opNotKept     // a value Sluice does not keep: always "-"
 	opHostname    // resolved to a literal at compile time
 	opEnvironment // resolved to a literal at compile time
 )
@@ -97,23 +98,27 @@ var commands = map[string]struct {
 	kind opKind
 	arg  argRule
 }{
-	"START_TIME":                             {opStartTime, argOptional},
-	"REQ":                                    {opReq, argRequired},
-	"REQ_WITHOUT_QUERY":                      {opReqWithoutQuery, argRequired},
-	"RESP":                                   {opResp, argRequired},
-	"TRAILER":                                {opTrailer, argRequired},
-	"PROTOCOL":                               {opProtocol, argNone},
-	"RESPONSE_CODE":                          {opResponseCode, argNone},
-	"RESPONSE_FLAGS":                         {opResponseFlags, argNone},
-	"RESPONSE_CODE_DETAILS":                  {opResponseCodeDetails, argNone},
-	"BYTES_RECEIVED":                         {opBytesReceived, argNone},
-	"BYTES_SENT":                             {opBytesSent, argNone},
-	"DURATION":                               {opDuration, argNone},
-	"REQUEST_DURATION":                       {opRequestDuration, argNone},
-	"RESPONSE_DURATION":                      {opResponseDuration, argNone},
-	"RESPONSE_TX_DURATION":                   {opResponseTxDuration, argNone},
-	"UPSTREAM_HOST":                          {opUpstreamHost, argNone},
-	"UPSTREAM_CLUSTER":                       {opUpstreamCluster, argNone},
+	"START_TIME":            {opStartTime, argOptional},
+	"REQ":                   {opReq, argRequired},
+	"REQ_WITHOUT_QUERY":     {opReqWithoutQuery, argRequired},
+	"RESP":                  {opResp, argRequired},
+	"TRAILER":               {opTrailer, argRequired},
+	"PROTOCOL":              {opProtocol, argNone},
+	"RESPONSE_CODE":         {opResponseCode, argNone},
+	"RESPONSE_FLAGS":        {opResponseFlags, argNone},
+	"RESPONSE_CODE_DETAILS": {opResponseCodeDetails, argNone},
+	"BYTES_RECEIVED":        {opBytesReceived, argNone},
+	"BYTES_SENT":            {opBytesSent, argNone},
+	"DURATION":              {opDuration, argNone},
+	"REQUEST_DURATION":      {opRequestDuration, argNone},
+	"RESPONSE_DURATION":     {opResponseDuration, argNone},
+	"RESPONSE_TX_DURATION":  {opResponseTxDuration, argNone},
+	"UPSTREAM_HOST":         {opUpstreamHost, argNone},
+	"UPSTREAM_CLUSTER":      {opUpstreamCluster, argNone},
+	"UPSTREAM_CLUSTER_RAW":  {opUpstreamCluster, argNone},
+	// In Istio's default format; Sluice does not keep them.
+	"UPSTREAM_LOCAL_ADDRESS":                 {opNotKept, argNone},
+	"CONNECTION_TERMINATION_DETAILS":         {opNotKept, argNone},
 	"UPSTREAM_TRANSPORT_FAILURE_REASON":      {opUpstreamTransportFailureReason, argNone},
 	"ROUTE_NAME":                             {opRouteName, argNone},
 	"DOWNSTREAM_REMOTE_ADDRESS":              {opDownstreamRemote, argNone},
@@ -385,6 +390,8 @@ func (o *op) appendValue(dst []byte, e LogEntry) ([]byte, bool) {
 		return appendString(dst, e.UpstreamAddress())
 	case opUpstreamCluster:
 		return appendString(dst, e.ClusterName())
+	case opNotKept:
+		return dst, false
 	case opUpstreamTransportFailureReason:
 		return appendString(dst, e.UpstreamTransportFailureReason())
 	case opRouteName:

@@ -168,7 +168,8 @@ type Scope struct {
 	prefix     string
 	promPrefix string
 	labels     []Label
-	custom     bool // a custom namespace: Prometheus names carry no "envoy_"
+	custom     bool   // a custom namespace: Prometheus names carry no "envoy_"
+	suffix     string // ends text names (LabeledScope)
 }
 
 // Scope returns a scope. For example Scope("cluster.api.", "cluster_",
@@ -185,9 +186,17 @@ func (s *Store) CustomScope(prefix string) *Scope {
 	return &Scope{store: s, prefix: prefix, custom: true}
 }
 
+// LabeledScope is CustomScope for one series of labelled metric families
+// (Istio's istio_requests_total{reporter="source",...}): text names are
+// prefix + name + suffix, so the suffix must tell the series apart;
+// Prometheus names are the (sanitised) name alone, with labels.
+func (s *Store) LabeledScope(prefix, suffix string, labels ...Label) *Scope {
+	return &Scope{store: s, prefix: prefix, suffix: suffix, labels: labels, custom: true}
+}
+
 func (sc *Scope) meta(name string) meta {
 	if sc.custom {
-		return meta{Name: sc.prefix + name, PromName: promSanitize(name), Labels: sc.labels}
+		return meta{Name: sc.prefix + name + sc.suffix, PromName: promSanitize(name), Labels: sc.labels}
 	}
 	return meta{Name: sc.prefix + name, PromName: "envoy_" + sc.promPrefix + promSanitize(name), Labels: sc.labels}
 }

@@ -118,6 +118,10 @@ type listenerGraph struct {
 	// sniffTLS is set when some chain terminates TLS: the first byte of
 	// each connection then tells TLS from plaintext.
 	sniffTLS bool
+	// sniffHTTP is set when some chain matches application protocols: a
+	// plaintext connection's first bytes then tell which HTTP it speaks
+	// (Envoy's http_inspector).
+	sniffHTTP bool
 	// detectTimeout bounds TLS detection and the handshake: the longest
 	// request-headers timeout of the chains.
 	detectTimeout time.Duration
@@ -130,6 +134,11 @@ type chainGraph struct {
 	cm  *proxy.ConnectionManager
 	tcp *proxy.TCPProxy
 	tls *ctls.Config
+	// tlsNoALPN is tls without ALPN, for clients that offer none of its
+	// protocols: Envoy (BoringSSL) then goes on without ALPN where
+	// crypto/tls would fail the handshake (Istio's sidecars offer their
+	// own protocols, "istio", "istio-peer-exchange").
+	tlsNoALPN *ctls.Config
 }
 
 // defaultDetectTimeout bounds protocol detection and the TLS handshake
@@ -363,6 +372,7 @@ func (s *Server) compile(snap *config.Snapshot, env *proxy.Env) (*graph, error) 
 			}
 			lg.chains[i] = ch
 			lg.addChain(ch)
+			lg.sniffHTTP = lg.sniffHTTP || len(fc.Match.ApplicationProtocols) > 0
 		}
 		if l.DefaultFilterChain != nil {
 			ch, err := compileChain(env, l.DefaultFilterChain, tables, set)
@@ -427,6 +437,8 @@ func compileChain(env *proxy.Env, fc *config.FilterChain, tables map[string]*rou
 		if ch.tls, err = enginetls.ServerConfig(fc.TLS, alpn); err != nil {
 			return nil, err
 		}
+		ch.tlsNoALPN = ch.tls.Clone()
+		ch.tlsNoALPN.NextProtos = nil
 	}
 	return ch, nil
 }
@@ -573,6 +585,11 @@ func (s *Server) accept(ctx context.Context, c net.Conn, h *connHandler) (net.Co
 				return nil, errors.New("server: TLS client matched a filter chain without TLS")
 			}
 			ch = m
+			if len(hello.SupportedProtos) > 0 && !slices.ContainsFunc(hello.SupportedProtos, func(p string) bool {
+				return slices.Contains(m.tls.NextProtos, p)
+			}) {
+				return m.tlsNoALPN, nil
+			}
 			return m.tls, nil
 		}}
 		tc := ctls.Server(c, base)
@@ -583,6 +600,17 @@ func (s *Server) accept(ctx context.Context, c net.Conn, h *connHandler) (net.Co
 		h.info.TLS = &st
 		c, h2 = tc, st.NegotiatedProtocol == "h2"
 	} else {
+		if lg.sniffHTTP {
+			bound(lg.detectTimeout)
+			var proto string
+			var err error
+			if c, proto, err = netio.SniffHTTP(c); err != nil {
+				return nil, nil, false, err
+			}
+			if proto != "" {
+				h.transport.ALPN = []string{proto}
+			}
+		}
 		if ch = lg.pick(h.info, &h.transport); ch == nil {
 			return nil, nil, false, errors.New("server: no filter chain matches")
 		}

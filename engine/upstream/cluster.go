@@ -45,12 +45,15 @@ type Cluster struct {
 	mux      stream.MuxClientCodec // multiplexed pool; nil for an http1-only cluster
 	dialer   net.Dialer
 
-	// tlsH1 and tlsH2 originate TLS for the HTTP/1 and multiplexed pools
-	// (ALPN differs); nil for plaintext.
-	tlsH1, tlsH2 *tls.Config
-	// tlsRaw originates TLS for raw (TCP proxy) connections: ALPN only as
-	// configured, none implied by an HTTP protocol.
-	tlsRaw     *tls.Config
+	// unixDialer dials unix socket endpoints (dialer may bind a local IP
+	// address, which a unix socket cannot take).
+	unixDialer net.Dialer
+
+	// tls originates the cluster's TLS (its fields are nil for
+	// plaintext); matchTLS are the TLS of its transport socket matches,
+	// by name. A host uses one of them.
+	tls        tlsSet
+	matchTLS   map[string]*tlsSet
 	clientOpts stream.ClientOptions
 
 	idleTimeout        int64 // ns; 0: none
@@ -179,6 +182,14 @@ func (m *Manager) newCluster(in *config.Cluster, prev *Cluster) (*Cluster, error
 		connectTimeout = DefaultConnectTimeout
 	}
 	c.dialer = net.Dialer{Timeout: connectTimeout} // KeepAlive 0: TCP keep-alive with Go's defaults
+	c.unixDialer = net.Dialer{Timeout: connectTimeout}
+	if cfg.SourceAddress != "" {
+		ip, err := netip.ParseAddr(cfg.SourceAddress)
+		if err != nil || ip.Zone() != "" {
+			return nil, fail("source address %q is not an IP address", cfg.SourceAddress)
+		}
+		c.dialer.LocalAddr = &net.TCPAddr{IP: ip.AsSlice()}
+	}
 	switch {
 	case cfg.IdleTimeout < 0:
 		return nil, fail("negative idle_timeout %v", cfg.IdleTimeout)
@@ -250,6 +261,20 @@ func (m *Manager) newCluster(in *config.Cluster, prev *Cluster) (*Cluster, error
 			return nil, fail("endpoint %d: bad address %q: %v", i, ep.Address, err)
 		}
 		h := &Host{cluster: c, addr: ep.Address, weight: max(ep.Weight, 1), priority: ep.Priority, healthy: ep.Healthy}
+		h.network, h.dialAddr = "tcp", ep.Address
+		if p, ok := strings.CutPrefix(ep.Address, config.UnixAddressPrefix); ok {
+			h.network, h.dialAddr = "unix", p
+		}
+		h.tls = &c.tls
+		if ep.TransportSocket != "" {
+			if h.tls = c.matchTLS[ep.TransportSocket]; h.tls == nil {
+				return nil, fail("endpoint %d: unknown transport socket match %q", i, ep.TransportSocket)
+			}
+		}
+		if c.proto == protoAuto && h.tls.h2 == nil {
+			// No TLS, no ALPN to ask: HTTP/1.1, as Envoy's auto_config.
+			h.alpn.Store(alpnHTTP1)
+		}
 		if ph := prevByAddr[ep.Address]; ph != nil {
 			h.Stats = ph.Stats
 			delete(prevByAddr, ep.Address)
@@ -303,8 +328,15 @@ func eligibleHosts(hosts []*Host) (eligible []*Host, inPanic bool) {
 	return eligible, inPanic
 }
 
-// checkAddress validates "host:port"; a STATIC cluster needs an IP.
+// checkAddress validates "host:port" or "unix:PATH"; a STATIC cluster
+// needs an IP.
 func checkAddress(addr string, needIP bool) error {
+	if p, ok := strings.CutPrefix(addr, config.UnixAddressPrefix); ok {
+		if p == "" || p == "@" {
+			return errors.New("empty unix socket path")
+		}
+		return nil
+	}
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		var ae *net.AddrError
@@ -406,22 +438,69 @@ func (c *Cluster) setProtocol(reg *stream.Registry) error {
 		KeepaliveInterval:    h2.ConnectionKeepaliveInterval,
 		KeepaliveTimeout:     h2.ConnectionKeepaliveTimeout,
 	}
-	if cfg.TLS != nil {
-		h1ALPN, h2ALPN := []string{"http/1.1"}, []string{"h2"}
-		if c.proto == protoAuto {
-			h2ALPN = []string{"h2", "http/1.1"}
+	if c.tls, err = c.newTLSSet(cfg.TLS); err != nil {
+		return err
+	}
+	for i, m := range cfg.TransportSocketMatches {
+		if m == nil || m.Name == "" {
+			return fmt.Errorf("transport socket match %d: a name is required", i)
 		}
-		if c.tlsH1, err = etls.ClientConfig(cfg.TLS, h1ALPN); err != nil {
-			return err
+		if c.matchTLS[m.Name] != nil {
+			return fmt.Errorf("transport socket match %q: duplicate name", m.Name)
 		}
-		if c.tlsH2, err = etls.ClientConfig(cfg.TLS, h2ALPN); err != nil {
-			return err
+		set, err := c.newTLSSet(m.TLS)
+		if err != nil {
+			return fmt.Errorf("transport socket match %q: %w", m.Name, err)
 		}
-		if c.tlsRaw, err = etls.ClientConfig(cfg.TLS, nil); err != nil {
-			return err
+		if c.matchTLS == nil {
+			c.matchTLS = map[string]*tlsSet{}
 		}
+		c.matchTLS[m.Name] = &set
 	}
 	return nil
+}
+
+// tlsSet is the TLS a host originates: for the HTTP/1 and the multiplexed
+// pool (ALPN differs) and for raw (TCP proxy) connections, which offer
+// only the ALPN protocols configured. All nil: plaintext.
+type tlsSet struct {
+	h1, h2, raw *tls.Config
+}
+
+// newTLSSet compiles one upstream TLS context (nil: plaintext).
+func (c *Cluster) newTLSSet(u *config.UpstreamTLS) (tlsSet, error) {
+	var set tlsSet
+	if u == nil {
+		return set, nil
+	}
+	h1ALPN, h2ALPN := []string{"http/1.1"}, []string{"h2"}
+	if c.proto == protoAuto {
+		h2ALPN = []string{"h2", "http/1.1"}
+	}
+	// HTTP1ALPN and HTTP2ALPN replace what the pools offer, configured or
+	// not (Istio's ALPN override).
+	h1, h2 := u, u
+	if len(u.HTTP1ALPN) > 0 {
+		o := *u
+		o.ALPN = u.HTTP1ALPN
+		h1 = &o
+	}
+	if len(u.HTTP2ALPN) > 0 {
+		o := *u
+		o.ALPN = u.HTTP2ALPN
+		h2 = &o
+	}
+	var err error
+	if set.h1, err = etls.ClientConfig(h1, h1ALPN); err != nil {
+		return set, err
+	}
+	if set.h2, err = etls.ClientConfig(h2, h2ALPN); err != nil {
+		return set, err
+	}
+	if set.raw, err = etls.ClientConfig(u, nil); err != nil {
+		return set, err
+	}
+	return set, nil
 }
 
 // activate publishes config-derived gauges when the cluster becomes current.

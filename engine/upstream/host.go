@@ -13,8 +13,14 @@ const (
 
 // Host is one endpoint of a cluster with its connection pool.
 type Host struct {
-	cluster  *Cluster
-	addr     string
+	cluster *Cluster
+	addr    string
+	// network and dialAddr are what is dialled: "tcp" and addr, or
+	// "unix" and the socket path of a "unix:" address.
+	network, dialAddr string
+	// tls is the TLS the host's connections originate (the cluster's or a
+	// transport socket match's; its fields are nil for plaintext).
+	tls      *tlsSet
 	weight   uint32
 	priority uint32
 	healthy  bool

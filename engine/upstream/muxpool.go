@@ -200,7 +200,7 @@ func (h *Host) acquireMux(deadline time.Time) (*Conn, error) {
 func (h *Host) dialMux(deadline time.Time) error {
 	c := h.cluster
 	p := &h.mux
-	nc, err := h.dialNet(nil, deadline, c.tlsH2)
+	nc, err := h.dialNet(nil, deadline, h.tls.h2)
 	if err != nil {
 		h.muxGone(nil, true, false)
 		return err

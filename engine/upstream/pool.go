@@ -238,7 +238,7 @@ func (h *Host) wait(ctx context.Context, deadline time.Time) (*Conn, error) {
 // dial opens a connection in a slot already counted in p.total and the
 // cluster's connection count.
 func (h *Host) dial(ctx context.Context, deadline time.Time) (*Conn, error) {
-	nc, err := h.dialNet(ctx, deadline, h.cluster.tlsH1)
+	nc, err := h.dialNet(ctx, deadline, h.tls.h1)
 	if err != nil {
 		h.freeSlot(nil)
 		return nil, err
@@ -295,8 +295,11 @@ func (h *Host) dialNet(ctx context.Context, deadline time.Time, tlsConf *tls.Con
 	h.Stats.CxTotal.Add(1)
 	h.Stats.CxActive.Add(1)
 	d := &c.dialer
+	if h.network == "unix" {
+		d = &c.unixDialer
+	}
 	if !deadline.IsZero() {
-		local := c.dialer
+		local := *d
 		local.Deadline = deadline
 		d = &local
 	}
@@ -306,7 +309,7 @@ func (h *Host) dialNet(ctx context.Context, deadline time.Time, tlsConf *tls.Con
 		deadline = cd
 	}
 	start := time.Now()
-	nc, err := d.DialContext(ctx, "tcp", h.addr)
+	nc, err := d.DialContext(ctx, h.network, h.dialAddr)
 	if err == nil && tlsConf != nil {
 		// The handshake counts against the connect timeout, as in Envoy.
 		hsDeadline := start.Add(c.dialer.Timeout)

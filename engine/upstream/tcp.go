@@ -69,7 +69,7 @@ func (h *Host) DialTCP(ctx context.Context) (*TCPConn, error) {
 		c.Stats.CxOverflow.Inc()
 		return nil, ErrTCPOverflow
 	}
-	nc, err := h.dialNet(ctx, time.Time{}, c.tlsRaw)
+	nc, err := h.dialNet(ctx, time.Time{}, h.tls.raw)
 	if err != nil {
 		c.cx.dec(c.cx.max)
 		return nil, err
@@ -101,5 +101,5 @@ func (c *Cluster) OriginalDst() bool { return strings.EqualFold(c.cfg.Type, conf
 // made for one connection: it has its own counters and no pool, so it is
 // for DialTCP only, and it is not listed among the cluster's hosts.
 func (c *Cluster) OriginalDstHost(addr string) *Host {
-	return &Host{cluster: c, addr: addr, weight: 1, healthy: true, Stats: new(HostStats)}
+	return &Host{cluster: c, addr: addr, network: "tcp", dialAddr: addr, tls: &c.tls, weight: 1, healthy: true, Stats: new(HostStats)}
 }
