@@ -140,7 +140,8 @@ func (l *Listener) handle(c net.Conn) {
 			l.log.Error("connection handler panicked", "listener", l.name, "panic", fmt.Sprint(r))
 		}
 	}()
-	info := &stream.ConnInfo{ID: connIDs.Add(1), Remote: addrPort(c.RemoteAddr()), Local: addrPort(c.LocalAddr())}
+	local := addrPort(c.LocalAddr())
+	info := &stream.ConnInfo{ID: connIDs.Add(1), Remote: addrPort(c.RemoteAddr()), Local: local, Accepted: local}
 	l.serve(l.drainCtx, c, info)
 }
 

@@ -6,6 +6,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"os"
 	"runtime/debug"
 	"sync"
@@ -115,6 +116,17 @@ func (e *exchange) run() {
 			lb.Exclude = e.triedHost
 		}
 		host := e.cl.Pick(lb)
+		if host == nil && e.cl.OriginalDst() {
+			// Not on an ordinary cluster's path: its Pick has a host.
+			var err error
+			if host, err = s.originalDstHost(e.cl); err != nil {
+				s.cm.log.Debug("original destination refused", "err", err, "stream", s.id)
+				s.flags |= flagNoHealthyUpstream
+				s.sendLocal(503, "no healthy upstream\n", "no_healthy_upstream")
+				s.finishLocal(s.reached)
+				return
+			}
+		}
 		if host == nil {
 			s.flags |= flagNoHealthyUpstream
 			s.sendLocal(503, "no healthy upstream\n", "no_healthy_upstream")
@@ -709,4 +721,26 @@ func resetDownstream(ss stream.ServerStream, err error) {
 		return
 	}
 	ss.Reset()
+}
+
+// originalDstHost is an ORIGINAL_DST cluster's pooled host for the
+// request's downstream connection's original destination (its local
+// address as the original_dst listener filter restored it). A destination
+// that is the address the connection arrived on (it was not redirected)
+// would make the proxy send the request to itself, again and again: it is
+// refused, as the TCP proxy does.
+func (s *activeStream) originalDstHost(c *upstream.Cluster) (*upstream.Host, error) {
+	ci := s.ss.Conn()
+	dst := netip.AddrPortFrom(ci.Local.Addr().Unmap(), ci.Local.Port())
+	if !dst.IsValid() {
+		return nil, fmt.Errorf("proxy: cluster %q: no original destination", c.Name())
+	}
+	if a := ci.Accepted; a.IsValid() && netip.AddrPortFrom(a.Addr().Unmap(), a.Port()) == dst {
+		return nil, fmt.Errorf("proxy: cluster %q: the original destination %s is this listener (not redirected)", c.Name(), dst)
+	}
+	h, err := c.OriginalDstPooled(dst)
+	if err != nil {
+		return nil, fmt.Errorf("proxy: %w", err)
+	}
+	return h, nil
 }

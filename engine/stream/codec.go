@@ -16,9 +16,15 @@ import (
 // ConnInfo describes a downstream connection.
 type ConnInfo struct {
 	Remote netip.AddrPort
-	Local  netip.AddrPort
-	TLS    *tls.ConnectionState
-	ID     uint64
+	// Local is the connection's destination: the socket's local address,
+	// or, after an original_dst listener filter, the destination from
+	// before the redirect.
+	Local netip.AddrPort
+	// Accepted is the socket's local address (Local before original_dst),
+	// the proxy's own address: ORIGINAL_DST clusters refuse it.
+	Accepted netip.AddrPort
+	TLS      *tls.ConnectionState
+	ID       uint64
 }
 
 // ServerOptions are the connection-manager limits a server codec enforces.

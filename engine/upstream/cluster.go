@@ -75,6 +75,9 @@ type Cluster struct {
 	requestDone, retryDone   func() // bound once, so TryStart* don't allocate
 
 	retired atomic.Bool
+
+	// od are the pooled hosts of an ORIGINAL_DST cluster; nil otherwise.
+	od *origDst
 }
 
 type clusterOptions struct {
@@ -110,6 +113,9 @@ func (c *Cluster) CloseIdle() {
 	for _, h := range c.hosts {
 		h.drainIdle(false)
 		h.drainMux(true)
+	}
+	if c.od != nil {
+		c.drainOriginalDst(true)
 	}
 }
 
@@ -241,6 +247,9 @@ func (m *Manager) newCluster(in *config.Cluster, prev *Cluster) (*Cluster, error
 	// Hosts.
 	if strings.EqualFold(cfg.Type, config.ClusterOriginalDst) && len(cfg.Endpoints) > 0 {
 		return nil, fail("an ORIGINAL_DST cluster lists no endpoints")
+	}
+	if strings.EqualFold(cfg.Type, config.ClusterOriginalDst) {
+		c.od = newOrigDst(DefaultCleanupInterval)
 	}
 	static := strings.EqualFold(cfg.Type, "STATIC")
 	var prevByAddr map[string]*Host
@@ -505,8 +514,9 @@ func (c *Cluster) newTLSSet(u *config.UpstreamTLS) (tlsSet, error) {
 
 // activate publishes config-derived gauges when the cluster becomes current.
 func (c *Cluster) activate() {
-	c.Stats.MembershipTotal.Set(int64(len(c.hosts)))
-	c.Stats.MembershipHealthy.Set(int64(c.healthy))
+	n := int64(c.OriginalDstHosts())
+	c.Stats.MembershipTotal.Set(int64(len(c.hosts)) + n)
+	c.Stats.MembershipHealthy.Set(int64(c.healthy) + n)
 }
 
 // retire stops pooling: idle connections are closed, or handed to the host
@@ -530,6 +540,9 @@ func (c *Cluster) retire(succ *Cluster) {
 	for _, h := range c.hosts {
 		h.drainIdle(true)
 		h.drainMux(false)
+	}
+	if c.od != nil {
+		c.drainOriginalDst(false)
 	}
 }
 

@@ -36,6 +36,9 @@ type Host struct {
 	// next is the host with the same address in the cluster that replaced
 	// this one, set when this host's cluster is retired.
 	next atomic.Pointer[Host]
+	// used is set when an ORIGINAL_DST host is picked and cleared by the
+	// cleanup pass (origdst.go).
+	used atomic.Bool
 }
 
 // Address is the host's "host:port".

@@ -155,6 +155,9 @@ func (m *Manager) Commit(set *Set) {
 		if c.idleTimeout > 0 {
 			every = min(every, time.Duration(c.idleTimeout)/2)
 		}
+		if c.od != nil {
+			every = min(every, time.Duration(c.od.cleanup)/2)
+		}
 	}
 	m.reapEvery.Store(int64(max(every, 10*time.Millisecond)))
 	if m.stop == nil && !m.closed && len(set.sorted) > 0 {
@@ -195,6 +198,9 @@ func (m *Manager) reap(stop, done chan struct{}) {
 			for _, h := range c.hosts {
 				h.reapIdle(now)
 				h.reapMux(now)
+			}
+			if c.od != nil {
+				c.sweepOriginalDst(now)
 			}
 		}
 		t.Reset(time.Duration(m.reapEvery.Load()))

@@ -11,11 +11,9 @@ package upstream
 import (
 	"context"
 	"net"
-	"strings"
 	"sync/atomic"
 	"time"
 
-	"github.com/sluice-proxy/sluice/engine/config"
 	"github.com/sluice-proxy/sluice/engine/observe"
 )
 
@@ -95,7 +93,7 @@ func (c *Cluster) TCPStats() TCPStats {
 
 // OriginalDst reports whether the cluster is of type ORIGINAL_DST: its
 // host is each connection's original destination (OriginalDstHost).
-func (c *Cluster) OriginalDst() bool { return strings.EqualFold(c.cfg.Type, config.ClusterOriginalDst) }
+func (c *Cluster) OriginalDst() bool { return c.od != nil }
 
 // OriginalDstHost returns a host of the cluster for addr ("ip:port"),
 // made for one connection: it has its own counters and no pool, so it is
