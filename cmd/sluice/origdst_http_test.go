@@ -110,6 +110,17 @@ func TestOriginalDstHTTPE2E(t *testing.T) {
 		if i == 2 {
 			mesh.CloseIdleConnections()
 		}
+		// The proxy gives the upstream connection back to its pool just
+		// after the response is written: wait for that before the next
+		// request, or it may (rightly) open a second connection.
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			_, st := get(http.DefaultClient, "http://"+srv.AdminAddr()+"/stats?filter=PassthroughCluster.upstream_rq_active")
+			if statValue(st, "cluster.PassthroughCluster.upstream_rq_active") == 0 || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
 	}
 	if n := conns.Load(); n != 1 {
 		t.Errorf("origin saw %d connections for 5 requests, want 1 (pooled)", n)
