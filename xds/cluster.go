@@ -158,6 +158,11 @@ func translateCluster(c *clusterv3.Cluster, d *deps) (*config.Cluster, error) {
 	if out.ConnectTimeout, err = durationField(c.GetConnectTimeout(), defaultConnectTimeout, "connect_timeout"); err != nil {
 		return nil, err
 	}
+	if c.GetCleanupInterval() != nil {
+		if out.CleanupInterval, err = durationField(c.GetCleanupInterval(), 0, "cleanup_interval"); err != nil {
+			return nil, err
+		}
+	}
 	if err := lbPolicy(c, out); err != nil {
 		return nil, err
 	}

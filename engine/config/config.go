@@ -555,6 +555,9 @@ type Cluster struct {
 	// IdleTimeout closes pooled upstream connections idle this long.
 	IdleTimeout              time.Duration
 	MaxRequestsPerConnection int
+	// CleanupInterval removes an ORIGINAL_DST cluster's hosts unused this
+	// long (Envoy's cleanup_interval; 0: 5 s).
+	CleanupInterval time.Duration
 
 	RingHashMinSize   uint64
 	RingHashMaxSize   uint64

@@ -249,7 +249,7 @@ func (m *Manager) newCluster(in *config.Cluster, prev *Cluster) (*Cluster, error
 		return nil, fail("an ORIGINAL_DST cluster lists no endpoints")
 	}
 	if strings.EqualFold(cfg.Type, config.ClusterOriginalDst) {
-		c.od = newOrigDst(DefaultCleanupInterval)
+		c.od = newOrigDst(cfg.CleanupInterval)
 	}
 	static := strings.EqualFold(cfg.Type, "STATIC")
 	var prevByAddr map[string]*Host
