@@ -280,7 +280,8 @@ Flags:
 	}
 
 	stats := observe.NewStore()
-	srv := server.New(server.Options{Registry: builtins(stats), Stats: stats, Log: log, Version: Version, AdminAddress: *adminAddr, DrainTimeout: *drain, DrainTime: envoy.drainTime()})
+	srv := server.New(server.Options{Registry: builtins(stats), Stats: stats, Log: log, Version: Version, AdminAddress: *adminAddr, DrainTimeout: *drain, DrainTime: envoy.drainTime(),
+		WaitForInit: lc != nil && lc.dynamic()})
 	if lc != nil && lc.dynamic() {
 		// The xDS client applies the static resources, then what the control
 		// plane sends, for as long as sluice runs.
@@ -297,6 +298,7 @@ Flags:
 			log.Error("config rejected", "err", err)
 			return 1
 		}
+		go markInitialized(ctx, srv, client, lc.bootstrap, log)
 	} else if err := srv.Apply(snap); err != nil {
 		log.Error("config rejected", "err", err)
 		return 1

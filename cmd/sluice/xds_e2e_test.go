@@ -207,3 +207,76 @@ func statsGet(t *testing.T, url string) string {
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
 }
+
+// An xDS-fed sluice is INITIALIZING — /ready 503, server.state 3,
+// listener_manager.workers_started 0, what Istio's pilot-agent probes —
+// until the control plane's first listeners and clusters are applied.
+func TestXDSReadyAfterFirstConfig(t *testing.T) {
+	app := newUpstream(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "app\n") })
+	cache := cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	discoveryv3.RegisterAggregatedDiscoveryServiceServer(gs, serverv3.NewServer(context.Background(), cache, nil))
+	go gs.Serve(lis)
+	t.Cleanup(gs.Stop)
+
+	listen, admin := freePort(t), freePort(t)
+	_, xdsPort, _ := net.SplitHostPort(lis.Addr().String())
+	b, err := os.ReadFile("../../samples/xds/bootstrap.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	boot := strings.NewReplacer("port_value: 18000", "port_value: "+xdsPort, "port_value: 9901", fmt.Sprintf("port_value: %d", admin),
+		"id: sluice-sample", "id: e2e").Replace(string(b))
+	cfg := filepath.Join(t.TempDir(), "bootstrap.yaml")
+	if err := os.WriteFile(cfg, []byte(boot), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan int, 1)
+	go func() { done <- runMain([]string{"run", "-c", cfg, "--log-level", "error"}, io.Discard, io.Discard) }()
+	adminURL := fmt.Sprintf("http://127.0.0.1:%d", admin)
+	t.Cleanup(func() {
+		http.Post(adminURL+"/quitquitquit", "", nil)
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			t.Error("sluice did not quit")
+		}
+	})
+	probe := adminURL + `/stats?usedonly&filter=^(server\.state|listener_manager\.workers_started)`
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(statsGet(t, probe), "server.state: 3") {
+		if time.Now().After(deadline) {
+			t.Fatalf("not INITIALIZING before the first config: %q", statsGet(t, probe))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if r, err := http.Get(adminURL + "/ready"); err != nil || r.StatusCode != 503 {
+		t.Fatalf("/ready before the first config: %v %v", err, r)
+	} else {
+		r.Body.Close()
+	}
+
+	snap, err := cachev3.NewSnapshot("1", xdsResources(t, listen, app.addr(), 1, false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cache.SetSnapshot(context.Background(), "e2e", snap); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for statsGet(t, probe) != "listener_manager.workers_started: 1\nserver.state: 0\n" {
+		if time.Now().After(deadline) {
+			t.Fatalf("not LIVE after the first config: %q", statsGet(t, probe))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if r, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/", listen)); err != nil || r.StatusCode != 200 {
+		t.Fatalf("the pushed listener: %v %v", err, r)
+	} else {
+		r.Body.Close()
+	}
+}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"log/slog"
 	"time"
@@ -68,4 +69,49 @@ func waitStatics(srv *server.Server, started <-chan error) error {
 		}
 	}
 	return nil
+}
+
+// initTimeout bounds INITIALIZING, as Envoy's initial_fetch_timeout (15 s
+// by default) bounds its init manager's wait for the first LDS and CDS.
+const initTimeout = 15 * time.Second
+
+// markInitialized makes the server LIVE once the control plane's first
+// listeners and clusters are applied and nothing warms (or after
+// initTimeout): until then /ready answers 503 and server.state is 3, so
+// Istio's pilot-agent does not report a sidecar ready that has no mesh
+// config yet.
+func markInitialized(ctx context.Context, srv *server.Server, client *xds.Client, b *bootstrapv3.Bootstrap, log *slog.Logger) {
+	want := map[string]bool{}
+	if b.GetDynamicResources().GetLdsConfig() != nil {
+		want["type.googleapis.com/envoy.config.listener.v3.Listener"] = true
+	}
+	if b.GetDynamicResources().GetCdsConfig() != nil {
+		want["type.googleapis.com/envoy.config.cluster.v3.Cluster"] = true
+	}
+	deadline := time.Now().Add(initTimeout)
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		st := client.State()
+		got := 0
+		for _, ts := range st.Types {
+			if want[ts.TypeURL] && ts.Version != "" {
+				got++
+			}
+		}
+		if got == len(want) && len(st.Warming) == 0 {
+			srv.MarkInitialized()
+			return
+		}
+		if time.Now().After(deadline) {
+			log.Warn("xds: the control plane's first config is not complete; serving what is there", "waited", initTimeout, "warming", st.Warming)
+			srv.MarkInitialized()
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }

@@ -39,6 +39,7 @@ const (
 	StateLive            = "LIVE"
 	StateDraining        = "DRAINING"
 	StatePreInitializing = "PRE_INITIALIZING"
+	StateInitializing    = "INITIALIZING"
 )
 
 // DefaultAddr is where the admin server listens when given no address.

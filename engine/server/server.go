@@ -50,17 +50,24 @@ type Options struct {
 	// accepting (every connection told to close after its request) before
 	// it stops them (Envoy's --drain-time-s; default 10s).
 	DrainTime time.Duration
+	// WaitForInit keeps the server INITIALIZING after its first config
+	// until MarkInitialized: an xDS-fed proxy is not ready (/ready 503,
+	// server.state 3, listener_manager.workers_started 0 — what Istio's
+	// pilot-agent probes) before the control plane's first resources are
+	// in, though the static listeners already serve.
+	WaitForInit bool
 }
 
 // State of the server, as /ready reports it.
 const (
 	StatePreInitializing = "PRE_INITIALIZING"
+	StateInitializing    = "INITIALIZING"
 	StateLive            = "LIVE"
 	StateDraining        = "DRAINING"
 )
 
 // envoyState numbers the states as Envoy's server.state gauge does.
-var envoyState = map[string]int64{StateLive: 0, StateDraining: 1, StatePreInitializing: 2}
+var envoyState = map[string]int64{StateLive: 0, StateDraining: 1, StatePreInitializing: 2, StateInitializing: 3}
 
 func (s *Server) setState(st string) {
 	s.state.Store(st)
@@ -322,8 +329,12 @@ func (s *Server) Apply(snap *config.Snapshot) (err error) {
 	}
 	s.closeUnusedAccessLogs()
 	if s.State() == StatePreInitializing {
-		s.setState(StateLive)
-		s.workersStarted.Set(1)
+		if s.opts.WaitForInit {
+			s.setState(StateInitializing)
+		} else {
+			s.setState(StateLive)
+			s.workersStarted.Set(1)
+		}
 	}
 	s.activeListeners.Set(int64(len(s.listeners)))
 	s.activeClusters.Set(int64(len(snap.Clusters)))
@@ -712,6 +723,17 @@ func (s *Server) Drain() {
 		}()
 	}
 	wg.Wait()
+}
+
+// MarkInitialized ends INITIALIZING (Options.WaitForInit): the server is
+// LIVE from now on. It does nothing in any other state.
+func (s *Server) MarkInitialized() {
+	// A compare-and-swap: a drain that began meanwhile stays a drain.
+	if s.state.CompareAndSwap(StateInitializing, StateLive) {
+		s.stateGauge.Set(envoyState[StateLive])
+		s.liveGauge.Set(1)
+		s.workersStarted.Set(1)
+	}
 }
 
 // DrainListeners is the admin's POST /drain_listeners: it drains the
