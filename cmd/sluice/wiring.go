@@ -30,6 +30,7 @@ func builtins(stats *observe.Store) *stream.Registry {
 	r.RegisterMuxCodec("http2", http2.NewClientCodec())
 	r.RegisterFilter(headermutation.Compiler{}, headermutation.TypeNames...)
 	r.RegisterFilter(rbac.Compiler{Stats: stats, Conditions: rbacCondition}, rbac.TypeURLs...)
+	r.RegisterNetworkFilter(rbac.Compiler{Stats: stats, Conditions: rbacCondition}, rbac.NetworkTypeURL)
 	r.RegisterFilter(rules.Compiler{}, rules.TypeURL)
 	r.RegisterFilter(compile.SourceCompiler{Env: sharedCELEnv()}, config.TypeRulesSource)
 	r.RegisterFilter(lua.Compiler{Log: slog.Default()}, lua.TypeURL, lua.TypeURLPerRoute)
