@@ -302,12 +302,11 @@ func translateHTTPFilter(f *hcmv3.HttpFilter, d *deps) (_ *config.HTTPFilter, is
 		// request (emit_filter_state feeds Envoy's access log only).
 		return notRun, false, nil
 	case *faultv3.HTTPFault:
-		// Istio adds it empty to every connection manager, for faults
-		// a route may configure; empty, it does nothing.
-		if !proto.Equal(m, &faultv3.HTTPFault{}) {
-			return nil, false, within(fmt.Errorf("fault injection: %w", ErrUnsupported))
-		}
-		return notRun, false, nil
+		// The native fault filter (engine/filters/fault) checks the config
+		// when it is compiled. Istio adds it empty to every connection
+		// manager and configures faults per route (typed_per_filter_config),
+		// so even an empty one stays in the chain: it does nothing on routes
+		// without a fault.
 	case *corsv3.Cors:
 		// Istio adds it empty for the CORS policies a route may set (which
 		// are refused); alone it does nothing.

@@ -202,9 +202,8 @@ func filterOverride(a *anypb.Any, inFilterConfig bool) (*config.FilterOverride, 
 		return nil, err
 	}
 	switch t.name() {
-	case nameFault, nameCORSPolicy:
-		// What the (empty, not run) fault and CORS filters would do for
-		// the route: fault injection, CORS policies.
+	case nameCORSPolicy:
+		// What the (empty, not run) CORS filter would do for the route.
 		return nil, fmt.Errorf("%s: %w", t.url, ErrUnsupported)
 	}
 	switch m := t.msg.(type) {

@@ -9,6 +9,7 @@ import (
 	"github.com/sluice-proxy/sluice/dsl/expr"
 	"github.com/sluice-proxy/sluice/dsl/rules"
 	"github.com/sluice-proxy/sluice/engine/config"
+	"github.com/sluice-proxy/sluice/engine/filters/fault"
 	"github.com/sluice-proxy/sluice/engine/filters/headermutation"
 	"github.com/sluice-proxy/sluice/engine/filters/istio"
 	"github.com/sluice-proxy/sluice/engine/filters/rbac"
@@ -31,6 +32,7 @@ func builtins(stats *observe.Store) *stream.Registry {
 	r.RegisterFilter(headermutation.Compiler{}, headermutation.TypeNames...)
 	r.RegisterFilter(rbac.Compiler{Stats: stats, Conditions: rbacCondition}, rbac.TypeURLs...)
 	r.RegisterNetworkFilter(rbac.Compiler{Stats: stats, Conditions: rbacCondition}, rbac.NetworkTypeURL)
+	r.RegisterFilter(fault.Compiler{Stats: stats}, fault.TypeURL)
 	r.RegisterFilter(rules.Compiler{}, rules.TypeURL)
 	r.RegisterFilter(compile.SourceCompiler{Env: sharedCELEnv()}, config.TypeRulesSource)
 	r.RegisterFilter(lua.Compiler{Log: slog.Default()}, lua.TypeURL, lua.TypeURLPerRoute)
