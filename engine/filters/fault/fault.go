@@ -17,6 +17,7 @@ package fault
 import (
 	"errors"
 	"fmt"
+	"github.com/sluice-proxy/sluice/engine/filters/envoymatch"
 	"math/rand/v2"
 	"strconv"
 	"strings"
@@ -62,14 +63,14 @@ var (
 	// own values: Sluice has no runtime, so they change nothing (as in an
 	// Envoy without those keys). disable_downstream_cluster_stats turns
 	// off stats Sluice does not keep.
-	faultFields = knownFields(&faultv3.HTTPFault{}, "delay", "abort", "headers", "max_active_faults",
+	faultFields = envoymatch.KnownFields(&faultv3.HTTPFault{}, "delay", "abort", "headers", "max_active_faults",
 		"upstream_cluster", "downstream_nodes", "response_rate_limit",
 		"delay_percent_runtime", "abort_percent_runtime", "delay_duration_runtime", "abort_http_status_runtime",
 		"max_active_faults_runtime", "response_rate_limit_percent_runtime", "abort_grpc_status_runtime",
 		"disable_downstream_cluster_stats")
-	abortFields   = knownFields(&faultv3.FaultAbort{}, "http_status", "grpc_status", "header_abort", "percentage", "response_body")
-	delayFields   = knownFields(&commonfaultv3.FaultDelay{}, "fixed_delay", "header_delay", "percentage")
-	percentFields = knownFields(&typev3.FractionalPercent{}, "numerator", "denominator")
+	abortFields   = envoymatch.KnownFields(&faultv3.FaultAbort{}, "http_status", "grpc_status", "header_abort", "percentage", "response_body")
+	delayFields   = envoymatch.KnownFields(&commonfaultv3.FaultDelay{}, "fixed_delay", "header_delay", "percentage")
+	percentFields = envoymatch.KnownFields(&typev3.FractionalPercent{}, "numerator", "denominator")
 )
 
 // fraction is a FractionalPercent: a share num/den.
@@ -80,7 +81,7 @@ func compileFraction(p *typev3.FractionalPercent) (fraction, error) {
 		// Envoy's default when percentage is absent: 100%.
 		return fraction{100, 100}, nil
 	}
-	if err := percentFields.check(p); err != nil {
+	if err := percentFields.Check(p); err != nil {
 		return fraction{}, err
 	}
 	var den uint64
@@ -92,7 +93,7 @@ func compileFraction(p *typev3.FractionalPercent) (fraction, error) {
 	case typev3.FractionalPercent_MILLION:
 		den = 1_000_000
 	default:
-		return fraction{}, at("denominator", fmt.Errorf("unknown denominator %d", p.GetDenominator()))
+		return fraction{}, envoymatch.At("denominator", fmt.Errorf("unknown denominator %d", p.GetDenominator()))
 	}
 	// Envoy caps the numerator at the denominator.
 	return fraction{min(uint64(p.GetNumerator()), den), den}, nil
@@ -130,7 +131,7 @@ type delaySpec struct {
 type settings struct {
 	abort     *abortSpec
 	delay     *delaySpec
-	headers   []*headerMatcher
+	headers   []*envoymatch.HeaderMatcher
 	maxActive int64 // < 0: no limit
 }
 
@@ -150,32 +151,32 @@ func compileSettings(cfg any) (*settings, error) {
 }
 
 func compileHTTPFault(m *faultv3.HTTPFault) (*settings, error) {
-	if err := faultFields.check(m); err != nil {
+	if err := faultFields.Check(m); err != nil {
 		return nil, err
 	}
 	if m.GetUpstreamCluster() != "" {
-		return nil, at("upstream_cluster", fmt.Errorf("faults limited to an upstream cluster are %w", errUnsupported))
+		return nil, envoymatch.At("upstream_cluster", fmt.Errorf("faults limited to an upstream cluster are %w", envoymatch.ErrUnsupported))
 	}
 	if len(m.GetDownstreamNodes()) > 0 {
-		return nil, at("downstream_nodes", fmt.Errorf("faults limited to downstream nodes are %w", errUnsupported))
+		return nil, envoymatch.At("downstream_nodes", fmt.Errorf("faults limited to downstream nodes are %w", envoymatch.ErrUnsupported))
 	}
 	if m.GetResponseRateLimit() != nil {
-		return nil, at("response_rate_limit", fmt.Errorf("response rate limiting is %w", errUnsupported))
+		return nil, envoymatch.At("response_rate_limit", fmt.Errorf("response rate limiting is %w", envoymatch.ErrUnsupported))
 	}
 	s := &settings{maxActive: -1}
 	if v := m.GetMaxActiveFaults(); v != nil {
 		s.maxActive = int64(v.GetValue())
 	}
 	for i, hm := range m.GetHeaders() {
-		c, err := compileHeader(hm)
+		c, err := envoymatch.CompileHeader(hm)
 		if err != nil {
-			return nil, atIndex("headers", i, err)
+			return nil, envoymatch.AtIndex("headers", i, err)
 		}
 		s.headers = append(s.headers, c)
 	}
 	if a := m.GetAbort(); a != nil {
-		if err := abortFields.check(a); err != nil {
-			return nil, at("abort", err)
+		if err := abortFields.Check(a); err != nil {
+			return nil, envoymatch.At("abort", err)
 		}
 		as := &abortSpec{grpcStatus: -1, body: a.GetResponseBody()}
 		if as.body == "" {
@@ -184,7 +185,7 @@ func compileHTTPFault(m *faultv3.HTTPFault) (*settings, error) {
 		switch e := a.GetErrorType().(type) {
 		case *faultv3.FaultAbort_HttpStatus:
 			if e.HttpStatus < 200 || e.HttpStatus >= 600 {
-				return nil, at("abort.http_status", fmt.Errorf("status %d is not in [200, 600)", e.HttpStatus))
+				return nil, envoymatch.At("abort.http_status", fmt.Errorf("status %d is not in [200, 600)", e.HttpStatus))
 			}
 			as.httpStatus = int(e.HttpStatus)
 		case *faultv3.FaultAbort_GrpcStatus:
@@ -192,33 +193,33 @@ func compileHTTPFault(m *faultv3.HTTPFault) (*settings, error) {
 		case *faultv3.FaultAbort_HeaderAbort_:
 			as.fromHeader = true
 		default:
-			return nil, at("abort", errors.New("one of http_status, grpc_status or header_abort is required"))
+			return nil, envoymatch.At("abort", errors.New("one of http_status, grpc_status or header_abort is required"))
 		}
 		var err error
 		if as.pct, err = compileFraction(a.GetPercentage()); err != nil {
-			return nil, at("abort.percentage", err)
+			return nil, envoymatch.At("abort.percentage", err)
 		}
 		s.abort = as
 	}
 	if d := m.GetDelay(); d != nil {
-		if err := delayFields.check(d); err != nil {
-			return nil, at("delay", err)
+		if err := delayFields.Check(d); err != nil {
+			return nil, envoymatch.At("delay", err)
 		}
 		ds := &delaySpec{}
 		switch e := d.GetFaultDelaySecifier().(type) {
 		case *commonfaultv3.FaultDelay_FixedDelay:
 			if err := e.FixedDelay.CheckValid(); err != nil || e.FixedDelay.AsDuration() < 0 {
-				return nil, at("delay.fixed_delay", fmt.Errorf("invalid duration %v", e.FixedDelay))
+				return nil, envoymatch.At("delay.fixed_delay", fmt.Errorf("invalid duration %v", e.FixedDelay))
 			}
 			ds.fixed = e.FixedDelay.AsDuration()
 		case *commonfaultv3.FaultDelay_HeaderDelay_:
 			ds.fromHeader = true
 		default:
-			return nil, at("delay", errors.New("one of fixed_delay or header_delay is required"))
+			return nil, envoymatch.At("delay", errors.New("one of fixed_delay or header_delay is required"))
 		}
 		var err error
 		if ds.pct, err = compileFraction(d.GetPercentage()); err != nil {
-			return nil, at("delay.percentage", err)
+			return nil, envoymatch.At("delay.percentage", err)
 		}
 		s.delay = ds
 	}
@@ -325,7 +326,7 @@ func (x *filter) OnRequestHeaders(h *header.Map, _ bool) stream.Status {
 		return stream.Continue
 	}
 	for _, m := range s.headers {
-		if !m.matchHeaders(h) {
+		if !m.MatchHeaders(h) {
 			return stream.Continue
 		}
 	}

@@ -3,6 +3,7 @@ package fault
 import (
 	"context"
 	"errors"
+	"github.com/sluice-proxy/sluice/engine/filters/envoymatch"
 	"strings"
 	"sync"
 	"testing"
@@ -278,8 +279,8 @@ func TestConfigErrors(t *testing.T) {
 		if err == nil || !strings.HasPrefix(err.Error(), tt.want) {
 			t.Errorf("%q: error %v, want prefix %q", tt.cfg, err, tt.want)
 		}
-		if err != nil && strings.Contains(tt.want, "not supported") && !errors.Is(err, errUnsupported) {
-			t.Errorf("%q: %v does not wrap errUnsupported", tt.cfg, err)
+		if err != nil && strings.Contains(tt.want, "not supported") && !errors.Is(err, envoymatch.ErrUnsupported) {
+			t.Errorf("%q: %v does not wrap envoymatch.ErrUnsupported", tt.cfg, err)
 		}
 	}
 	if _, err := (Compiler{}).CompilePerRoute("nope"); err == nil || !strings.HasPrefix(err.Error(), "fault: ") {

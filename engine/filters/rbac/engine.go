@@ -3,6 +3,7 @@ package rbac
 import (
 	"errors"
 	"fmt"
+	"github.com/sluice-proxy/sluice/engine/filters/envoymatch"
 	"log/slog"
 	"slices"
 	"strings"
@@ -24,10 +25,10 @@ import (
 type ConditionCompiler func(expr proto.Message) (config.Condition, error)
 
 var (
-	rbacFields = knownFields(&rbacv3.RBAC{}, "action", "policies")
+	rbacFields = envoymatch.KnownFields(&rbacv3.RBAC{}, "action", "policies")
 	// cel_config only enables CEL extensions (string conversion,
 	// concatenation, functions) that the DSL's environment always has.
-	policyFields = knownFields(&rbacv3.Policy{}, "permissions", "principals", "condition", "checked_condition",
+	policyFields = envoymatch.KnownFields(&rbacv3.Policy{}, "permissions", "principals", "condition", "checked_condition",
 		"cel_config")
 )
 
@@ -55,14 +56,14 @@ type policy struct {
 }
 
 func compileEngine(m *rbacv3.RBAC, conds ConditionCompiler, shadow bool) (*engine, error) {
-	if err := rbacFields.check(m); err != nil {
+	if err := rbacFields.Check(m); err != nil {
 		return nil, err
 	}
 	e := &engine{action: m.GetAction(), shadow: shadow}
 	switch e.action {
 	case rbacv3.RBAC_ALLOW, rbacv3.RBAC_DENY, rbacv3.RBAC_LOG:
 	default:
-		return nil, at("action", fmt.Errorf("%v %w", e.action, errUnsupported))
+		return nil, envoymatch.At("action", fmt.Errorf("%v %w", e.action, envoymatch.ErrUnsupported))
 	}
 	names := make([]string, 0, len(m.GetPolicies()))
 	for n := range m.GetPolicies() {
@@ -72,7 +73,7 @@ func compileEngine(m *rbacv3.RBAC, conds ConditionCompiler, shadow bool) (*engin
 	for _, n := range names {
 		p, err := compilePolicy(n, m.GetPolicies()[n], conds)
 		if err != nil {
-			return nil, at(fmt.Sprintf("policies[%s]", n), err)
+			return nil, envoymatch.At(fmt.Sprintf("policies[%s]", n), err)
 		}
 		e.policies = append(e.policies, p)
 	}
@@ -83,7 +84,7 @@ func compilePolicy(name string, m *rbacv3.Policy, conds ConditionCompiler) (*pol
 	if m == nil {
 		return nil, errors.New("a policy is required")
 	}
-	if err := policyFields.check(m); err != nil {
+	if err := policyFields.Check(m); err != nil {
 		return nil, err
 	}
 	p := &policy{name: name, nameValue: name, details: responseDetails(name)}
@@ -110,10 +111,10 @@ func compilePolicy(name string, m *rbacv3.Policy, conds ConditionCompiler) (*pol
 	}
 	if expr != nil {
 		if conds == nil {
-			return nil, at(field, errors.New("CEL conditions are not available in this build"))
+			return nil, envoymatch.At(field, errors.New("CEL conditions are not available in this build"))
 		}
 		if p.cond, err = conds(expr); err != nil {
-			return nil, at(field, err)
+			return nil, envoymatch.At(field, err)
 		}
 	}
 	return p, nil

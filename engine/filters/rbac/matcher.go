@@ -4,6 +4,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"github.com/sluice-proxy/sluice/engine/filters/envoymatch"
 	"net/netip"
 	"strings"
 	"sync/atomic"
@@ -78,10 +79,13 @@ type notMatcher struct{ m matcher }
 
 func (m notMatcher) match(r *request) bool { return !m.m.match(r) }
 
-func (m *headerMatcher) match(r *request) bool { return m.matchHeaders(r.h) }
+// headerMatcher is Envoy's header permission and principal.
+type headerMatcher struct{ *envoymatch.HeaderMatcher }
+
+func (m headerMatcher) match(r *request) bool { return m.MatchHeaders(r.h) }
 
 // pathMatcher is Envoy's url_path: the :path without query and fragment.
-type pathMatcher struct{ sm stringMatcher }
+type pathMatcher struct{ sm envoymatch.StringMatcher }
 
 func (m *pathMatcher) match(r *request) bool {
 	p, ok := r.h.Get(":path")
@@ -91,7 +95,7 @@ func (m *pathMatcher) match(r *request) bool {
 	if i := strings.IndexAny(p, "?#"); i >= 0 {
 		p = p[:i]
 	}
-	return m.sm.match(p)
+	return m.sm.Match(p)
 }
 
 // Which address an IP matcher reads. Sluice has one downstream peer
@@ -146,21 +150,21 @@ func (m portRangeMatcher) match(r *request) bool {
 
 // serverNameMatcher is requested_server_name: the SNI of a TLS connection,
 // "" otherwise.
-type serverNameMatcher struct{ sm stringMatcher }
+type serverNameMatcher struct{ sm envoymatch.StringMatcher }
 
 func (m *serverNameMatcher) match(r *request) bool {
 	sni := ""
 	if t := r.src.TLS(); t != nil {
 		sni = t.ServerName
 	}
-	return m.sm.match(sni)
+	return m.sm.Match(sni)
 }
 
 // authMatcher is Envoy's authenticated principal: any TLS connection
 // when no name is given; otherwise the name is matched against the peer
 // certificate's URI SANs, then its DNS SANs, then its subject (RFC 2253).
 type authMatcher struct {
-	name *stringMatcher
+	name *envoymatch.StringMatcher
 }
 
 func (m *authMatcher) match(r *request) bool {
@@ -173,19 +177,19 @@ func (m *authMatcher) match(r *request) bool {
 	id := r.identity()
 	if id == nil {
 		// TLS without a client certificate: the subject is empty.
-		return m.name.match("")
+		return m.name.Match("")
 	}
 	for _, u := range id.uris {
-		if m.name.match(u) {
+		if m.name.Match(u) {
 			return true
 		}
 	}
 	for _, d := range id.cert.DNSNames {
-		if m.name.match(d) {
+		if m.name.Match(d) {
 			return true
 		}
 	}
-	return m.name.match(id.subject)
+	return m.name.Match(id.subject)
 }
 
 // peerIdentity is a peer certificate's names as strings.
@@ -276,7 +280,7 @@ func (m *metadataMatcher) match(r *request) bool {
 // bool, a number, nil, []any, map[string]any).
 type valueMatcher struct {
 	kind       valueKind
-	str        stringMatcher
+	str        envoymatch.StringMatcher
 	b          bool
 	exact      *float64
 	start, end float64
@@ -321,7 +325,7 @@ func (m *valueMatcher) match(v any, present bool) bool {
 		return m.start <= f && f < m.end
 	case valString:
 		s, ok := v.(string)
-		return ok && m.str.match(s)
+		return ok && m.str.Match(s)
 	case valBool:
 		b, ok := v.(bool)
 		return ok && b == m.b
@@ -369,143 +373,146 @@ func number(v any) (float64, bool) {
 }
 
 var (
-	permissionFields = knownFields(&rbacv3.Permission{}, "and_rules", "or_rules", "any", "header", "url_path",
+	permissionFields = envoymatch.KnownFields(&rbacv3.Permission{}, "and_rules", "or_rules", "any", "header", "url_path",
 		"destination_ip", "destination_port", "destination_port_range", "metadata", "not_rule",
 		"requested_server_name", "sourced_metadata")
-	principalFields = knownFields(&rbacv3.Principal{}, "and_ids", "or_ids", "any", "authenticated",
+	principalFields = envoymatch.KnownFields(&rbacv3.Principal{}, "and_ids", "or_ids", "any", "authenticated",
 		"source_ip", "direct_remote_ip", "remote_ip", "header", "url_path", "metadata", "not_id",
 		"sourced_metadata")
-	authenticatedFields = knownFields(&rbacv3.Principal_Authenticated{}, "principal_name")
-	sourcedFields       = knownFields(&rbacv3.SourcedMetadata{}, "metadata_matcher", "metadata_source")
-	metadataFields      = knownFields(&matcherv3.MetadataMatcher{}, "filter", "path", "value", "invert")
-	valueFields         = knownFields(&matcherv3.ValueMatcher{}, "null_match", "double_match", "string_match",
+	authenticatedFields = envoymatch.KnownFields(&rbacv3.Principal_Authenticated{}, "principal_name")
+	sourcedFields       = envoymatch.KnownFields(&rbacv3.SourcedMetadata{}, "metadata_matcher", "metadata_source")
+	metadataFields      = envoymatch.KnownFields(&matcherv3.MetadataMatcher{}, "filter", "path", "value", "invert")
+	valueFields         = envoymatch.KnownFields(&matcherv3.ValueMatcher{}, "null_match", "double_match", "string_match",
 		"bool_match", "present_match", "list_match", "or_match")
-	listFields   = knownFields(&matcherv3.ListMatcher{}, "one_of")
-	doubleFields = knownFields(&matcherv3.DoubleMatcher{}, "range", "exact")
+	listFields   = envoymatch.KnownFields(&matcherv3.ListMatcher{}, "one_of")
+	doubleFields = envoymatch.KnownFields(&matcherv3.DoubleMatcher{}, "range", "exact")
 )
 
 func compilePermission(p *rbacv3.Permission) (matcher, error) {
 	if p == nil {
 		return nil, errors.New("a permission is required")
 	}
-	if err := permissionFields.check(p); err != nil {
+	if err := permissionFields.Check(p); err != nil {
 		return nil, err
 	}
 	switch r := p.GetRule().(type) {
 	case *rbacv3.Permission_Any:
 		if !r.Any {
 			// Envoy's validation rejects any: false.
-			return nil, at("any", errors.New("must be true"))
+			return nil, envoymatch.At("any", errors.New("must be true"))
 		}
 		return anyMatcher{}, nil
 	case *rbacv3.Permission_AndRules:
 		m, err := compileSet(r.AndRules.GetRules(), compilePermission, "rules")
 		if err != nil {
-			return nil, at("and_rules", err)
+			return nil, envoymatch.At("and_rules", err)
 		}
 		return simplify(andMatcher(m)), nil
 	case *rbacv3.Permission_OrRules:
 		m, err := compileSet(r.OrRules.GetRules(), compilePermission, "rules")
 		if err != nil {
-			return nil, at("or_rules", err)
+			return nil, envoymatch.At("or_rules", err)
 		}
 		return simplify(orMatcher(m)), nil
 	case *rbacv3.Permission_NotRule:
 		m, err := compilePermission(r.NotRule)
 		if err != nil {
-			return nil, at("not_rule", err)
+			return nil, envoymatch.At("not_rule", err)
 		}
 		return notMatcher{m}, nil
 	case *rbacv3.Permission_Header:
-		m, err := compileHeader(r.Header)
-		return m, at("header", err)
-	case *rbacv3.Permission_UrlPath:
-		sm, err := compilePath(r.UrlPath)
+		m, err := envoymatch.CompileHeader(r.Header)
 		if err != nil {
-			return nil, at("url_path", err)
+			return nil, envoymatch.At("header", err)
+		}
+		return headerMatcher{m}, nil
+	case *rbacv3.Permission_UrlPath:
+		sm, err := envoymatch.CompilePath(r.UrlPath)
+		if err != nil {
+			return nil, envoymatch.At("url_path", err)
 		}
 		return &pathMatcher{sm}, nil
 	case *rbacv3.Permission_DestinationIp:
-		pfx, err := compileCIDR(r.DestinationIp)
+		pfx, err := envoymatch.CompileCIDR(r.DestinationIp)
 		if err != nil {
-			return nil, at("destination_ip", err)
+			return nil, envoymatch.At("destination_ip", err)
 		}
 		return &ipMatcher{prefix: pfx, side: ipLocal}, nil
 	case *rbacv3.Permission_DestinationPort:
 		if r.DestinationPort > 65535 {
-			return nil, at("destination_port", fmt.Errorf("%d is not a port", r.DestinationPort))
+			return nil, envoymatch.At("destination_port", fmt.Errorf("%d is not a port", r.DestinationPort))
 		}
 		return portMatcher{uint16(r.DestinationPort)}, nil
 	case *rbacv3.Permission_DestinationPortRange:
 		start, end := r.DestinationPortRange.GetStart(), r.DestinationPortRange.GetEnd()
 		switch {
 		case start < 0 || start > 65536:
-			return nil, at("destination_port_range", fmt.Errorf("range start %d is out of bounds", start))
+			return nil, envoymatch.At("destination_port_range", fmt.Errorf("range start %d is out of bounds", start))
 		case end < 0 || end > 65536:
-			return nil, at("destination_port_range", fmt.Errorf("range end %d is out of bounds", end))
+			return nil, envoymatch.At("destination_port_range", fmt.Errorf("range end %d is out of bounds", end))
 		case start >= end:
-			return nil, at("destination_port_range", fmt.Errorf("range start %d must be less than range end %d", start, end))
+			return nil, envoymatch.At("destination_port_range", fmt.Errorf("range start %d must be less than range end %d", start, end))
 		}
 		return portRangeMatcher{start, end}, nil
 	case *rbacv3.Permission_RequestedServerName:
-		sm, err := compileString(r.RequestedServerName)
+		sm, err := envoymatch.CompileString(r.RequestedServerName)
 		if err != nil {
-			return nil, at("requested_server_name", err)
+			return nil, envoymatch.At("requested_server_name", err)
 		}
 		return &serverNameMatcher{sm}, nil
 	case *rbacv3.Permission_Metadata:
 		m, err := compileMetadata(r.Metadata, false)
-		return m, at("metadata", err)
+		return m, envoymatch.At("metadata", err)
 	case *rbacv3.Permission_SourcedMetadata:
 		m, err := compileSourced(r.SourcedMetadata)
-		return m, at("sourced_metadata", err)
+		return m, envoymatch.At("sourced_metadata", err)
 	case nil:
 		return nil, errors.New("a rule is required")
 	}
-	return nil, fmt.Errorf("permission %T %w", p.GetRule(), errUnsupported)
+	return nil, fmt.Errorf("permission %T %w", p.GetRule(), envoymatch.ErrUnsupported)
 }
 
 func compilePrincipal(p *rbacv3.Principal) (matcher, error) {
 	if p == nil {
 		return nil, errors.New("a principal is required")
 	}
-	if err := principalFields.check(p); err != nil {
+	if err := principalFields.Check(p); err != nil {
 		return nil, err
 	}
 	switch id := p.GetIdentifier().(type) {
 	case *rbacv3.Principal_Any:
 		if !id.Any {
-			return nil, at("any", errors.New("must be true"))
+			return nil, envoymatch.At("any", errors.New("must be true"))
 		}
 		return anyMatcher{}, nil
 	case *rbacv3.Principal_AndIds:
 		m, err := compileSet(id.AndIds.GetIds(), compilePrincipal, "ids")
 		if err != nil {
-			return nil, at("and_ids", err)
+			return nil, envoymatch.At("and_ids", err)
 		}
 		return simplify(andMatcher(m)), nil
 	case *rbacv3.Principal_OrIds:
 		m, err := compileSet(id.OrIds.GetIds(), compilePrincipal, "ids")
 		if err != nil {
-			return nil, at("or_ids", err)
+			return nil, envoymatch.At("or_ids", err)
 		}
 		return simplify(orMatcher(m)), nil
 	case *rbacv3.Principal_NotId:
 		m, err := compilePrincipal(id.NotId)
 		if err != nil {
-			return nil, at("not_id", err)
+			return nil, envoymatch.At("not_id", err)
 		}
 		return notMatcher{m}, nil
 	case *rbacv3.Principal_Authenticated_:
 		a := id.Authenticated
-		if err := authenticatedFields.check(a); err != nil {
-			return nil, at("authenticated", err)
+		if err := authenticatedFields.Check(a); err != nil {
+			return nil, envoymatch.At("authenticated", err)
 		}
 		m := &authMatcher{}
 		if a.GetPrincipalName() != nil {
-			sm, err := compileString(a.GetPrincipalName())
+			sm, err := envoymatch.CompileString(a.GetPrincipalName())
 			if err != nil {
-				return nil, at("authenticated.principal_name", err)
+				return nil, envoymatch.At("authenticated.principal_name", err)
 			}
 			m.name = &sm
 		}
@@ -517,43 +524,46 @@ func compilePrincipal(p *rbacv3.Principal) (matcher, error) {
 	case *rbacv3.Principal_RemoteIp:
 		return compileRemoteIP(id.RemoteIp, "remote_ip")
 	case *rbacv3.Principal_Header:
-		m, err := compileHeader(id.Header)
-		return m, at("header", err)
-	case *rbacv3.Principal_UrlPath:
-		sm, err := compilePath(id.UrlPath)
+		m, err := envoymatch.CompileHeader(id.Header)
 		if err != nil {
-			return nil, at("url_path", err)
+			return nil, envoymatch.At("header", err)
+		}
+		return headerMatcher{m}, nil
+	case *rbacv3.Principal_UrlPath:
+		sm, err := envoymatch.CompilePath(id.UrlPath)
+		if err != nil {
+			return nil, envoymatch.At("url_path", err)
 		}
 		return &pathMatcher{sm}, nil
 	case *rbacv3.Principal_Metadata:
 		m, err := compileMetadata(id.Metadata, false)
-		return m, at("metadata", err)
+		return m, envoymatch.At("metadata", err)
 	case *rbacv3.Principal_SourcedMetadata:
 		m, err := compileSourced(id.SourcedMetadata)
-		return m, at("sourced_metadata", err)
+		return m, envoymatch.At("sourced_metadata", err)
 	case nil:
 		return nil, errors.New("an identifier is required")
 	}
-	return nil, fmt.Errorf("principal %T %w", p.GetIdentifier(), errUnsupported)
+	return nil, fmt.Errorf("principal %T %w", p.GetIdentifier(), envoymatch.ErrUnsupported)
 }
 
 func compileRemoteIP(c *corev3.CidrRange, field string) (matcher, error) {
-	pfx, err := compileCIDR(c)
+	pfx, err := envoymatch.CompileCIDR(c)
 	if err != nil {
-		return nil, at(field, err)
+		return nil, envoymatch.At(field, err)
 	}
 	return &ipMatcher{prefix: pfx, side: ipRemote}, nil
 }
 
 func compileSet[T any](items []T, compile func(T) (matcher, error), field string) ([]matcher, error) {
 	if len(items) == 0 {
-		return nil, at(field, errors.New("at least one is required"))
+		return nil, envoymatch.At(field, errors.New("at least one is required"))
 	}
 	out := make([]matcher, 0, len(items))
 	for i, it := range items {
 		m, err := compile(it)
 		if err != nil {
-			return nil, atIndex(field, i, err)
+			return nil, envoymatch.AtIndex(field, i, err)
 		}
 		out = append(out, m)
 	}
@@ -576,7 +586,7 @@ func simplify(m matcher) matcher {
 }
 
 func compileSourced(s *rbacv3.SourcedMetadata) (matcher, error) {
-	if err := sourcedFields.check(s); err != nil {
+	if err := sourcedFields.Check(s); err != nil {
 		return nil, err
 	}
 	var route bool
@@ -585,36 +595,36 @@ func compileSourced(s *rbacv3.SourcedMetadata) (matcher, error) {
 	case rbacv3.MetadataSource_ROUTE:
 		route = true
 	default:
-		return nil, at("metadata_source", fmt.Errorf("%v %w", src, errUnsupported))
+		return nil, envoymatch.At("metadata_source", fmt.Errorf("%v %w", src, envoymatch.ErrUnsupported))
 	}
 	m, err := compileMetadata(s.GetMetadataMatcher(), route)
-	return m, at("metadata_matcher", err)
+	return m, envoymatch.At("metadata_matcher", err)
 }
 
 func compileMetadata(m *matcherv3.MetadataMatcher, route bool) (*metadataMatcher, error) {
 	if m == nil {
 		return nil, errors.New("a metadata matcher is required")
 	}
-	if err := metadataFields.check(m); err != nil {
+	if err := metadataFields.Check(m); err != nil {
 		return nil, err
 	}
 	out := &metadataMatcher{route: route, filter: m.GetFilter(), invert: m.GetInvert()}
 	if out.filter == "" {
-		return nil, at("filter", errors.New("a filter name is required"))
+		return nil, envoymatch.At("filter", errors.New("a filter name is required"))
 	}
 	for i, seg := range m.GetPath() {
 		k := seg.GetKey()
 		if k == "" {
-			return nil, atIndex("path", i, errors.New("a key is required"))
+			return nil, envoymatch.AtIndex("path", i, errors.New("a key is required"))
 		}
 		out.path = append(out.path, k)
 	}
 	if len(out.path) == 0 {
-		return nil, at("path", errors.New("at least one key is required"))
+		return nil, envoymatch.At("path", errors.New("at least one key is required"))
 	}
 	v, err := compileValue(m.GetValue())
 	if err != nil {
-		return nil, at("value", err)
+		return nil, envoymatch.At("value", err)
 	}
 	out.value = v
 	return out, nil
@@ -624,7 +634,7 @@ func compileValue(m *matcherv3.ValueMatcher) (valueMatcher, error) {
 	if m == nil {
 		return valueMatcher{}, errors.New("a value matcher is required")
 	}
-	if err := valueFields.check(m); err != nil {
+	if err := valueFields.Check(m); err != nil {
 		return valueMatcher{}, err
 	}
 	switch p := m.GetMatchPattern().(type) {
@@ -632,8 +642,8 @@ func compileValue(m *matcherv3.ValueMatcher) (valueMatcher, error) {
 		return valueMatcher{kind: valNull}, nil
 	case *matcherv3.ValueMatcher_DoubleMatch:
 		d := p.DoubleMatch
-		if err := doubleFields.check(d); err != nil {
-			return valueMatcher{}, at("double_match", err)
+		if err := doubleFields.Check(d); err != nil {
+			return valueMatcher{}, envoymatch.At("double_match", err)
 		}
 		out := valueMatcher{kind: valDouble}
 		switch dm := d.GetMatchPattern().(type) {
@@ -643,13 +653,13 @@ func compileValue(m *matcherv3.ValueMatcher) (valueMatcher, error) {
 		case *matcherv3.DoubleMatcher_Range:
 			out.start, out.end = dm.Range.GetStart(), dm.Range.GetEnd()
 		default:
-			return valueMatcher{}, at("double_match", errors.New("range or exact is required"))
+			return valueMatcher{}, envoymatch.At("double_match", errors.New("range or exact is required"))
 		}
 		return out, nil
 	case *matcherv3.ValueMatcher_StringMatch:
-		sm, err := compileString(p.StringMatch)
+		sm, err := envoymatch.CompileString(p.StringMatch)
 		if err != nil {
-			return valueMatcher{}, at("string_match", err)
+			return valueMatcher{}, envoymatch.At("string_match", err)
 		}
 		return valueMatcher{kind: valString, str: sm}, nil
 	case *matcherv3.ValueMatcher_BoolMatch:
@@ -657,24 +667,24 @@ func compileValue(m *matcherv3.ValueMatcher) (valueMatcher, error) {
 	case *matcherv3.ValueMatcher_PresentMatch:
 		return valueMatcher{kind: valPresent, b: p.PresentMatch}, nil
 	case *matcherv3.ValueMatcher_ListMatch:
-		if err := listFields.check(p.ListMatch); err != nil {
-			return valueMatcher{}, at("list_match", err)
+		if err := listFields.Check(p.ListMatch); err != nil {
+			return valueMatcher{}, envoymatch.At("list_match", err)
 		}
 		one, err := compileValue(p.ListMatch.GetOneOf())
 		if err != nil {
-			return valueMatcher{}, at("list_match.one_of", err)
+			return valueMatcher{}, envoymatch.At("list_match.one_of", err)
 		}
 		return valueMatcher{kind: valList, oneOf: &one}, nil
 	case *matcherv3.ValueMatcher_OrMatch:
 		out := valueMatcher{kind: valOr}
 		vms := p.OrMatch.GetValueMatchers()
 		if len(vms) < 2 {
-			return valueMatcher{}, at("or_match.value_matchers", errors.New("at least two are required"))
+			return valueMatcher{}, envoymatch.At("or_match.value_matchers", errors.New("at least two are required"))
 		}
 		for i, vm := range vms {
 			v, err := compileValue(vm)
 			if err != nil {
-				return valueMatcher{}, at("or_match", atIndex("value_matchers", i, err))
+				return valueMatcher{}, envoymatch.At("or_match", envoymatch.AtIndex("value_matchers", i, err))
 			}
 			out.or = append(out.or, v)
 		}

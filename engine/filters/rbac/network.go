@@ -7,6 +7,7 @@ package rbac
 import (
 	"errors"
 	"fmt"
+	"github.com/sluice-proxy/sluice/engine/filters/envoymatch"
 	"strings"
 
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
@@ -24,7 +25,7 @@ const NetworkTypeURL = "type.googleapis.com/envoy.extensions.filters.network.rba
 // network filter's results (Envoy's filter name).
 const NetworkMetadataNamespace = "envoy.filters.network.rbac"
 
-var networkFields = knownFields(&netrbacv3.RBAC{}, "rules", "shadow_rules", "shadow_rules_stat_prefix",
+var networkFields = envoymatch.KnownFields(&netrbacv3.RBAC{}, "rules", "shadow_rules", "shadow_rules_stat_prefix",
 	"stat_prefix", "enforcement_type")
 
 // emptyHeaders is the request a connection presents to policies: none of
@@ -52,30 +53,30 @@ func (c Compiler) CompileNetworkFilter(cfg any) (stream.NetworkFactory, error) {
 	if !ok || m == nil {
 		return nil, fmt.Errorf("rbac: network config is %T, want *%s", cfg, (&netrbacv3.RBAC{}).ProtoReflect().Descriptor().FullName())
 	}
-	if err := networkFields.check(m); err != nil {
+	if err := networkFields.Check(m); err != nil {
 		return nil, fmt.Errorf("rbac: %w", err)
 	}
 	switch m.GetEnforcementType() {
 	case netrbacv3.RBAC_ONE_TIME_ON_FIRST_BYTE:
 	case netrbacv3.RBAC_CONTINUOUS:
-		return nil, fmt.Errorf("rbac: %w", at("enforcement_type",
-			fmt.Errorf("CONTINUOUS %w: connections are authorized once, when accepted (use ONE_TIME_ON_FIRST_BYTE)", errUnsupported)))
+		return nil, fmt.Errorf("rbac: %w", envoymatch.At("enforcement_type",
+			fmt.Errorf("CONTINUOUS %w: connections are authorized once, when accepted (use ONE_TIME_ON_FIRST_BYTE)", envoymatch.ErrUnsupported)))
 	default:
-		return nil, fmt.Errorf("rbac: %w", at("enforcement_type", fmt.Errorf("%v %w", m.GetEnforcementType(), errUnsupported)))
+		return nil, fmt.Errorf("rbac: %w", envoymatch.At("enforcement_type", fmt.Errorf("%v %w", m.GetEnforcementType(), envoymatch.ErrUnsupported)))
 	}
 	if m.GetStatPrefix() == "" {
-		return nil, fmt.Errorf("rbac: %w", at("stat_prefix", errors.New("must not be empty")))
+		return nil, fmt.Errorf("rbac: %w", envoymatch.At("stat_prefix", errors.New("must not be empty")))
 	}
 	r := &networkRules{}
 	var err error
 	if m.GetRules() != nil {
 		if r.enforced, err = compileEngine(m.GetRules(), c.Conditions, false); err != nil {
-			return nil, fmt.Errorf("rbac: %w", at("rules", err))
+			return nil, fmt.Errorf("rbac: %w", envoymatch.At("rules", err))
 		}
 	}
 	if m.GetShadowRules() != nil {
 		if r.shadow, err = compileEngine(m.GetShadowRules(), c.Conditions, true); err != nil {
-			return nil, fmt.Errorf("rbac: %w", at("shadow_rules", err))
+			return nil, fmt.Errorf("rbac: %w", envoymatch.At("shadow_rules", err))
 		}
 	}
 	if err := m.Validate(); err != nil {

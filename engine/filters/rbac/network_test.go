@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
+	"github.com/sluice-proxy/sluice/engine/filters/envoymatch"
 	"log/slog"
 	"net/netip"
 	"net/url"
@@ -263,8 +264,8 @@ func TestNetworkRBACConfigErrors(t *testing.T) {
 		if err == nil || !strings.HasPrefix(err.Error(), tc.want) {
 			t.Errorf("%s:\n got %v\nwant %s", tc.cfg, err, tc.want)
 		}
-		if strings.Contains(tc.want, "not supported") && !errors.Is(err, errUnsupported) {
-			t.Errorf("%v does not wrap errUnsupported", err)
+		if strings.Contains(tc.want, "not supported") && !errors.Is(err, envoymatch.ErrUnsupported) {
+			t.Errorf("%v does not wrap envoymatch.ErrUnsupported", err)
 		}
 	}
 	if _, err := (Compiler{}).CompileNetworkFilter(filterConfig(t, "rules: { action: ALLOW }")); err == nil || !strings.HasPrefix(err.Error(), "rbac: network config is") {

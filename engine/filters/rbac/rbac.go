@@ -17,6 +17,7 @@ package rbac
 import (
 	"errors"
 	"fmt"
+	"github.com/sluice-proxy/sluice/engine/filters/envoymatch"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -65,9 +66,9 @@ const DefaultStatPrefix = "ingress_http"
 const Denied = "RBAC: access denied"
 
 var (
-	httpFields = knownFields(&httprbacv3.RBAC{}, "rules", "rules_stat_prefix", "shadow_rules",
+	httpFields = envoymatch.KnownFields(&httprbacv3.RBAC{}, "rules", "rules_stat_prefix", "shadow_rules",
 		"shadow_rules_stat_prefix", "track_per_rule_stats")
-	perRouteFields = knownFields(&httprbacv3.RBACPerRoute{}, "rbac")
+	perRouteFields = envoymatch.KnownFields(&httprbacv3.RBACPerRoute{}, "rbac")
 )
 
 // Compiler compiles *httprbacv3.RBAC (the filter) and
@@ -106,7 +107,7 @@ func compileRules(m *httprbacv3.RBAC, conds ConditionCompiler) (*rules, error) {
 	if m == nil {
 		return nil, errors.New("rbac: no config")
 	}
-	if err := httpFields.check(m); err != nil {
+	if err := httpFields.Check(m); err != nil {
 		return nil, fmt.Errorf("rbac: %w", err)
 	}
 	r := &rules{rulesPrefix: m.GetRulesStatPrefix(), shadowPrefix: m.GetShadowRulesStatPrefix(), perRuleStats: m.GetTrackPerRuleStats()}
@@ -115,12 +116,12 @@ func compileRules(m *httprbacv3.RBAC, conds ConditionCompiler) (*rules, error) {
 	var err error
 	if m.GetRules() != nil {
 		if r.enforced, err = compileEngine(m.GetRules(), conds, false); err != nil {
-			return nil, fmt.Errorf("rbac: %w", at("rules", err))
+			return nil, fmt.Errorf("rbac: %w", envoymatch.At("rules", err))
 		}
 	}
 	if m.GetShadowRules() != nil {
 		if r.shadow, err = compileEngine(m.GetShadowRules(), conds, true); err != nil {
-			return nil, fmt.Errorf("rbac: %w", at("shadow_rules", err))
+			return nil, fmt.Errorf("rbac: %w", envoymatch.At("shadow_rules", err))
 		}
 	}
 	// Envoy's own validation rules, for what the compile does not check
@@ -166,7 +167,7 @@ func (c Compiler) CompilePerRoute(cfg any) (any, error) {
 	if !ok || m == nil {
 		return nil, fmt.Errorf("rbac: per-route config is %T, want *%s", cfg, (&httprbacv3.RBACPerRoute{}).ProtoReflect().Descriptor().FullName())
 	}
-	if err := perRouteFields.check(m); err != nil {
+	if err := perRouteFields.Check(m); err != nil {
 		return nil, fmt.Errorf("rbac: %w", err)
 	}
 	if m.GetRbac() == nil {

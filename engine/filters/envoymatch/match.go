@@ -1,4 +1,4 @@
-package rbac
+package envoymatch
 
 import (
 	"errors"
@@ -17,14 +17,14 @@ import (
 
 var (
 	// google_re2 only selects the engine (deprecated; RE2 is the only one).
-	regexFields  = knownFields(&matcherv3.RegexMatcher{}, "google_re2", "regex")
-	stringFields = knownFields(&matcherv3.StringMatcher{}, "exact", "prefix", "suffix", "safe_regex",
+	regexFields  = KnownFields(&matcherv3.RegexMatcher{}, "google_re2", "regex")
+	stringFields = KnownFields(&matcherv3.StringMatcher{}, "exact", "prefix", "suffix", "safe_regex",
 		"contains", "ignore_case")
-	headerFields = knownFields(&routev3.HeaderMatcher{}, "name", "exact_match", "safe_regex_match",
+	headerFields = KnownFields(&routev3.HeaderMatcher{}, "name", "exact_match", "safe_regex_match",
 		"range_match", "present_match", "prefix_match", "suffix_match", "contains_match", "string_match",
 		"invert_match", "treat_missing_header_as_empty")
-	pathFields = knownFields(&matcherv3.PathMatcher{}, "path")
-	cidrFields = knownFields(&corev3.CidrRange{}, "address_prefix", "prefix_len")
+	pathFields = KnownFields(&matcherv3.PathMatcher{}, "path")
+	cidrFields = KnownFields(&corev3.CidrRange{}, "address_prefix", "prefix_len")
 )
 
 type strKind uint8
@@ -37,37 +37,39 @@ const (
 	strRegex
 )
 
-// stringMatcher is Envoy's type.matcher.v3.StringMatcher, compiled.
-type stringMatcher struct {
+// StringMatcher is Envoy's type.matcher.v3.StringMatcher, compiled.
+type StringMatcher struct {
 	kind       strKind
 	value      string
 	ignoreCase bool // ASCII case folding, as Envoy's (non-ASCII bytes compare as they are)
 	re         *regexp.Regexp
 }
 
-func compileRegex(m *matcherv3.RegexMatcher) (*regexp.Regexp, error) {
+// CompileRegex compiles a RegexMatcher (RE2, as Envoy's only engine).
+func CompileRegex(m *matcherv3.RegexMatcher) (*regexp.Regexp, error) {
 	if m == nil {
 		return nil, errors.New("a regex is required")
 	}
-	if err := regexFields.check(m); err != nil {
+	if err := regexFields.Check(m); err != nil {
 		return nil, err
 	}
 	// Envoy's safe_regex matches the whole value.
 	re, err := regexp.Compile(`^(?:` + m.GetRegex() + `)$`)
 	if err != nil {
-		return nil, at("regex", fmt.Errorf("invalid regex %q: %w", m.GetRegex(), err))
+		return nil, At("regex", fmt.Errorf("invalid regex %q: %w", m.GetRegex(), err))
 	}
 	return re, nil
 }
 
-func compileString(m *matcherv3.StringMatcher) (stringMatcher, error) {
+// CompileString compiles a StringMatcher.
+func CompileString(m *matcherv3.StringMatcher) (StringMatcher, error) {
 	if m == nil {
-		return stringMatcher{}, errors.New("a string matcher is required")
+		return StringMatcher{}, errors.New("a string matcher is required")
 	}
-	if err := stringFields.check(m); err != nil {
-		return stringMatcher{}, err
+	if err := stringFields.Check(m); err != nil {
+		return StringMatcher{}, err
 	}
-	out := stringMatcher{ignoreCase: m.GetIgnoreCase()}
+	out := StringMatcher{ignoreCase: m.GetIgnoreCase()}
 	switch p := m.GetMatchPattern().(type) {
 	case *matcherv3.StringMatcher_Exact:
 		out.kind, out.value = strExact, p.Exact
@@ -78,9 +80,9 @@ func compileString(m *matcherv3.StringMatcher) (stringMatcher, error) {
 	case *matcherv3.StringMatcher_Contains:
 		out.kind, out.value = strContains, p.Contains
 	case *matcherv3.StringMatcher_SafeRegex:
-		re, err := compileRegex(p.SafeRegex)
+		re, err := CompileRegex(p.SafeRegex)
 		if err != nil {
-			return out, at("safe_regex", err)
+			return out, At("safe_regex", err)
 		}
 		// Envoy ignores ignore_case for regexes.
 		out.kind, out.re, out.ignoreCase = strRegex, re, false
@@ -90,9 +92,9 @@ func compileString(m *matcherv3.StringMatcher) (stringMatcher, error) {
 	return out, nil
 }
 
-func (m *stringMatcher) match(s string) bool {
+func (m *StringMatcher) Match(s string) bool {
 	if m.ignoreCase {
-		return m.matchFold(s)
+		return m.MatchFold(s)
 	}
 	switch m.kind {
 	case strExact:
@@ -109,9 +111,9 @@ func (m *stringMatcher) match(s string) bool {
 	return false
 }
 
-// matchFold compares under ASCII case folding, as Envoy's ignore_case
+// MatchFold compares under ASCII case folding, as Envoy's ignore_case
 // does, without lower-casing s.
-func (m *stringMatcher) matchFold(s string) bool {
+func (m *StringMatcher) MatchFold(s string) bool {
 	v := m.value
 	switch m.kind {
 	case strExact:
@@ -140,29 +142,30 @@ const (
 	hdrPresent
 )
 
-// headerMatcher is Envoy's config.route.v3.HeaderMatcher with Envoy's
+// HeaderMatcher is Envoy's config.route.v3.HeaderMatcher with Envoy's
 // HeaderUtility semantics: repeated headers are joined with ","; a missing
 // header matches only present_match: false (or, inverted, present_match:
 // true) unless treat_missing_header_as_empty.
-type headerMatcher struct {
+type HeaderMatcher struct {
 	name         string
 	kind         headerKind
 	value        string
-	str          stringMatcher
+	str          StringMatcher
 	start, end   int64
 	present      bool
 	invert       bool
 	missingEmpty bool
 }
 
-func compileHeader(m *routev3.HeaderMatcher) (*headerMatcher, error) {
-	if err := headerFields.check(m); err != nil {
+// CompileHeader compiles a HeaderMatcher.
+func CompileHeader(m *routev3.HeaderMatcher) (*HeaderMatcher, error) {
+	if err := headerFields.Check(m); err != nil {
 		return nil, err
 	}
 	if m.GetName() == "" {
-		return nil, at("name", errors.New("a header name is required"))
+		return nil, At("name", errors.New("a header name is required"))
 	}
-	out := &headerMatcher{name: m.GetName(), invert: m.GetInvertMatch(), missingEmpty: m.GetTreatMissingHeaderAsEmpty()}
+	out := &HeaderMatcher{name: m.GetName(), invert: m.GetInvertMatch(), missingEmpty: m.GetTreatMissingHeaderAsEmpty()}
 	var err error
 	switch s := m.GetHeaderMatchSpecifier().(type) {
 	case nil:
@@ -172,34 +175,34 @@ func compileHeader(m *routev3.HeaderMatcher) (*headerMatcher, error) {
 	case *routev3.HeaderMatcher_SafeRegexMatch:
 		out.kind = hdrString
 		out.str.kind = strRegex
-		if out.str.re, err = compileRegex(s.SafeRegexMatch); err != nil {
-			return nil, at("safe_regex_match", err)
+		if out.str.re, err = CompileRegex(s.SafeRegexMatch); err != nil {
+			return nil, At("safe_regex_match", err)
 		}
 	case *routev3.HeaderMatcher_RangeMatch:
 		out.kind, out.start, out.end = hdrRange, s.RangeMatch.GetStart(), s.RangeMatch.GetEnd()
 		if out.start >= out.end {
-			return nil, at("range_match", fmt.Errorf("start %d must be less than end %d", out.start, out.end))
+			return nil, At("range_match", fmt.Errorf("start %d must be less than end %d", out.start, out.end))
 		}
 	case *routev3.HeaderMatcher_PresentMatch:
 		out.kind, out.present = hdrPresent, s.PresentMatch
 	case *routev3.HeaderMatcher_PrefixMatch:
-		out.kind, out.str = hdrString, stringMatcher{kind: strPrefix, value: s.PrefixMatch}
+		out.kind, out.str = hdrString, StringMatcher{kind: strPrefix, value: s.PrefixMatch}
 	case *routev3.HeaderMatcher_SuffixMatch:
-		out.kind, out.str = hdrString, stringMatcher{kind: strSuffix, value: s.SuffixMatch}
+		out.kind, out.str = hdrString, StringMatcher{kind: strSuffix, value: s.SuffixMatch}
 	case *routev3.HeaderMatcher_ContainsMatch:
-		out.kind, out.str = hdrString, stringMatcher{kind: strContains, value: s.ContainsMatch}
+		out.kind, out.str = hdrString, StringMatcher{kind: strContains, value: s.ContainsMatch}
 	case *routev3.HeaderMatcher_StringMatch:
 		out.kind = hdrString
-		if out.str, err = compileString(s.StringMatch); err != nil {
-			return nil, at("string_match", err)
+		if out.str, err = CompileString(s.StringMatch); err != nil {
+			return nil, At("string_match", err)
 		}
 	default:
-		return nil, fmt.Errorf("header match %T %w", s, errUnsupported)
+		return nil, fmt.Errorf("header match %T %w", s, ErrUnsupported)
 	}
 	return out, nil
 }
 
-func (m *headerMatcher) matchHeaders(h *header.Map) bool {
+func (m *HeaderMatcher) MatchHeaders(h *header.Map) bool {
 	v, ok := joinedValue(h, m.name)
 	if !ok && !m.missingEmpty {
 		if m.invert {
@@ -212,7 +215,7 @@ func (m *headerMatcher) matchHeaders(h *header.Map) bool {
 	case hdrValue:
 		match = m.value == "" || v == m.value
 	case hdrString:
-		match = m.str.match(v)
+		match = m.str.Match(v)
 	case hdrRange:
 		n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
 		match = err == nil && n >= m.start && n < m.end
@@ -258,32 +261,32 @@ func joinFrom(fs []header.Field, name string) string {
 	return b.String()
 }
 
-// compilePath compiles a PathMatcher: the string matcher applies to the
+// CompilePath compiles a PathMatcher: the string matcher applies to the
 // path without its query and fragment.
-func compilePath(m *matcherv3.PathMatcher) (stringMatcher, error) {
-	if err := pathFields.check(m); err != nil {
-		return stringMatcher{}, err
+func CompilePath(m *matcherv3.PathMatcher) (StringMatcher, error) {
+	if err := pathFields.Check(m); err != nil {
+		return StringMatcher{}, err
 	}
-	sm, err := compileString(m.GetPath())
-	return sm, at("path", err)
+	sm, err := CompileString(m.GetPath())
+	return sm, At("path", err)
 }
 
-// compileCIDR compiles a CidrRange as Envoy does: an unset prefix_len is 0.
-func compileCIDR(m *corev3.CidrRange) (netip.Prefix, error) {
-	if err := cidrFields.check(m); err != nil {
+// CompileCIDR compiles a CidrRange as Envoy does: an unset prefix_len is 0.
+func CompileCIDR(m *corev3.CidrRange) (netip.Prefix, error) {
+	if err := cidrFields.Check(m); err != nil {
 		return netip.Prefix{}, err
 	}
 	a, err := netip.ParseAddr(m.GetAddressPrefix())
 	if err != nil {
-		return netip.Prefix{}, at("address_prefix", fmt.Errorf("invalid IP address %q", m.GetAddressPrefix()))
+		return netip.Prefix{}, At("address_prefix", fmt.Errorf("invalid IP address %q", m.GetAddressPrefix()))
 	}
 	if a.Zone() != "" {
-		return netip.Prefix{}, at("address_prefix", fmt.Errorf("invalid IP address %q: zones are not allowed", m.GetAddressPrefix()))
+		return netip.Prefix{}, At("address_prefix", fmt.Errorf("invalid IP address %q: zones are not allowed", m.GetAddressPrefix()))
 	}
 	a = a.Unmap()
 	bits := int(m.GetPrefixLen().GetValue())
 	if bits > a.BitLen() {
-		return netip.Prefix{}, at("prefix_len", fmt.Errorf("%d is longer than an IPv%d address", bits, map[int]int{32: 4, 128: 6}[a.BitLen()]))
+		return netip.Prefix{}, At("prefix_len", fmt.Errorf("%d is longer than an IPv%d address", bits, map[int]int{32: 4, 128: 6}[a.BitLen()]))
 	}
 	return a.Prefix(bits)
 }
