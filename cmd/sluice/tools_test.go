@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -42,15 +43,26 @@ func tool(t *testing.T, name string) string {
 }
 
 // freePort returns a loopback port nobody listens on right now.
+// freePort returns a loopback port the OS just had free, never one it
+// returned before in this process: the kernel may hand the same port to
+// two quick listen-and-close calls, and a test that takes several ports
+// (admin, listeners) then binds two things to one (seen in CI).
 func freePort(t *testing.T) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := ln.Addr().(*net.TCPAddr).Port
+		ln.Close()
+		if _, dup := portsGiven.LoadOrStore(port, true); !dup {
+			return port
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
+
+var portsGiven sync.Map
 
 // startProcess runs a tool in the background until the test ends.
 func startProcess(t *testing.T, path string, args ...string) *exec.Cmd {
