@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/sluice-proxy/sluice/engine/header"
+	"github.com/sluice-proxy/sluice/engine/observe"
 	"github.com/sluice-proxy/sluice/engine/stream"
 )
 
@@ -555,19 +556,7 @@ func (v *vm) sslClass() *glua.LTable {
 			}
 			return tls.CipherSuiteName(t.CipherSuite)
 		}),
-		"tlsVersion": str(func(L *glua.LState) string {
-			switch v.tlsState(L).Version {
-			case tls.VersionTLS10:
-				return "TLSv1"
-			case tls.VersionTLS11:
-				return "TLSv1.1"
-			case tls.VersionTLS12:
-				return "TLSv1.2"
-			case tls.VersionTLS13:
-				return "TLSv1.3"
-			}
-			return ""
-		}),
+		"tlsVersion": str(func(L *glua.LState) string { return observe.TLSVersionName(v.tlsState(L).Version) }),
 		// crypto/tls does not expose these; Envoy's "nothing there" answers.
 		"sessionId":               str(func(L *glua.LState) string { v.tlsState(L); return "" }),
 		"subjectLocalCertificate": str(func(L *glua.LState) string { v.tlsState(L); return "" }),

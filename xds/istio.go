@@ -23,7 +23,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 
 	udpatypev1 "github.com/cncf/xds/go/udpa/type/v1"
 	xdstypev3 "github.com/cncf/xds/go/xds/type/v3"
@@ -283,7 +282,7 @@ func parseIstioALPN(u *config.UndecodedConfig) (*istioALPN, error) {
 		return nil
 	}
 	if u.Fields != nil {
-		v, _ := fieldOf(u.Fields, "alpn_override")
+		v, _ := config.StructField(u.Fields, "alpn_override")
 		list, ok := v.([]any)
 		if v != nil && !ok {
 			return nil, errors.New("alpn_override: not a list")
@@ -294,7 +293,7 @@ func parseIstioALPN(u *config.UndecodedConfig) (*istioALPN, error) {
 				return nil, fmt.Errorf("alpn_override[%d]: not an object", i)
 			}
 			var p int64
-			switch x, _ := fieldOf(m, "upstream_protocol"); x {
+			switch x, _ := config.StructField(m, "upstream_protocol"); x {
 			case nil, "HTTP10", float64(0):
 			case "HTTP11", float64(1):
 				p = 1
@@ -304,7 +303,7 @@ func parseIstioALPN(u *config.UndecodedConfig) (*istioALPN, error) {
 				return nil, fmt.Errorf("alpn_override[%d]: unknown upstream_protocol %v", i, x)
 			}
 			var protos []string
-			raw, _ := fieldOf(m, "alpn_override")
+			raw, _ := config.StructField(m, "alpn_override")
 			items, ok := raw.([]any)
 			if raw != nil && !ok {
 				return nil, fmt.Errorf("alpn_override[%d].alpn_override: not a list", i)
@@ -347,22 +346,6 @@ func parseIstioALPN(u *config.UndecodedConfig) (*istioALPN, error) {
 		return nil, err
 	}
 	return out, nil
-}
-
-// fieldOf reads a TypedStruct field by its proto name or its JSON
-// (lowerCamelCase) name.
-func fieldOf(m map[string]any, name string) (any, bool) {
-	if v, ok := m[name]; ok {
-		return v, true
-	}
-	parts := strings.Split(name, "_")
-	for i := 1; i < len(parts); i++ {
-		if parts[i] != "" {
-			parts[i] = strings.ToUpper(parts[i][:1]) + parts[i][1:]
-		}
-	}
-	v, ok := m[strings.Join(parts, "")]
-	return v, ok
 }
 
 // walkProto calls fn for each field of a serialized message: for varints

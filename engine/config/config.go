@@ -7,6 +7,7 @@ package config
 
 import (
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/sluice-proxy/sluice/engine/attr"
@@ -645,6 +646,22 @@ type RulesSource struct {
 // HeaderMutationConfig configures the native header mutation filter.
 type HeaderMutationConfig struct {
 	HeaderMutations
+}
+
+// StructField reads a TypedStruct field (UndecodedConfig.Fields) by its
+// proto name or its JSON (lowerCamelCase) name: control planes send either.
+func StructField(m map[string]any, name string) (any, bool) {
+	if v, ok := m[name]; ok {
+		return v, true
+	}
+	parts := strings.Split(name, "_")
+	for i := 1; i < len(parts); i++ {
+		if parts[i] != "" {
+			parts[i] = strings.ToUpper(parts[i][:1]) + parts[i][1:]
+		}
+	}
+	v, ok := m[strings.Join(parts, "")]
+	return v, ok
 }
 
 // UndecodedConfig is the config of a filter whose protobuf type is not

@@ -411,7 +411,7 @@ func (o *op) appendValue(dst []byte, e LogEntry) ([]byte, bool) {
 		return dst, false
 	case opDownstreamTLSVersion:
 		if cs := e.TLS(); cs != nil {
-			return appendString(dst, tlsVersionName(cs.Version))
+			return appendString(dst, TLSVersionName(cs.Version))
 		}
 		return dst, false
 	case opConnectionID:
@@ -468,8 +468,9 @@ func appendAddr(dst []byte, ap netip.AddrPort, withPort bool) ([]byte, bool) {
 	return netip.AddrPortFrom(a, ap.Port()).AppendTo(dst), true
 }
 
-// tlsVersionName returns OpenSSL's names, which Envoy logs.
-func tlsVersionName(v uint16) string {
+// TLSVersionName returns OpenSSL's name of a TLS version ("TLSv1.3"),
+// which Envoy logs and its Lua API returns; "" for others.
+func TLSVersionName(v uint16) string {
 	switch v {
 	case tls.VersionTLS10:
 		return "TLSv1"

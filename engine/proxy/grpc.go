@@ -24,9 +24,9 @@ const (
 	grpcUnauthenticated   = 16
 )
 
-// isGRPC reports whether a request is gRPC (application/grpc, +proto,
+// IsGRPC reports whether a request is gRPC (application/grpc, +proto,
 // +json, ...), whose local replies must be gRPC statuses.
-func isGRPC(h *header.Map) bool {
+func IsGRPC(h *header.Map) bool {
 	ct := h.Value("content-type")
 	const prefix = "application/grpc"
 	if len(ct) < len(prefix) || !strings.EqualFold(ct[:len(prefix)], prefix) {

@@ -52,8 +52,8 @@ func TestIsGRPC(t *testing.T) {
 		if ct != "" {
 			h.Add("content-type", ct)
 		}
-		if got := isGRPC(&h); got != want {
-			t.Errorf("isGRPC(%q) = %v, want %v", ct, got, want)
+		if got := IsGRPC(&h); got != want {
+			t.Errorf("IsGRPC(%q) = %v, want %v", ct, got, want)
 		}
 	}
 }

@@ -127,7 +127,7 @@ func (s *activeStream) init(cm *ConnectionManager, ss stream.ServerStream) {
 		rn.NotifyReset(s.up.onReset)
 		s.downH2 = ss.Protocol() == "HTTP/2"
 	}
-	s.grpc = isGRPC(s.req)
+	s.grpc = IsGRPC(s.req)
 	n := len(cm.filters)
 	if cap(s.filters) < n {
 		s.filters = make([]stream.Filter, n)

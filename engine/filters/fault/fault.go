@@ -31,6 +31,7 @@ import (
 
 	"github.com/sluice-proxy/sluice/engine/header"
 	"github.com/sluice-proxy/sluice/engine/observe"
+	"github.com/sluice-proxy/sluice/engine/proxy"
 	"github.com/sluice-proxy/sluice/engine/stream"
 )
 
@@ -386,7 +387,7 @@ func (x *filter) OnRequestHeaders(h *header.Map, _ bool) stream.Status {
 		status = 200
 	}
 	var hs []header.Field
-	if grpcStatus >= 0 && isGRPC(h) {
+	if grpcStatus >= 0 && proxy.IsGRPC(h) {
 		hs = []header.Field{{Name: "grpc-status", Value: strconv.Itoa(grpcStatus)}}
 	}
 	x.cb.SendLocalReply(status, a.body, hs, AbortDetails)
@@ -427,15 +428,4 @@ func (x *filter) OnDone() {
 		x.f.active.Add(-1)
 		x.f.activeG.Dec()
 	}
-}
-
-// isGRPC reports whether a request is gRPC (content-type application/grpc,
-// +proto, ...), whose abort carries a gRPC status.
-func isGRPC(h *header.Map) bool {
-	ct := h.Value("content-type")
-	const prefix = "application/grpc"
-	if len(ct) < len(prefix) || !strings.EqualFold(ct[:len(prefix)], prefix) {
-		return false
-	}
-	return len(ct) == len(prefix) || ct[len(prefix)] == '+' || ct[len(prefix)] == ';'
 }

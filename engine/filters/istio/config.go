@@ -48,24 +48,8 @@ func undecoded(cfg any, typeURL string) (*config.UndecodedConfig, error) {
 	return u, nil
 }
 
-// field reads a TypedStruct field by its proto name or its JSON
-// (lowerCamelCase) name.
-func field(m map[string]any, name string) (any, bool) {
-	if v, ok := m[name]; ok {
-		return v, true
-	}
-	parts := strings.Split(name, "_")
-	for i := 1; i < len(parts); i++ {
-		if parts[i] != "" {
-			parts[i] = strings.ToUpper(parts[i][:1]) + parts[i][1:]
-		}
-	}
-	v, ok := m[strings.Join(parts, "")]
-	return v, ok
-}
-
 func boolField(m map[string]any, name string) (bool, error) {
-	v, ok := field(m, name)
+	v, ok := config.StructField(m, name)
 	if !ok || v == nil {
 		return false, nil
 	}
@@ -77,7 +61,7 @@ func boolField(m map[string]any, name string) (bool, error) {
 }
 
 func listField(m map[string]any, name string) ([]any, error) {
-	v, ok := field(m, name)
+	v, ok := config.StructField(m, name)
 	if !ok || v == nil {
 		return nil, nil
 	}

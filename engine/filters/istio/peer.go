@@ -88,7 +88,7 @@ func (pc *peerConfig) parse(u *config.UndecodedConfig) error {
 				if !ok {
 					return false, fmt.Errorf("%s[%d]: not an object", name, i)
 				}
-				if _, ok := field(m, "istio_headers"); ok {
+				if _, ok := config.StructField(m, "istio_headers"); ok {
 					found = true
 				}
 			}
@@ -105,7 +105,7 @@ func (pc *peerConfig) parse(u *config.UndecodedConfig) error {
 				if !ok {
 					return false, fmt.Errorf("%s[%d]: not an object", name, i)
 				}
-				if ih, ok := field(m, "istio_headers"); ok {
+				if ih, ok := config.StructField(m, "istio_headers"); ok {
 					found = true
 					if ihm, ok := ih.(map[string]any); ok {
 						skip, err := boolField(ihm, "skip_external_clusters")

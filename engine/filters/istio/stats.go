@@ -122,7 +122,7 @@ func (sc *statsConfig) parse(u *config.UndecodedConfig, log *slog.Logger) (gatew
 		if sc.noHostFallback, err = boolField(u.Fields, "disable_host_header_fallback"); err != nil {
 			return false, err
 		}
-		switch r, _ := field(u.Fields, "reporter"); r {
+		switch r, _ := config.StructField(u.Fields, "reporter"); r {
 		case nil, "UNSPECIFIED", float64(0):
 		case "SERVER_GATEWAY", float64(1):
 			gateway = true
