@@ -236,13 +236,15 @@ func (s *CalloutStream) Close() error {
 		return nil // never connected, or connect will see closed
 	}
 	complete := cc.Reusable()
-	s.conn.Release(complete)
-	s.conn = nil
+	// Counted before the release: a reset reaches the upstream at release,
+	// and whoever saw it must find the stream already counted as done.
 	s.host.RequestDone()
 	if complete {
 		s.host.Stats.RqSuccess.Add(1)
 	} else {
 		s.host.Stats.RqError.Add(1)
 	}
+	s.conn.Release(complete)
+	s.conn = nil
 	return nil
 }

@@ -39,6 +39,11 @@ type Host struct {
 	// used is set when an ORIGINAL_DST host is picked and cleared by the
 	// cleanup pass (origdst.go).
 	used atomic.Bool
+	// removed is set when the cleanup pass drops an ORIGINAL_DST host: a
+	// request that picked it just before may still dial, and its
+	// connection is closed at release instead of pooled where no pass
+	// would ever look again.
+	removed atomic.Bool
 }
 
 // Address is the host's "host:port".

@@ -304,7 +304,7 @@ func (conn *Conn) releaseStream() {
 	if p.waiting > 0 {
 		p.broadcast()
 	}
-	retired := h.cluster.retired.Load() && !mc.gone
+	retired := (h.cluster.retired.Load() || h.removed.Load()) && !mc.gone
 	if retired {
 		p.remove(mc)
 	}

@@ -152,6 +152,7 @@ func (c *Cluster) sweepOriginalDst(now int64) {
 			if h.used.Swap(false) || !idleHost(h) {
 				continue
 			}
+			h.removed.Store(true)
 			delete(od.hosts, dst)
 			od.draining = append(od.draining, h)
 		}

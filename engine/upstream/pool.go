@@ -409,7 +409,7 @@ func (conn *Conn) Release(reusable bool) {
 			return
 		}
 		if !c.retired.Load() {
-			if len(p.idle) < c.maxIdle {
+			if len(p.idle) < c.maxIdle && !h.removed.Load() {
 				conn.state = connIdle
 				conn.idleSince = monoNow()
 				p.idle = append(p.idle, conn)
