@@ -482,8 +482,28 @@ func (c *Client) rebuild(now time.Time) error {
 	return nil
 }
 
+// maxSetAside bounds how many resources of one response are set aside
+// before the whole response is refused.
+const maxSetAside = 64
+
+// partialError is handle's error when some resources of a response were
+// set aside and the rest applied: the response is NACKed all the same.
+type partialError struct{ err error }
+
+func (e *partialError) Error() string { return e.err.Error() }
+func (e *partialError) Unwrap() error { return e.err }
+
 // handle applies one response's update: the candidate store is assembled
 // and applied; only when that succeeds does it become the store.
+//
+// As Envoy, the good resources of a partly bad response are applied: when
+// the error is blamed on one resource this response changed (see blame,
+// config.ResourceError), that resource goes back to its previous version
+// (or away, if it is new), the rest is assembled again, and the response
+// is NACKed naming what was set aside. The type's version stays the last
+// one wholly accepted. An error in a resource this response did not
+// change, in a static one, or in one already set aside refuses the whole
+// response, as before.
 func (c *Client) handle(u update) error {
 	now := time.Now()
 	cand, changed := c.st.apply(u, c.last.subs[u.typ])
@@ -492,17 +512,40 @@ func (c *Client) handle(u update) error {
 		c.st = cand
 		return nil
 	}
-	a, err := c.assemble(cand, now)
-	if err != nil {
-		return err
+	var aside []error
+	reverted := map[resourceRef]bool{}
+	for {
+		a, err := c.assemble(cand, now)
+		if err == nil {
+			if err = c.opts.Apply(a.snap); err == nil {
+				if len(aside) == 0 {
+					c.commit(cand, a, now)
+					return nil
+				}
+				cand.version[u.typ] = c.st.version[u.typ]
+				c.commit(cand, a, now)
+				c.log.Warn("xds: applied an update without the resources it rejects", "type", typeInfo[u.typ].short, "rejected", len(aside))
+				return &partialError{errors.Join(aside...)}
+			}
+			// The engine's error names the resource; the snapshot's version
+			// stays out so a repeated rejection reads the same (see rejected).
+			err = fmt.Errorf("xds: apply: %w", err)
+		}
+		r, ok := culprit(err)
+		if !ok || reverted[r] || len(aside) >= maxSetAside {
+			return err
+		}
+		if e := cand.get(r.typ, r.name); e == nil || e == c.st.get(r.typ, r.name) {
+			return err
+		}
+		reverted[r] = true
+		aside = append(aside, err)
+		cand = cand.revert(r, c.st)
+		if cand.sameResources(c.st) {
+			// Nothing good was left: a plain NACK, nothing to apply.
+			return errors.Join(aside...)
+		}
 	}
-	if err := c.opts.Apply(a.snap); err != nil {
-		// The engine's error names the resource; the snapshot's version
-		// stays out so a repeated rejection reads the same (see rejected).
-		return fmt.Errorf("xds: apply: %w", err)
-	}
-	c.commit(cand, a, now)
-	return nil
 }
 
 // commit makes an applied assembly and its store current, and follows its

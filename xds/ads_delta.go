@@ -73,6 +73,10 @@ func (c *Client) onDeltaResponse(s *session, r *discoveryv3.DeltaDiscoveryRespon
 	}
 	if err != nil {
 		c.reject(s, t, err, func(d *statuspb.Status) { c.deltaAck(s, t, d) })
+		if _, partial := err.(*partialError); partial {
+			// What was applied may have changed the subscriptions.
+			c.sync(s)
+		}
 		return
 	}
 	c.accepted(t)

@@ -55,6 +55,10 @@ func (c *Client) onSotwResponse(s *session, r *discoveryv3.DiscoveryResponse) {
 	}
 	if err != nil {
 		c.reject(s, t, err, func(d *statuspb.Status) { c.sotwRequest(s, t, d) })
+		if _, partial := err.(*partialError); partial {
+			// What was applied may have changed the subscriptions.
+			c.sync(s)
+		}
 		return
 	}
 	c.accepted(t)

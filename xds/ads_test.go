@@ -284,6 +284,10 @@ func engineSaysNo(s *config.Snapshot) error {
 	if c := cluster(s, "c"); c != nil && c.ConnectTimeout == 7*time.Second {
 		return errors.New("engine says no")
 	}
+	// As the engine does, an error it can pin on one resource says so.
+	if l := listener(s, "vetoed"); l != nil {
+		return config.Blame(errors.New(`server: listener "vetoed": engine vetoes it`), config.KindListener, "vetoed")
+	}
 	return nil
 }
 
@@ -729,6 +733,86 @@ func TestADSNack(t *testing.T) {
 			res.routes[0] = route("r", "/fixed", "c")
 			res.set(t, cache, "20")
 			rec.wait(t, "the fixed config", func(s *config.Snapshot) bool { return routePrefix(s, "r") == "/fixed" && complete(s) })
+			waitFor(t, "errors cleared", func() bool {
+				for _, ts := range c.State().Types {
+					if ts.LastError != "" {
+						return false
+					}
+				}
+				return true
+			})
+		})
+	}
+}
+
+// TestADSPartialUpdate: as Envoy, the good resources of a partly bad
+// response are applied; the bad ones (refused by the translator or pinned
+// by the engine) keep their previous version or stay out, and the
+// response is NACKed naming each of them.
+func TestADSPartialUpdate(t *testing.T) {
+	for _, v := range variants {
+		t.Run(v.name, func(t *testing.T) {
+			cache := newCache()
+			cp := startControlPlane(t, "tcp", "127.0.0.1:0", cache)
+			res := fullConfig(t)
+			res.set(t, cache, "1")
+			rec := newRecorder()
+			c := runClient(t, bootstrapFor(t, v.apiType, tcpAddress(cp.addr), ""), rec.apply)
+			rec.wait(t, "the initial config", complete)
+
+			named := func(l *listenerv3.Listener, name string) *listenerv3.Listener {
+				l.Name = name
+				return l
+			}
+			// "dyn" moves to port 10012 (good), "more" is new (good),
+			// "broken" is new with a field Sluice refuses, and "dyn2" is
+			// pinned by the engine.
+			broken := named(dynListener(t, 10013, "r"), "broken")
+			broken.Freebind = wrapperspb.Bool(true)
+			res.listeners = []*listenerv3.Listener{dynListener(t, 10012, "r"), named(dynListener(t, 10011, "r"), "more"),
+				broken, named(dynListener(t, 10014, "r"), "vetoed")}
+			before := len(cp.nackMessages())
+			res.set(t, cache, "2")
+			s := rec.wait(t, "the good listeners", func(s *config.Snapshot) bool {
+				return listener(s, "more") != nil && listener(s, "dyn") != nil && listener(s, "dyn").Address == "127.0.0.1:10012"
+			})
+			if listener(s, "broken") != nil || listener(s, "vetoed") != nil {
+				t.Fatalf("a rejected listener was applied: %s", describe(s))
+			}
+			var nack string
+			waitFor(t, "the NACK", func() bool {
+				msgs := cp.nackMessages()[before:]
+				if len(msgs) == 0 {
+					return false
+				}
+				nack = msgs[0]
+				return true
+			})
+			for _, want := range []string{`listener "broken": freebind: not supported yet`, `listener "vetoed": engine vetoes it`} {
+				if !strings.Contains(nack, want) {
+					t.Errorf("NACK %q does not say %q", nack, want)
+				}
+			}
+			var lds TypeState
+			for _, ts := range c.State().Types {
+				if ts.TypeURL == typeInfo[tListener].url {
+					lds = ts
+				}
+			}
+			if !strings.Contains(lds.LastError, `listener "broken"`) || slices.Contains(lds.Resources, "broken") || !slices.Contains(lds.Resources, "more") {
+				t.Errorf("LDS state %+v", lds)
+			}
+			if !v.delta && lds.Version != "1" {
+				t.Errorf("LDS version after a NACK %q, want the last accepted (1)", lds.Version)
+			}
+
+			// Fixed, everything is taken and the error clears.
+			res.listeners[2].Freebind = nil
+			res.listeners[3].Name = "fine"
+			res.set(t, cache, "3")
+			rec.wait(t, "the fixed listeners", func(s *config.Snapshot) bool {
+				return listener(s, "broken") != nil && listener(s, "fine") != nil
+			})
 			waitFor(t, "errors cleared", func() bool {
 				for _, ts := range c.State().Types {
 					if ts.LastError != "" {

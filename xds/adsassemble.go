@@ -186,7 +186,7 @@ func (as *assembler) assemble(v *view, prev *assembly) (*assembly, error) {
 			return nil, inNamed(fmt.Errorf("a static cluster has this name"), "cluster", name)
 		}
 		if err := add("cluster", name, v.st.get(tCluster, name).msg, out.clusters, prev.clusters); err != nil {
-			return nil, err
+			return nil, blame(err, tCluster, name)
 		}
 	}
 	for i, l := range as.listeners {
@@ -199,7 +199,7 @@ func (as *assembler) assemble(v *view, prev *assembly) (*assembly, error) {
 			return nil, inNamed(fmt.Errorf("a static listener has this name"), "listener", name)
 		}
 		if err := add("listener", name, v.st.get(tListener, name).msg, out.listeners, prev.listeners); err != nil {
-			return nil, err
+			return nil, blame(err, tListener, name)
 		}
 	}
 
@@ -234,7 +234,7 @@ func (as *assembler) assemble(v *view, prev *assembly) (*assembly, error) {
 		if e := v.st.get(tRoute, name); e != nil {
 			var err error
 			if rc, err = translateRouteConfiguration(e.msg.(*routev3.RouteConfiguration)); err != nil {
-				return nil, inNamed(err, "route_config", name)
+				return nil, blame(inNamed(err, "route_config", name), tRoute, name)
 			}
 		}
 		// else the listener is past the initial fetch timeout, or a kept

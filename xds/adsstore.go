@@ -141,6 +141,35 @@ func (s *store) apply(u update, subscribed map[string]bool) (*store, bool) {
 	return &next, changed
 }
 
+// revert returns the store with resource r as it is in old: its previous
+// version, or absent if old has none. The other resources are shared.
+func (s *store) revert(r resourceRef, old *store) *store {
+	next := *s
+	m := maps.Clone(s.res[r.typ])
+	if e := old.get(r.typ, r.name); e != nil {
+		m[r.name] = e
+	} else {
+		delete(m, r.name)
+	}
+	next.res[r.typ] = m
+	return &next
+}
+
+// sameResources reports whether s holds exactly the entries of o.
+func (s *store) sameResources(o *store) bool {
+	for t := range numTypes {
+		if len(s.res[t]) != len(o.res[t]) {
+			return false
+		}
+		for name, e := range s.res[t] {
+			if o.res[t][name] != e {
+				return false
+			}
+		}
+	}
+	return true
+}
+
 // prune drops the resources of non-wildcard types that are no longer
 // subscribed.
 func (s *store) prune(subs *[numTypes]map[string]bool) *store {

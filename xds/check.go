@@ -30,7 +30,7 @@ func checkSnapshot(s *config.Snapshot, allClustersKnown bool) error {
 			a = ap.String()
 		}
 		if other, dup := addrs[a]; dup {
-			return inNamed(fmt.Errorf("address %s is already used by listener %q", l.Address, other), "listener", l.Name)
+			return blame(inNamed(fmt.Errorf("address %s is already used by listener %q", l.Address, other), "listener", l.Name), tListener, l.Name)
 		}
 		addrs[a] = l.Name
 	}

@@ -335,7 +335,7 @@ func edsEndpoints(c *clusterv3.Cluster, d *deps) ([]*config.Endpoint, []endpoint
 		return nil, nil, inField(err, "eds_config")
 	}
 	eps, meta, err := endpoints(la, clusterv3.Cluster_EDS)
-	return eps, meta, inNamed(err, typeInfo[tEndpoint].kind, name)
+	return eps, meta, blame(inNamed(err, typeInfo[tEndpoint].kind, name), tEndpoint, name)
 }
 
 // endpointMeta is what transport_socket_matches match an endpoint on: the

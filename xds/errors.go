@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/sluice-proxy/sluice/engine/config"
 )
 
 // ErrUnsupported is wrapped by every error about Envoy configuration that is
@@ -37,9 +39,21 @@ type segment struct {
 type pathError struct {
 	path []segment
 	err  error
+	// cause is the dynamic resource the error is in, when known (see
+	// blame); it follows the error as locations are prepended.
+	cause *resourceRef
+}
+
+// resourceRef names one resource of the xDS store.
+type resourceRef struct {
+	typ  rtype
+	name string
 }
 
 func (e *pathError) Error() string {
+	if len(e.path) == 0 {
+		return e.err.Error()
+	}
 	var b strings.Builder
 	for i, s := range e.path {
 		if i > 0 {
@@ -70,9 +84,50 @@ func at(err error, kind segKind, text string) error {
 		path := make([]segment, 0, len(pe.path)+1)
 		path = append(path, s)
 		path = append(path, pe.path...)
-		return &pathError{path: path, err: pe.err}
+		return &pathError{path: path, err: pe.err, cause: pe.cause}
 	}
 	return &pathError{path: []segment{s}, err: err}
+}
+
+// blame records that err (nil stays nil) is in the dynamic resource
+// name of type t, unless it already names one: the innermost is the
+// precise cause (an ECDS config inside a listener). The client sets that
+// resource aside and applies the rest of the update (see Client.handle).
+func blame(err error, t rtype, name string) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := culprit(err); ok {
+		return err
+	}
+	ref := &resourceRef{typ: t, name: name}
+	if pe, ok := err.(*pathError); ok {
+		return &pathError{path: pe.path, err: pe.err, cause: ref}
+	}
+	return &pathError{err: err, cause: ref}
+}
+
+// culprit returns the resource err was blamed on, by the translator
+// (blame) or by the engine (config.ResourceError).
+func culprit(err error) (resourceRef, bool) {
+	for e := err; e != nil; e = errors.Unwrap(e) {
+		switch e := e.(type) {
+		case *pathError:
+			if e.cause != nil {
+				return *e.cause, true
+			}
+		case *config.ResourceError:
+			switch e.Kind {
+			case config.KindListener:
+				return resourceRef{tListener, e.Name}, true
+			case config.KindCluster:
+				return resourceRef{tCluster, e.Name}, true
+			case config.KindRouteConfig:
+				return resourceRef{tRoute, e.Name}, true
+			}
+		}
+	}
+	return resourceRef{}, false
 }
 
 // inField locates err in a proto field ("address", "filter_chains[2]").

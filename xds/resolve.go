@@ -237,7 +237,7 @@ func (d *deps) extensionConfig(name string, ecs *corev3.ExtensionConfigSource) (
 	d.ref(tExtensionConfig, name)
 	if e := d.get(tExtensionConfig, name); e != nil {
 		return e.msg.(*corev3.TypedExtensionConfig).GetTypedConfig(), func(err error) error {
-			return inNamed(inField(err, "typed_config"), typeInfo[tExtensionConfig].kind, name)
+			return blame(inNamed(inField(err, "typed_config"), typeInfo[tExtensionConfig].kind, name), tExtensionConfig, name)
 		}, nil
 	}
 	def := ecs.GetDefaultConfig()

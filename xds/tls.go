@@ -195,13 +195,13 @@ func certificates(ctx *tlsv3.CommonTlsContext, d *deps) ([]config.Certificate, e
 				return config.Certificate{}, err
 			}
 			if s.GetTlsCertificate() == nil {
-				return config.Certificate{}, inNamed(errors.New("a tls_certificate is required"), "secret", s.GetName())
+				return config.Certificate{}, blame(inNamed(errors.New("a tls_certificate is required"), "secret", s.GetName()), tSecret, s.GetName())
 			}
 			if err := secretFields.check(s); err != nil {
-				return config.Certificate{}, inNamed(err, "secret", s.GetName())
+				return config.Certificate{}, blame(inNamed(err, "secret", s.GetName()), tSecret, s.GetName())
 			}
 			cert, err := tlsCertificate(s.GetTlsCertificate())
-			return cert, inNamed(inField(err, "tls_certificate"), "secret", s.GetName())
+			return cert, blame(inNamed(inField(err, "tls_certificate"), "secret", s.GetName()), tSecret, s.GetName())
 		}()
 		if err != nil {
 			return nil, inIndex(err, "tls_certificate_sds_secret_configs", i)
@@ -226,12 +226,14 @@ func validationContext(ctx *tlsv3.CommonTlsContext, d *deps) (_ *tlsv3.Certifica
 		if err != nil || s == nil {
 			return nil, nil, err
 		}
-		in := func(err error) error { return inNamed(inField(err, "validation_context"), "secret", s.GetName()) }
+		in := func(err error) error {
+			return blame(inNamed(inField(err, "validation_context"), "secret", s.GetName()), tSecret, s.GetName())
+		}
 		if s.GetValidationContext() == nil {
-			return nil, nil, inNamed(errors.New("a validation_context is required"), "secret", s.GetName())
+			return nil, nil, blame(inNamed(errors.New("a validation_context is required"), "secret", s.GetName()), tSecret, s.GetName())
 		}
 		if err := secretFields.check(s); err != nil {
-			return nil, nil, inNamed(err, "secret", s.GetName())
+			return nil, nil, blame(inNamed(err, "secret", s.GetName()), tSecret, s.GetName())
 		}
 		return s.GetValidationContext(), in, nil
 	}

@@ -295,7 +295,7 @@ func (s *Server) Apply(snap *config.Snapshot) (err error) {
 			for _, f := range fresh {
 				f.Close()
 			}
-			return fmt.Errorf("server: %w", err)
+			return config.Blame(fmt.Errorf("server: %w", err), config.KindListener, name)
 		}
 		fresh[name] = ln
 	}
@@ -370,7 +370,7 @@ func (s *Server) compile(snap *config.Snapshot, env *proxy.Env) (*graph, error) 
 	for _, rc := range snap.RouteConfigs {
 		t, err := route.Compile(rc)
 		if err != nil {
-			return nil, fmt.Errorf("server: route configuration %q: %w", rc.Name, err)
+			return nil, config.Blame(fmt.Errorf("server: route configuration %q: %w", rc.Name, err), config.KindRouteConfig, rc.Name)
 		}
 		tables[rc.Name] = t
 	}
@@ -379,7 +379,7 @@ func (s *Server) compile(snap *config.Snapshot, env *proxy.Env) (*graph, error) 
 		for i, fc := range l.FilterChains {
 			ch, err := compileChain(env, fc, tables, set)
 			if err != nil {
-				return nil, fmt.Errorf("server: listener %q: filter chain %d: %w", l.Name, i, err)
+				return nil, config.Blame(fmt.Errorf("server: listener %q: filter chain %d: %w", l.Name, i, err), config.KindListener, l.Name)
 			}
 			lg.chains[i] = ch
 			lg.addChain(ch)
@@ -388,7 +388,7 @@ func (s *Server) compile(snap *config.Snapshot, env *proxy.Env) (*graph, error) 
 		if l.DefaultFilterChain != nil {
 			ch, err := compileChain(env, l.DefaultFilterChain, tables, set)
 			if err != nil {
-				return nil, fmt.Errorf("server: listener %q: default filter chain: %w", l.Name, err)
+				return nil, config.Blame(fmt.Errorf("server: listener %q: default filter chain: %w", l.Name, err), config.KindListener, l.Name)
 			}
 			lg.def = ch
 			lg.addChain(ch)

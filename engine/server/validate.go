@@ -41,7 +41,7 @@ func Validate(snap *config.Snapshot) error {
 		}
 		tables[rc.Name] = true
 		if err := checkRoutes(rc, routeClusters); err != nil {
-			return fmt.Errorf("server: %w", err)
+			return config.Blame(fmt.Errorf("server: %w", err), config.KindRouteConfig, rc.Name)
 		}
 	}
 	names := map[string]bool{}
@@ -58,14 +58,14 @@ func Validate(snap *config.Snapshot) error {
 		}
 		names[l.Name] = true
 		if err := checkAddress(l.Address); err != nil {
-			return fmt.Errorf("server: listener %q: %w", l.Name, err)
+			return config.Blame(fmt.Errorf("server: listener %q: %w", l.Name, err), config.KindListener, l.Name)
 		}
 		if other, ok := addrs[l.Address]; ok && !endsWithPortZero(l.Address) {
-			return fmt.Errorf("server: listeners %q and %q both use address %s", other, l.Name, l.Address)
+			return config.Blame(fmt.Errorf("server: listeners %q and %q both use address %s", other, l.Name, l.Address), config.KindListener, l.Name)
 		}
 		addrs[l.Address] = l.Name
 		if len(l.FilterChains) == 0 && l.DefaultFilterChain == nil {
-			return fmt.Errorf("server: listener %q has no filter chain", l.Name)
+			return config.Blame(fmt.Errorf("server: listener %q has no filter chain", l.Name), config.KindListener, l.Name)
 		}
 		chains := append([]*config.FilterChain{}, l.FilterChains...)
 		if l.DefaultFilterChain != nil {
@@ -73,11 +73,11 @@ func Validate(snap *config.Snapshot) error {
 		}
 		for j, fc := range chains {
 			if fc == nil {
-				return fmt.Errorf("server: listener %q: filter chain %d is empty", l.Name, j)
+				return config.Blame(fmt.Errorf("server: listener %q: filter chain %d is empty", l.Name, j), config.KindListener, l.Name)
 			}
 			if fc.TCP != nil {
 				if err := checkTCPClusters(fc.TCP, clusters); err != nil {
-					return fmt.Errorf("server: listener %q: filter chain %d: %w", l.Name, j, err)
+					return config.Blame(fmt.Errorf("server: listener %q: filter chain %d: %w", l.Name, j, err), config.KindListener, l.Name)
 				}
 			}
 			if fc.HTTP == nil {
@@ -85,10 +85,10 @@ func Validate(snap *config.Snapshot) error {
 			}
 			if fc.HTTP.RouteConfig != nil {
 				if err := checkRoutes(fc.HTTP.RouteConfig, routeClusters); err != nil {
-					return fmt.Errorf("server: listener %q: filter chain %d: %w", l.Name, j, err)
+					return config.Blame(fmt.Errorf("server: listener %q: filter chain %d: %w", l.Name, j, err), config.KindListener, l.Name)
 				}
 			} else if fc.HTTP.RDSName != "" && !tables[fc.HTTP.RDSName] {
-				return fmt.Errorf("server: listener %q: filter chain %d: route configuration %q not found", l.Name, j, fc.HTTP.RDSName)
+				return config.Blame(fmt.Errorf("server: listener %q: filter chain %d: route configuration %q not found", l.Name, j, fc.HTTP.RDSName), config.KindListener, l.Name)
 			}
 		}
 	}

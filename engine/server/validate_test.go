@@ -291,6 +291,7 @@ func TestCheck(t *testing.T) {
 		name    string
 		mod     func(s *config.Snapshot)
 		wantErr []string
+		cause   string // the resource the error is pinned on (config.ResourceError): "kind name"
 	}{
 		{name: "valid", mod: func(*config.Snapshot) {}},
 		{name: "known filter", mod: func(s *config.Snapshot) {
@@ -300,7 +301,7 @@ func TestCheck(t *testing.T) {
 			s.Listeners[0] = listener("l1", "127.0.0.1:8080", routeTo("a"),
 				&config.HTTPFilter{Name: "f", TypeURL: "test.ok"},
 				&config.HTTPFilter{Name: "authz", TypeURL: "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"})
-		}, wantErr: []string{`listener "l1"`, "filter chain 0", "http filter 1 (authz)", `unknown filter type "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"`}},
+		}, wantErr: []string{`listener "l1"`, "filter chain 0", "http filter 1 (authz)", `unknown filter type "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"`}, cause: "listener l1"},
 		{name: "optional unknown filter accepted", mod: func(s *config.Snapshot) {
 			s.Listeners[0] = listener("l1", "127.0.0.1:8080", routeTo("a"),
 				&config.HTTPFilter{Name: "maybe", TypeURL: "type.example/Unknown", Optional: true},
@@ -314,14 +315,14 @@ func TestCheck(t *testing.T) {
 		{name: "default chain error named", mod: func(s *config.Snapshot) {
 			s.Listeners[0].DefaultFilterChain = &config.FilterChain{HTTP: &config.HTTPConnectionManager{
 				RouteConfig: routeTo("a"), HTTPFilters: []*config.HTTPFilter{{Name: "d", TypeURL: "test.fail"}}}}
-		}, wantErr: []string{"default filter chain", "http filter 0 (d)", errRejected.Error()}},
+		}, wantErr: []string{"default filter chain", "http filter 0 (d)", errRejected.Error()}, cause: "listener l1"},
 		{name: "chain without network filter", mod: func(s *config.Snapshot) {
 			s.Listeners[0].FilterChains = append(s.Listeners[0].FilterChains, &config.FilterChain{Name: "tcp"})
 		}, wantErr: []string{"filter chain 1", "no network filter"}},
 		{name: "validation runs first", mod: func(s *config.Snapshot) { s.Clusters = append(s.Clusters, cluster("a")) },
 			wantErr: []string{`duplicate cluster "a"`}},
 		{name: "cluster error", mod: func(s *config.Snapshot) { s.Clusters[1].LBPolicy = "fastest" },
-			wantErr: []string{`cluster "b"`, `unknown lb_policy "fastest"`}},
+			wantErr: []string{`cluster "b"`, `unknown lb_policy "fastest"`}, cause: "cluster b"},
 		{name: "cluster protocol without codec", mod: func(s *config.Snapshot) { s.Clusters[1].Protocol = "http2" },
 			wantErr: []string{`cluster "b"`, `no multiplexing client codec "http2"`}},
 		{name: "listener codec without server codec", mod: func(s *config.Snapshot) {
@@ -329,7 +330,7 @@ func TestCheck(t *testing.T) {
 		}, wantErr: []string{`listener "l1"`, `codec "http2"`}},
 		{name: "route table error", mod: func(s *config.Snapshot) {
 			s.RouteConfigs = append(s.RouteConfigs, &config.RouteConfiguration{Name: "bad", VirtualHosts: []*config.VirtualHost{{Name: "v"}}})
-		}, wantErr: []string{`route configuration "bad"`, "no domains"}},
+		}, wantErr: []string{`route configuration "bad"`, "no domains"}, cause: "route_config bad"},
 		{name: "per-route config compiled", mod: func(s *config.Snapshot) {
 			rc := routeTo("a")
 			rc.VirtualHosts[0].Routes[0].TypedPerFilterConfig = map[string]*config.FilterOverride{"f": {Config: "x"}}
@@ -353,6 +354,12 @@ func TestCheck(t *testing.T) {
 			for _, w := range tt.wantErr {
 				if !strings.Contains(err.Error(), w) {
 					t.Errorf("error %q does not contain %q", err, w)
+				}
+			}
+			if tt.cause != "" {
+				var re *config.ResourceError
+				if !errors.As(err, &re) || re.Kind+" "+re.Name != tt.cause {
+					t.Errorf("error %q is not pinned on %s (%+v)", err, tt.cause, re)
 				}
 			}
 		})

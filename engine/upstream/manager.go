@@ -102,7 +102,7 @@ func (m *Manager) Build(clusters []*config.Cluster) (*Set, error) {
 		if old == nil || old.retired.Load() || !reflect.DeepEqual(old.cfg, cfg) {
 			var err error
 			if c, err = m.newCluster(cfg, old); err != nil {
-				return nil, err
+				return nil, config.Blame(err, config.KindCluster, cfg.Name)
 			}
 		}
 		set.byName[c.name] = c
