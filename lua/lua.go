@@ -50,7 +50,7 @@ func (c Compiler) budget() time.Duration {
 	if c.TimeBudget > 0 {
 		return c.TimeBudget
 	}
-	return DefaultTimeBudget
+	return DefaultTimeBudget * raceScale
 }
 
 func (c Compiler) log() *slog.Logger {
