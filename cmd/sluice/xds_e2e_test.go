@@ -38,6 +38,13 @@ import (
 // version on responses, and an EDS cluster.
 func xdsResources(t *testing.T, listen int, upstream string, version int, badRoute bool) map[resource.Type][]types.Resource {
 	t.Helper()
+	return xdsResourcesWith(t, listen, upstream, version, badRoute, 0)
+}
+
+// xdsResourcesWith adds, when brokenPort is set, a second listener "broken"
+// on that port whose Lua script does not compile: the engine refuses it.
+func xdsResourcesWith(t *testing.T, listen int, upstream string, version int, badRoute bool, brokenPort int) map[resource.Type][]types.Resource {
+	t.Helper()
 	anyOf := func(m proto.Message) *anypb.Any {
 		a, err := anypb.New(m)
 		if err != nil {
@@ -79,7 +86,18 @@ func xdsResources(t *testing.T, listen int, upstream string, version int, badRou
 		LbEndpoints: []*endpointv3.LbEndpoint{{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
 			Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
 				Address: host, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(p)}}}}}}}}}}}
-	return map[resource.Type][]types.Resource{resource.ListenerType: {l}, resource.RouteType: {rc},
+	listeners := []types.Resource{l}
+	if brokenPort != 0 {
+		bhcm := proto.Clone(hcm).(*hcmv3.HttpConnectionManager)
+		bhcm.HttpFilters[0].ConfigType = &hcmv3.HttpFilter_TypedConfig{TypedConfig: anyOf(&luav3.Lua{
+			DefaultSourceCode: &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: "function envoy_on_request(h) h:headers(:add end\n"}}})}
+		bl := proto.Clone(l).(*listenerv3.Listener)
+		bl.Name = "broken"
+		bl.Address.GetSocketAddress().PortSpecifier = &corev3.SocketAddress_PortValue{PortValue: uint32(brokenPort)}
+		bl.FilterChains[0].Filters[0].ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: anyOf(bhcm)}
+		listeners = append(listeners, bl)
+	}
+	return map[resource.Type][]types.Resource{resource.ListenerType: listeners, resource.RouteType: {rc},
 		resource.ClusterType: {c}, resource.EndpointType: {cla}}
 }
 
@@ -103,9 +121,10 @@ func TestXDSUpdatesUnderLoad(t *testing.T) {
 			t.Cleanup(gs.Stop)
 
 			listen, admin := freePort(t), freePort(t)
+			brokenPort := 0
 			push := func(version, stamp int, bad bool) {
 				t.Helper()
-				snap, err := cachev3.NewSnapshot(strconv.Itoa(version), xdsResources(t, listen, app.addr(), stamp, bad))
+				snap, err := cachev3.NewSnapshot(strconv.Itoa(version), xdsResourcesWith(t, listen, app.addr(), stamp, bad, brokenPort))
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -193,6 +212,28 @@ func TestXDSUpdatesUnderLoad(t *testing.T) {
 			}
 			push(3+updates, 3+updates, false)
 			waitVersion(3 + updates)
+
+			// A partly bad update: "dyn" changes (its script stamps a new
+			// version) and a new listener's Lua script does not compile.
+			// As Envoy, the good listener is applied and the bad one is
+			// left out, and the update is NACKed.
+			brokenPort = freePort(t)
+			push(4+updates, 4+updates, false)
+			waitVersion(4 + updates)
+			deadline = time.Now().Add(15 * time.Second)
+			for strings.Contains(statsGet(t, adminURL+"/stats?filter=lds.update_rejected"), "listener_manager.lds.update_rejected: 0") {
+				if time.Now().After(deadline) {
+					t.Fatalf("broken listener not rejected: %s\nsluice: %s", statsGet(t, adminURL+"/stats?filter=update"), stderr.String())
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			if c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", brokenPort), time.Second); err == nil {
+				c.Close()
+				t.Fatal("the listener whose script does not compile is listening")
+			}
+			if dump := statsGet(t, adminURL+"/config_dump"); strings.Contains(dump, `"broken"`) {
+				t.Error("/config_dump shows the rejected listener as applied")
+			}
 		})
 	}
 }
