@@ -46,10 +46,8 @@ var (
 		// Checked below: only Istio's metadata exchange filter, which is
 		// not run (see istio.go).
 		"filters",
-		// Accepted, not implemented: passive health checking (outlier
-		// detection) never ejects a host. Istio sets it from a
-		// DestinationRule's outlierDetection; refusing it would refuse
-		// the whole CDS update. samples/istio/README.md says so.
+		// Passive health checking (outlierDetection of Istio's
+		// DestinationRules); see outlierDetection.
 		"outlier_detection",
 		// Ignored: stats, DNS resolution tuning, warming,
 		// buffer limits, socket options and HTTP/1 codec tuning.
@@ -60,10 +58,22 @@ var (
 		"per_connection_buffer_high_watermark_timeout", "upstream_connection_options",
 		"close_connections_on_host_health_failure", "ignore_health_on_host_removal", "preconnect_policy",
 		"http_protocol_options")
-	// Ignored: panic threshold and host set update tuning.
+	// healthy_panic_threshold applies to outlier ejections (the only
+	// health that changes at run time). Ignored: host set update tuning.
 	commonLBFields = knownFields(&clusterv3.Cluster_CommonLbConfig{}, "healthy_panic_threshold",
 		"update_merge_window", "ignore_new_hosts_until_first_hc", "close_connections_on_host_set_change",
 		"zone_aware_lb_config")
+	// Ignored: successful_active_health_check_uneject_host (there is no
+	// active health checking) and max_ejection_time_jitter (ejections end
+	// at the interval's pass, which spreads them already).
+	outlierFields = knownFields(&clusterv3.OutlierDetection{}, "consecutive_5xx", "interval", "base_ejection_time",
+		"max_ejection_percent", "enforcing_consecutive_5xx", "enforcing_success_rate", "success_rate_minimum_hosts",
+		"success_rate_request_volume", "success_rate_stdev_factor", "consecutive_gateway_failure",
+		"enforcing_consecutive_gateway_failure", "split_external_local_origin_errors", "consecutive_local_origin_failure",
+		"enforcing_consecutive_local_origin_failure", "enforcing_local_origin_success_rate", "failure_percentage_threshold",
+		"enforcing_failure_percentage", "enforcing_failure_percentage_local_origin", "failure_percentage_minimum_hosts",
+		"failure_percentage_request_volume", "max_ejection_time", "always_eject_one_host",
+		"successful_active_health_check_uneject_host", "max_ejection_time_jitter")
 	ringHashFields     = knownFields(&clusterv3.Cluster_RingHashLbConfig{}, "minimum_ring_size", "maximum_ring_size")
 	maglevFields       = knownFields(&clusterv3.Cluster_MaglevLbConfig{}, "table_size")
 	leastRequestFields = knownFields(&clusterv3.Cluster_LeastRequestLbConfig{}, "choice_count")
@@ -169,6 +179,18 @@ func translateCluster(c *clusterv3.Cluster, d *deps) (*config.Cluster, error) {
 	if cl := c.GetCommonLbConfig(); cl != nil {
 		if err := commonLBFields.check(cl); err != nil {
 			return nil, inField(err, "common_lb_config")
+		}
+		if p := cl.GetHealthyPanicThreshold(); p != nil {
+			v := p.GetValue()
+			if v < 0 || v > 100 {
+				return nil, inField(inField(fmt.Errorf("%v is not a percentage", v), "healthy_panic_threshold"), "common_lb_config")
+			}
+			out.HealthyPanicThreshold = &v
+		}
+	}
+	if od := c.GetOutlierDetection(); od != nil {
+		if out.Outlier, err = outlierDetection(od); err != nil {
+			return nil, inField(err, "outlier_detection")
 		}
 	}
 	var socketMeta []endpointMeta
@@ -696,4 +718,59 @@ func metadataMatches(want, have *structpb.Struct) bool {
 		}
 	}
 	return true
+}
+
+// outlierDetection translates outlier_detection with Envoy's defaults.
+func outlierDetection(od *clusterv3.OutlierDetection) (*config.OutlierDetection, error) {
+	if err := outlierFields.check(od); err != nil {
+		return nil, err
+	}
+	out := &config.OutlierDetection{
+		MaxEjectionPercent:                     u32(od.GetMaxEjectionPercent(), 10),
+		AlwaysEjectOneHost:                     boolean(od.GetAlwaysEjectOneHost(), false),
+		Consecutive5xx:                         u32(od.GetConsecutive_5Xx(), 5),
+		EnforcingConsecutive5xx:                u32(od.GetEnforcingConsecutive_5Xx(), 100),
+		ConsecutiveGatewayFailure:              u32(od.GetConsecutiveGatewayFailure(), 5),
+		EnforcingConsecutiveGatewayFailure:     u32(od.GetEnforcingConsecutiveGatewayFailure(), 0),
+		SplitExternalLocalOriginErrors:         od.GetSplitExternalLocalOriginErrors(),
+		ConsecutiveLocalOriginFailure:          u32(od.GetConsecutiveLocalOriginFailure(), 5),
+		EnforcingConsecutiveLocalOriginFailure: u32(od.GetEnforcingConsecutiveLocalOriginFailure(), 100),
+		EnforcingSuccessRate:                   u32(od.GetEnforcingSuccessRate(), 100),
+		EnforcingLocalOriginSuccessRate:        u32(od.GetEnforcingLocalOriginSuccessRate(), 100),
+		SuccessRateMinimumHosts:                u32(od.GetSuccessRateMinimumHosts(), 5),
+		SuccessRateRequestVolume:               u32(od.GetSuccessRateRequestVolume(), 100),
+		SuccessRateStdevFactor:                 u32(od.GetSuccessRateStdevFactor(), 1900),
+		FailurePercentageThreshold:             u32(od.GetFailurePercentageThreshold(), 85),
+		EnforcingFailurePercentage:             u32(od.GetEnforcingFailurePercentage(), 0),
+		EnforcingFailurePercentageLocalOrigin:  u32(od.GetEnforcingFailurePercentageLocalOrigin(), 0),
+		FailurePercentageMinimumHosts:          u32(od.GetFailurePercentageMinimumHosts(), 5),
+		FailurePercentageRequestVolume:         u32(od.GetFailurePercentageRequestVolume(), 50),
+	}
+	var err error
+	if out.Interval, err = durationField(od.GetInterval(), 10*time.Second, "interval"); err != nil {
+		return nil, err
+	}
+	if out.BaseEjectionTime, err = durationField(od.GetBaseEjectionTime(), 30*time.Second, "base_ejection_time"); err != nil {
+		return nil, err
+	}
+	if out.MaxEjectionTime, err = durationField(od.GetMaxEjectionTime(), 300*time.Second, "max_ejection_time"); err != nil {
+		return nil, err
+	}
+	if out.Interval == 0 || out.BaseEjectionTime == 0 {
+		return nil, errors.New("interval and base_ejection_time must be positive")
+	}
+	for _, p := range []struct {
+		name string
+		v    uint32
+	}{{"max_ejection_percent", out.MaxEjectionPercent}, {"enforcing_consecutive_5xx", out.EnforcingConsecutive5xx},
+		{"enforcing_consecutive_gateway_failure", out.EnforcingConsecutiveGatewayFailure},
+		{"enforcing_consecutive_local_origin_failure", out.EnforcingConsecutiveLocalOriginFailure},
+		{"enforcing_success_rate", out.EnforcingSuccessRate}, {"enforcing_local_origin_success_rate", out.EnforcingLocalOriginSuccessRate},
+		{"failure_percentage_threshold", out.FailurePercentageThreshold}, {"enforcing_failure_percentage", out.EnforcingFailurePercentage},
+		{"enforcing_failure_percentage_local_origin", out.EnforcingFailurePercentageLocalOrigin}} {
+		if p.v > 100 {
+			return nil, inField(fmt.Errorf("%d is not a percentage", p.v), p.name)
+		}
+	}
+	return out, nil
 }

@@ -13,10 +13,12 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/sluice-proxy/sluice/engine/config"
 )
@@ -124,6 +126,55 @@ func TestTranslateClusterDefaults(t *testing.T) {
 	}
 	if _, err := TranslateCluster(nil); err == nil {
 		t.Error("nil cluster: no error")
+	}
+}
+
+// outlier_detection: Envoy's defaults fill what is unset (Istio sets only
+// what a DestinationRule says); a value out of range names its field (the
+// proto's own validation rules say it first).
+func TestTranslateOutlierDetection(t *testing.T) {
+	edsCluster := func(od *clusterv3.OutlierDetection, panic *typev3.Percent) *clusterv3.Cluster {
+		c := &clusterv3.Cluster{Name: "c", ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS}, OutlierDetection: od}
+		if panic != nil {
+			c.CommonLbConfig = &clusterv3.Cluster_CommonLbConfig{HealthyPanicThreshold: panic}
+		}
+		return c
+	}
+	c, err := TranslateCluster(edsCluster(&clusterv3.OutlierDetection{
+		Consecutive_5Xx: wrapperspb.UInt32(7), Interval: durationpb.New(5 * time.Second), MaxEjectionPercent: wrapperspb.UInt32(100),
+		EnforcingSuccessRate: wrapperspb.UInt32(0),
+	}, &typev3.Percent{Value: 0}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	eq(t, "outlier", *c.Outlier, config.OutlierDetection{
+		Interval: 5 * time.Second, BaseEjectionTime: 30 * time.Second, MaxEjectionTime: 300 * time.Second,
+		MaxEjectionPercent: 100, Consecutive5xx: 7, EnforcingConsecutive5xx: 100,
+		ConsecutiveGatewayFailure: 5, EnforcingConsecutiveGatewayFailure: 0,
+		ConsecutiveLocalOriginFailure: 5, EnforcingConsecutiveLocalOriginFailure: 100,
+		EnforcingSuccessRate: 0, EnforcingLocalOriginSuccessRate: 100, SuccessRateMinimumHosts: 5,
+		SuccessRateRequestVolume: 100, SuccessRateStdevFactor: 1900,
+		FailurePercentageThreshold: 85, FailurePercentageMinimumHosts: 5, FailurePercentageRequestVolume: 50,
+	})
+	if c.HealthyPanicThreshold == nil || *c.HealthyPanicThreshold != 0 {
+		t.Errorf("healthy_panic_threshold %v", c.HealthyPanicThreshold)
+	}
+	for _, tt := range []struct {
+		c    *clusterv3.Cluster
+		want string
+	}{
+		{edsCluster(&clusterv3.OutlierDetection{MaxEjectionPercent: wrapperspb.UInt32(101)}, nil),
+			`xds: cluster "c": outlier_detection.max_ejection_percent: value must be less than or equal to 100`},
+		{edsCluster(&clusterv3.OutlierDetection{Interval: durationpb.New(0)}, nil),
+			`xds: cluster "c": outlier_detection.interval: value must be greater than 0s`},
+		{edsCluster(&clusterv3.OutlierDetection{DetectDegradedHosts: wrapperspb.Bool(true)}, nil),
+			`xds: cluster "c": outlier_detection.detect_degraded_hosts: not supported yet`},
+		{edsCluster(nil, &typev3.Percent{Value: 120}),
+			`xds: cluster "c": common_lb_config.healthy_panic_threshold.value: value must be inside range [0, 100]`},
+	} {
+		if _, err := TranslateCluster(tt.c); err == nil || err.Error() != tt.want {
+			t.Errorf("got %v, want %s", err, tt.want)
+		}
 	}
 }
 

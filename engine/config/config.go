@@ -564,6 +564,54 @@ type Cluster struct {
 	RingHashMaxSize   uint64
 	MaglevTableSize   uint64
 	LeastRequestCount int // choices for least_request; 2 by default
+
+	// Outlier is passive health checking (Envoy's outlier_detection):
+	// hosts whose responses fail are ejected for a while; nil: none.
+	Outlier *OutlierDetection
+	// HealthyPanicThreshold is the percentage of hosts that must not be
+	// ejected for ejections to count: under it, the load balancer picks
+	// among every host (Envoy's common_lb_config.healthy_panic_threshold;
+	// nil: 50; 0: never).
+	HealthyPanicThreshold *float64
+}
+
+// OutlierDetection is Envoy's outlier_detection with every default filled
+// in (the front-end's job): percentages are 0..100, times are durations.
+type OutlierDetection struct {
+	Interval         time.Duration // between ejection analyses (10 s)
+	BaseEjectionTime time.Duration // times the host's ejection count (30 s)
+	MaxEjectionTime  time.Duration // cap of an ejection (300 s)
+	// MaxEjectionPercent bounds the share of hosts ejected at once (10);
+	// AlwaysEjectOneHost lets one host be ejected whatever the share.
+	MaxEjectionPercent uint32
+	AlwaysEjectOneHost bool
+
+	// Consecutive errors: the count that ejects, and the percentage of
+	// detections that eject (enforcing_*).
+	Consecutive5xx                         uint32 // 5
+	EnforcingConsecutive5xx                uint32 // 100
+	ConsecutiveGatewayFailure              uint32 // 5 (502, 503, 504)
+	EnforcingConsecutiveGatewayFailure     uint32 // 0
+	SplitExternalLocalOriginErrors         bool   // connect failures, resets and timeouts count apart
+	ConsecutiveLocalOriginFailure          uint32 // 5
+	EnforcingConsecutiveLocalOriginFailure uint32 // 100
+
+	// Success rate, per interval: hosts with at least RequestVolume
+	// requests, when at least MinimumHosts have, below mean - stdev *
+	// StdevFactor/1000.
+	EnforcingSuccessRate            uint32 // 100
+	EnforcingLocalOriginSuccessRate uint32 // 100
+	SuccessRateMinimumHosts         uint32 // 5
+	SuccessRateRequestVolume        uint32 // 100
+	SuccessRateStdevFactor          uint32 // 1900
+
+	// Failure percentage, per interval: hosts at or over Threshold percent
+	// of failures.
+	FailurePercentageThreshold            uint32 // 85
+	EnforcingFailurePercentage            uint32 // 0
+	EnforcingFailurePercentageLocalOrigin uint32 // 0
+	FailurePercentageMinimumHosts         uint32 // 5
+	FailurePercentageRequestVolume        uint32 // 50
 }
 
 // ClusterOriginalDst is the cluster type whose one host is each

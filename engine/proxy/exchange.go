@@ -447,10 +447,15 @@ func (e *exchange) attempt(host *upstream.Host) outcome {
 		} else {
 			host.Stats.RqSuccess.Add(1)
 		}
+		host.OutlierStatus(status)
 		return e.respond(conn, cc, &reusable, status)
 	}
 	host.Stats.RqError.Add(1)
+	if f == failStatus {
+		host.OutlierStatus(status)
+	}
 	if f == failTimeout {
+		host.OutlierLocalFailure(true)
 		host.Stats.RqTimeout.Add(1)
 		if !e.deadline.IsZero() && !time.Now().Before(e.deadline) {
 			e.cl.Stats.RqTimeout.Inc()
@@ -470,6 +475,9 @@ func (e *exchange) attempt(host *upstream.Host) outcome {
 		e.attempts-- // not counted as a retry, and done at most once
 		e.staleRetried, e.staleRetry = true, true
 		return outRetry
+	}
+	if f == failReset {
+		host.OutlierLocalFailure(false)
 	}
 	e.last = f
 	if e.canRetry(f, 0) {

@@ -125,6 +125,8 @@ func (s *Server) writeClusters(w io.Writer, format string) {
 		RqTotal   uint64 `json:"rq_total"`
 		RqError   uint64 `json:"rq_error"`
 		RqSuccess uint64 `json:"rq_success"`
+		// Ejected: outlier detection took the host out for now.
+		Ejected bool `json:"ejected,omitempty"`
 	}
 	type clusterJSON struct {
 		Name  string     `json:"name"`
@@ -136,7 +138,7 @@ func (s *Server) writeClusters(w io.Writer, format string) {
 		for _, h := range c.Hosts() {
 			st := h.Snapshot()
 			cj.Hosts = append(cj.Hosts, hostJSON{Address: h.Address(), Weight: h.Weight(), Healthy: h.Healthy(),
-				CxActive: st.CxActive, CxTotal: st.CxTotal, RqActive: st.RqActive, RqTotal: st.RqTotal, RqError: st.RqError, RqSuccess: st.RqSuccess})
+				CxActive: st.CxActive, CxTotal: st.CxTotal, RqActive: st.RqActive, RqTotal: st.RqTotal, RqError: st.RqError, RqSuccess: st.RqSuccess, Ejected: h.Ejected()})
 		}
 		all = append(all, cj)
 	}
@@ -152,9 +154,15 @@ func (s *Server) writeClusters(w io.Writer, format string) {
 			p := cb + "::" + h.Address + "::"
 			fmt.Fprintf(w, "%scx_active::%d\n%scx_total::%d\n%srq_active::%d\n%srq_total::%d\n%srq_error::%d\n%srq_success::%d\n%sweight::%d\n",
 				p, h.CxActive, p, h.CxTotal, p, h.RqActive, p, h.RqTotal, p, h.RqError, p, h.RqSuccess, p, h.Weight)
-			health := "healthy"
+			var health string
 			if !h.Healthy {
 				health = "/failed_eds_health"
+			}
+			if h.Ejected {
+				health += "/failed_outlier_check"
+			}
+			if health == "" {
+				health = "healthy"
 			}
 			fmt.Fprintf(w, "%shealth_flags::%s\n", p, health)
 		}

@@ -78,6 +78,8 @@ type Cluster struct {
 
 	// od are the pooled hosts of an ORIGINAL_DST cluster; nil otherwise.
 	od *origDst
+	// outlier is the cluster's outlier detection; nil: none.
+	outlier *outlierDetector
 }
 
 type clusterOptions struct {
@@ -301,6 +303,16 @@ func (m *Manager) newCluster(in *config.Cluster, prev *Cluster) (*Cluster, error
 	}
 
 	c.Stats = newClusterStats(m.stats, c.name)
+	if od := cfg.Outlier; od != nil {
+		if od.Interval <= 0 || od.BaseEjectionTime <= 0 {
+			return nil, fail("outlier_detection: interval and base_ejection_time must be positive")
+		}
+		if prev != nil && sameOutlier(prev.outlier, od, cfg.HealthyPanicThreshold) {
+			c.outlier = prev.outlier
+		} else {
+			c.outlier = newOutlierDetector(*od, cfg.HealthyPanicThreshold, c.Stats.scope)
+		}
+	}
 	c.cx.open = c.Stats.CxOpen
 	c.pending.open = c.Stats.RqPendingOpen
 	c.rq.open = c.Stats.RqOpen

@@ -46,27 +46,45 @@ func (c *Cluster) Pick(ctx *LBContext) *Host {
 	if c.panicMode {
 		c.Stats.LBHealthyPanic.Inc()
 	}
-	if ctx == nil || ctx.Exclude == nil {
+	skip := c.skipEjected()
+	if !skip && (ctx == nil || ctx.Exclude == nil) {
 		return b.pick(ctx, 0)
 	}
+	// Hosts the request excludes (retry_host_predicate) are taken when
+	// nothing else is left; ejected ones are not: with every host
+	// ejected and no panic, no host (503, as Envoy).
 	var first *Host
+	usable := func(h *Host) (ok, fallback bool) {
+		if skip && h.Stats.od.ejected.Load() {
+			return false, false
+		}
+		return ctx == nil || ctx.Exclude == nil || !ctx.Exclude(h), true
+	}
 	for k := 0; k < excludeTries; k++ {
 		h := b.pick(ctx, k)
-		if !ctx.Exclude(h) {
+		ok, fallback := usable(h)
+		if ok {
 			return h
 		}
-		if first == nil {
+		if fallback && first == nil {
 			first = h
 		}
 	}
 	n := uint64(len(c.eligible))
-	start := ctx.Hash
-	if !ctx.HasHash {
+	var start uint64
+	if ctx != nil && ctx.HasHash {
+		start = ctx.Hash
+	} else {
 		start = rand.Uint64()
 	}
 	for i := uint64(0); i < n; i++ {
-		if h := c.eligible[(start+i)%n]; !ctx.Exclude(h) {
+		h := c.eligible[(start+i)%n]
+		ok, fallback := usable(h)
+		if ok {
 			return h
+		}
+		if fallback && first == nil {
+			first = h
 		}
 	}
 	return first

@@ -158,6 +158,9 @@ func (m *Manager) Commit(set *Set) {
 		if c.od != nil {
 			every = min(every, time.Duration(c.od.cleanup)/2)
 		}
+		if i := c.outlierInterval(); i > 0 {
+			every = min(every, i/2)
+		}
 	}
 	m.reapEvery.Store(int64(max(every, 10*time.Millisecond)))
 	if m.stop == nil && !m.closed && len(set.sorted) > 0 {
@@ -202,6 +205,7 @@ func (m *Manager) reap(stop, done chan struct{}) {
 			if c.od != nil {
 				c.sweepOriginalDst(now)
 			}
+			c.sweepOutlier(now)
 		}
 		t.Reset(time.Duration(m.reapEvery.Load()))
 	}

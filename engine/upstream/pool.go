@@ -325,6 +325,7 @@ func (h *Host) dialNet(ctx context.Context, deadline time.Time, tlsConf *tls.Con
 			h.Stats.CxActive.Add(-1)
 			c.Stats.CxConnectFail.Inc()
 			h.Stats.CxConnectFail.Add(1)
+			h.OutlierLocalFailure(isNetTimeout(err))
 			return nil, &ConnectError{Addr: h.addr, Timeout: isNetTimeout(err), Err: fmt.Errorf("tls handshake: %w", err)}
 		}
 		nc.SetDeadline(time.Time{})
@@ -349,8 +350,10 @@ func (h *Host) dialNet(ctx context.Context, deadline time.Time, tlsConf *tls.Con
 		if timeout {
 			c.Stats.CxConnectTimeout.Inc()
 		}
+		h.OutlierLocalFailure(timeout)
 		return nil, &ConnectError{Addr: h.addr, Timeout: timeout, Err: err}
 	}
+	h.outlierConnected()
 	return nc, nil
 }
 

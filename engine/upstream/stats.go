@@ -136,4 +136,6 @@ type HostStats struct {
 	RqError       atomic.Uint64 // rq_error (proxy: 5xx or reset)
 	RqSuccess     atomic.Uint64 // rq_success (proxy)
 	RqTimeout     atomic.Uint64 // rq_timeout (proxy)
+
+	od outlierHost // outlier detection's counts and ejection
 }
