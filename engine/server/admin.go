@@ -135,7 +135,7 @@ func (s *Server) writeClusters(w io.Writer, format string) {
 	var all []clusterJSON
 	for _, c := range set.Clusters() {
 		cj := clusterJSON{Name: c.Name()}
-		for _, h := range c.Hosts() {
+		for _, h := range slices.Concat(c.Hosts(), c.OriginalDstHostList()) {
 			st := h.Snapshot()
 			cj.Hosts = append(cj.Hosts, hostJSON{Address: h.Address(), Weight: h.Weight(), Healthy: h.Healthy(),
 				CxActive: st.CxActive, CxTotal: st.CxTotal, RqActive: st.RqActive, RqTotal: st.RqTotal, RqError: st.RqError, RqSuccess: st.RqSuccess, Ejected: h.Ejected()})

@@ -14,6 +14,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -85,6 +87,24 @@ func (c *Cluster) OriginalDstPooled(dst netip.AddrPort) (*Host, error) {
 	}
 	h.used.Store(true)
 	return h, nil
+}
+
+// OriginalDstHostList returns the pooled hosts an ORIGINAL_DST cluster
+// made on demand, sorted by address (for /clusters); nil for other
+// clusters.
+func (c *Cluster) OriginalDstHostList() []*Host {
+	od := c.od
+	if od == nil {
+		return nil
+	}
+	od.mu.RLock()
+	hosts := make([]*Host, 0, len(od.hosts))
+	for _, h := range od.hosts {
+		hosts = append(hosts, h)
+	}
+	od.mu.RUnlock()
+	slices.SortFunc(hosts, func(a, b *Host) int { return strings.Compare(a.addr, b.addr) })
+	return hosts
 }
 
 // OriginalDstHosts is the number of pooled ORIGINAL_DST hosts.

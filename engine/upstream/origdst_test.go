@@ -65,6 +65,9 @@ func TestOriginalDstPooledMadeOnDemandAndReused(t *testing.T) {
 	if err != nil || other == h {
 		t.Fatalf("another destination: %v, same host %v", err, other == h)
 	}
+	if list := c.OriginalDstHostList(); len(list) != 2 || list[0] != other || list[1] != h {
+		t.Fatalf("host list %v, want 127.0.0.1:1 then %s (for /clusters)", list, h.Address())
+	}
 }
 
 func TestOriginalDstPooledRefusals(t *testing.T) {
