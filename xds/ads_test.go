@@ -343,6 +343,32 @@ func (r *recorder) wait(t *testing.T, what string, ok func(*config.Snapshot) boo
 	}
 }
 
+// startADS starts a control plane serving fullConfig as version "1" and a
+// client of it (apiType GRPC or DELTA_GRPC) applying to a recorder.
+func startADS(t *testing.T, apiType string) (cachev3.SnapshotCache, *testControlPlane, *resources, *recorder, *Client) {
+	t.Helper()
+	cache := newCache()
+	cp := startControlPlane(t, "tcp", "127.0.0.1:0", cache)
+	res := fullConfig(t)
+	res.set(t, cache, "1")
+	rec := newRecorder()
+	c := runClient(t, bootstrapFor(t, apiType, tcpAddress(cp.addr), ""), rec.apply)
+	return cache, cp, res, rec, c
+}
+
+// waitErrorsCleared waits until no type of c's state has an error.
+func waitErrorsCleared(t *testing.T, c *Client) {
+	t.Helper()
+	waitFor(t, "errors cleared", func() bool {
+		for _, ts := range c.State().Types {
+			if ts.LastError != "" {
+				return false
+			}
+		}
+		return true
+	})
+}
+
 // waitFor polls cond, bounded.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
@@ -491,12 +517,7 @@ func complete(s *config.Snapshot) bool {
 func TestADSInitialAndUpdates(t *testing.T) {
 	for _, v := range variants {
 		t.Run(v.name, func(t *testing.T) {
-			cache := newCache()
-			cp := startControlPlane(t, "tcp", "127.0.0.1:0", cache)
-			res := fullConfig(t)
-			res.set(t, cache, "1")
-			rec := newRecorder()
-			c := runClient(t, bootstrapFor(t, v.apiType, tcpAddress(cp.addr), ""), rec.apply)
+			cache, cp, res, rec, c := startADS(t, v.apiType)
 
 			s := rec.wait(t, "the initial config", complete)
 			if l := listener(s, "static"); l == nil || cluster(s, "static") == nil {
@@ -676,12 +697,7 @@ func TestADSInitialFetchTimeout(t *testing.T) {
 func TestADSNack(t *testing.T) {
 	for _, v := range variants {
 		t.Run(v.name, func(t *testing.T) {
-			cache := newCache()
-			cp := startControlPlane(t, "tcp", "127.0.0.1:0", cache)
-			res := fullConfig(t)
-			res.set(t, cache, "1")
-			rec := newRecorder()
-			c := runClient(t, bootstrapFor(t, v.apiType, tcpAddress(cp.addr), ""), rec.apply)
+			cache, cp, res, rec, c := startADS(t, v.apiType)
 			good := rec.wait(t, "the initial config", complete)
 
 			bad := []struct {
@@ -733,14 +749,7 @@ func TestADSNack(t *testing.T) {
 			res.routes[0] = route("r", "/fixed", "c")
 			res.set(t, cache, "20")
 			rec.wait(t, "the fixed config", func(s *config.Snapshot) bool { return routePrefix(s, "r") == "/fixed" && complete(s) })
-			waitFor(t, "errors cleared", func() bool {
-				for _, ts := range c.State().Types {
-					if ts.LastError != "" {
-						return false
-					}
-				}
-				return true
-			})
+			waitErrorsCleared(t, c)
 		})
 	}
 }
@@ -752,12 +761,7 @@ func TestADSNack(t *testing.T) {
 func TestADSPartialUpdate(t *testing.T) {
 	for _, v := range variants {
 		t.Run(v.name, func(t *testing.T) {
-			cache := newCache()
-			cp := startControlPlane(t, "tcp", "127.0.0.1:0", cache)
-			res := fullConfig(t)
-			res.set(t, cache, "1")
-			rec := newRecorder()
-			c := runClient(t, bootstrapFor(t, v.apiType, tcpAddress(cp.addr), ""), rec.apply)
+			cache, cp, res, rec, c := startADS(t, v.apiType)
 			rec.wait(t, "the initial config", complete)
 
 			named := func(l *listenerv3.Listener, name string) *listenerv3.Listener {
@@ -813,14 +817,7 @@ func TestADSPartialUpdate(t *testing.T) {
 			rec.wait(t, "the fixed listeners", func(s *config.Snapshot) bool {
 				return listener(s, "broken") != nil && listener(s, "fine") != nil
 			})
-			waitFor(t, "errors cleared", func() bool {
-				for _, ts := range c.State().Types {
-					if ts.LastError != "" {
-						return false
-					}
-				}
-				return true
-			})
+			waitErrorsCleared(t, c)
 		})
 	}
 }
@@ -828,12 +825,7 @@ func TestADSPartialUpdate(t *testing.T) {
 func TestADSReconnect(t *testing.T) {
 	for _, v := range variants {
 		t.Run(v.name, func(t *testing.T) {
-			cache := newCache()
-			cp := startControlPlane(t, "tcp", "127.0.0.1:0", cache)
-			res := fullConfig(t)
-			res.set(t, cache, "1")
-			rec := newRecorder()
-			c := runClient(t, bootstrapFor(t, v.apiType, tcpAddress(cp.addr), ""), rec.apply)
+			_, cp, res, rec, c := startADS(t, v.apiType)
 			rec.wait(t, "the initial config", complete)
 			n := len(rec.all())
 
