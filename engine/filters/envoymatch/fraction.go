@@ -17,9 +17,6 @@ var (
 // requests, Num capped at Den as Envoy does.
 type Fraction struct{ Num, Den uint64 }
 
-// All is the share every request is in.
-var All = Fraction{1, 1}
-
 // CompileFraction compiles a FractionalPercent; nil is def.
 func CompileFraction(p *typev3.FractionalPercent, def Fraction) (Fraction, error) {
 	if p == nil {
@@ -52,7 +49,7 @@ func CompileRuntimeFraction(p *corev3.RuntimeFractionalPercent) (Fraction, error
 	if p.GetDefaultValue() == nil {
 		return Fraction{}, At("default_value", errors.New("a value is required"))
 	}
-	f, err := CompileFraction(p.GetDefaultValue(), All)
+	f, err := CompileFraction(p.GetDefaultValue(), Fraction{})
 	return f, At("default_value", err)
 }
 
