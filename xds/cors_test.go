@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	corsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/cors/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
@@ -56,7 +57,7 @@ virtual_hosts:
           shadow_enabled: { default_value: { numerator: 10, denominator: TEN_THOUSAND }, runtime_key: cors.shadow }
 `
 
-func corsRoutes(t *testing.T, extra string) *routev3.RouteConfiguration {
+func corsRoutes(t testing.TB, extra string) *routev3.RouteConfiguration {
 	t.Helper()
 	js, err := yaml.YAMLToJSON([]byte(strings.Replace(istioCORSRoutes, "%s", extra, 1)))
 	if err != nil {
@@ -67,6 +68,21 @@ func corsRoutes(t *testing.T, extra string) *routev3.RouteConfiguration {
 		t.Fatal(err)
 	}
 	return rc
+}
+
+// corsListener is listener "cors": the CORS filter and routes with
+// policies inline (a seed of FuzzTranslateResources).
+func corsListener(t testing.TB) *listenerv3.Listener {
+	l := listenerWith(t, &hcmv3.HttpConnectionManager{
+		StatPrefix:     "cors",
+		RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: corsRoutes(t, "")},
+		HttpFilters: []*hcmv3.HttpFilter{
+			{Name: "envoy.filters.http.cors", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(t, &corsv3.Cors{})}},
+			routerFilter(t),
+		},
+	})
+	l.Name, l.Address = "cors", socket("127.0.0.1", 10005)
+	return l
 }
 
 // Istio's shape: an empty Cors filter in every connection manager stays in
@@ -115,6 +131,9 @@ func TestTranslateIstioCORS(t *testing.T) {
 	eq(t, "route methods", rp.GetAllowMethods(), "GET,POST")
 	eq(t, "route credentials", rp.GetAllowCredentials().GetValue(), true)
 	eq(t, "route forward_not_matching_preflights", rp.GetForwardNotMatchingPreflights().GetValue(), false)
+	if _, err := TranslateListener(corsListener(t)); err != nil {
+		t.Errorf("inline routes: %v", err)
+	}
 	eq(t, "wrapped shadow", policy("wrapped route", vh.Routes[1].TypedPerFilterConfig).GetShadowEnabled().GetDefaultValue().GetNumerator(), uint32(10))
 }
 
