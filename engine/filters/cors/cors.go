@@ -19,6 +19,7 @@
 package cors
 
 import (
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"sync"
@@ -117,7 +118,7 @@ type Policy struct {
 // CompilePolicy compiles a CorsPolicy; errors name the field's path.
 func CompilePolicy(m *corsv3.CorsPolicy) (*Policy, error) {
 	if m == nil {
-		return nil, fmt.Errorf("config is nil")
+		return nil, errors.New("config is nil")
 	}
 	if err := policyFields.Check(m); err != nil {
 		return nil, err
