@@ -599,6 +599,7 @@ func TestChainPerRouteOverrides(t *testing.T) {
 		{name: "route disables", path: "/off", wantCreated: 0},
 		{name: "disabled in chain", path: "/plain", disabled: true, wantCreated: 0},
 		{name: "disabled in chain, route enables", path: "/on", disabled: true, wantCreated: 1, wantOverride: nil},
+		{name: "route enables, virtual host config applies", path: "/on", disabled: true, vhOverride: true, wantCreated: 1, wantOverride: "vh-cfg"},
 		{name: "disabled in chain, route config enables", path: "/route", disabled: true, wantCreated: 1, wantOverride: "route-cfg"},
 	}
 	for _, tt := range tests {
