@@ -27,7 +27,7 @@ func FuzzTranslateResources(f *testing.F) {
 			TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{{Name: "server-cert", SdsConfig: adsSrc()}},
 		}})
 	for _, l := range []*listenerv3.Listener{dynListener(f, 10002, "r"), dynListener(f, 10003, "missing"), tlsListener,
-		ecdsListener(f, ecdsSourceWithDefault(f))} {
+		ecdsListener(f, ecdsSourceWithDefault(f)), corsListener(f)} {
 		b, err := proto.Marshal(l)
 		if err != nil {
 			f.Fatal(err)

@@ -308,12 +308,13 @@ func translateHTTPFilter(f *hcmv3.HttpFilter, d *deps) (_ *config.HTTPFilter, is
 		// so even an empty one stays in the chain: it does nothing on routes
 		// without a fault.
 	case *corsv3.Cors:
-		// Istio adds it empty for the CORS policies a route may set (which
-		// are refused); alone it does nothing.
+		// The native CORS filter (engine/filters/cors). Its config has no
+		// fields: the policies come per virtual host or route
+		// (typed_per_filter_config, see corsPolicy), so it stays in the
+		// chain; it does nothing on routes without a policy.
 		if !proto.Equal(m, &corsv3.Cors{}) {
-			return nil, false, within(fmt.Errorf("cors: %w", ErrUnsupported))
+			return nil, false, within(fmt.Errorf("cors: unknown fields are %w", ErrUnsupported))
 		}
-		return notRun, false, nil
 	case *headermutationv3.HeaderMutation:
 		hm, err := headerMutationFilter(m.GetMutations())
 		if err != nil {

@@ -10,6 +10,7 @@ import (
 	mutationrulesv3 "github.com/envoyproxy/go-control-plane/envoy/config/common/mutation_rules/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	corsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/cors/v3"
 	headermutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/header_mutation/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 
@@ -201,11 +202,6 @@ func filterOverride(a *anypb.Any, inFilterConfig bool) (*config.FilterOverride, 
 	if err != nil {
 		return nil, err
 	}
-	switch t.name() {
-	case nameCORSPolicy:
-		// What the (empty, not run) CORS filter would do for the route.
-		return nil, fmt.Errorf("%s: %w", t.url, ErrUnsupported)
-	}
 	switch m := t.msg.(type) {
 	case *routev3.FilterConfig:
 		if inFilterConfig {
@@ -229,6 +225,10 @@ func filterOverride(a *anypb.Any, inFilterConfig bool) (*config.FilterOverride, 
 			return nil, inField(err, "config")
 		}
 		return fo, nil
+	case *corsv3.CorsPolicy:
+		if err := corsPolicy(m); err != nil {
+			return nil, err
+		}
 	case *headermutationv3.HeaderMutationPerRoute:
 		hm, err := headerMutationFilter(m.GetMutations())
 		if err != nil {

@@ -205,8 +205,9 @@ func TestIstioFilters(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "envoy.tcp.metadataexchange.config.MetadataExchange is not an HTTP filter") {
 		t.Errorf("network filter as HTTP filter: %v", err)
 	}
-	// Filters Istio adds that do nothing empty; the fault filter stays in
-	// the chain, empty, for the faults routes configure.
+	// Filters Istio adds that do nothing empty; the fault and CORS filters
+	// stay in the chain, empty, for the faults and policies routes
+	// configure.
 	noop := `
           - { name: envoy.filters.http.grpc_stats, typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig, emit_filter_state: true } }
           - { name: envoy.filters.http.fault, typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault } }
@@ -215,9 +216,10 @@ func TestIstioFilters(t *testing.T) {
 	if err != nil {
 		t.Fatalf("no-op filters: %v", err)
 	}
-	if hfs := s.Listeners[0].FilterChains[0].HTTP.HTTPFilters; len(hfs) != 1 || hfs[0].Name != "envoy.filters.http.fault" ||
-		hfs[0].TypeURL != "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault" {
-		t.Errorf("no-op filters: %+v, want the fault filter alone", hfs)
+	if hfs := s.Listeners[0].FilterChains[0].HTTP.HTTPFilters; len(hfs) != 2 || hfs[0].Name != "envoy.filters.http.fault" ||
+		hfs[0].TypeURL != "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault" ||
+		hfs[1].Name != "envoy.filters.http.cors" || hfs[1].TypeURL != "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors" {
+		t.Errorf("no-op filters: %+v, want the fault and CORS filters", hfs)
 	}
 	fault := `
           - { name: envoy.filters.http.fault, typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault, abort: { http_status: 503, percentage: { numerator: 100 } } } }`

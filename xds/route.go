@@ -134,6 +134,9 @@ func uniqueDomains(seen map[string]string, vh *config.VirtualHost) error {
 }
 
 func translateVirtualHost(vh *routev3.VirtualHost, bodyLimit int) (*config.VirtualHost, error) {
+	if vh.GetCors() != nil {
+		return nil, errDeprecatedCORS
+	}
 	if err := virtualHostFields.check(vh); err != nil {
 		return nil, err
 	}
@@ -256,6 +259,9 @@ func routeMatch(m *routev3.RouteMatch) (config.RouteMatch, error) {
 }
 
 func routeAction(a *routev3.RouteAction) (*config.RouteAction, error) {
+	if a.GetCors() != nil {
+		return nil, errDeprecatedCORS
+	}
 	if err := routeActionFields.check(a); err != nil {
 		return nil, err
 	}

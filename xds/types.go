@@ -67,7 +67,6 @@ const (
 	nameGRPCStats           = "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig"
 	nameFault               = "envoy.extensions.filters.http.fault.v3.HTTPFault"
 	nameCORS                = "envoy.extensions.filters.http.cors.v3.Cors"
-	nameCORSPolicy          = "envoy.extensions.filters.http.cors.v3.CorsPolicy"
 )
 
 // errUnknownType is wrapped by errors about a type URL no linked package

@@ -9,6 +9,7 @@ import (
 	"github.com/sluice-proxy/sluice/dsl/expr"
 	"github.com/sluice-proxy/sluice/dsl/rules"
 	"github.com/sluice-proxy/sluice/engine/config"
+	"github.com/sluice-proxy/sluice/engine/filters/cors"
 	"github.com/sluice-proxy/sluice/engine/filters/fault"
 	"github.com/sluice-proxy/sluice/engine/filters/headermutation"
 	"github.com/sluice-proxy/sluice/engine/filters/istio"
@@ -33,6 +34,7 @@ func builtins(stats *observe.Store) *stream.Registry {
 	r.RegisterFilter(rbac.Compiler{Stats: stats, Conditions: rbacCondition}, rbac.TypeURLs...)
 	r.RegisterNetworkFilter(rbac.Compiler{Stats: stats, Conditions: rbacCondition}, rbac.NetworkTypeURL)
 	r.RegisterFilter(fault.Compiler{Stats: stats}, fault.TypeURL)
+	r.RegisterFilter(cors.Compiler{Stats: stats}, cors.TypeURL)
 	r.RegisterFilter(rules.Compiler{}, rules.TypeURL)
 	r.RegisterFilter(compile.SourceCompiler{Env: sharedCELEnv()}, config.TypeRulesSource)
 	r.RegisterFilter(lua.Compiler{Log: slog.Default()}, lua.TypeURL, lua.TypeURLPerRoute)

@@ -599,6 +599,7 @@ func TestChainPerRouteOverrides(t *testing.T) {
 		{name: "route disables", path: "/off", wantCreated: 0},
 		{name: "disabled in chain", path: "/plain", disabled: true, wantCreated: 0},
 		{name: "disabled in chain, route enables", path: "/on", disabled: true, wantCreated: 1, wantOverride: nil},
+		{name: "route enables, virtual host config applies", path: "/on", disabled: true, vhOverride: true, wantCreated: 1, wantOverride: "vh-cfg"},
 		{name: "disabled in chain, route config enables", path: "/route", disabled: true, wantCreated: 1, wantOverride: "route-cfg"},
 	}
 	for _, tt := range tests {
@@ -642,6 +643,42 @@ func TestChainPerRouteOverrides(t *testing.T) {
 				t.Errorf("FilterOverride = %v, want %v", override, tt.wantOverride)
 			}
 		})
+	}
+}
+
+// mergeCompiler is recCompiler whose per-route configs merge
+// (stream.PerRouteMerger): "parent+child".
+type mergeCompiler struct{ recCompiler }
+
+func (mergeCompiler) MergePerRoute(parent, child any) any {
+	return parent.(string) + "+" + child.(string)
+}
+
+// A filter whose compiler merges sees its route's config merged over its
+// virtual host's; routes without their own config see the virtual host's.
+func TestChainPerRouteMerge(t *testing.T) {
+	for _, tt := range []struct{ path, want string }{{"/route", "vh-cfg+route-cfg"}, {"/plain", "vh-cfg"}} {
+		var override any
+		f := &recSpec{name: "F", rec: &recorder{}, reqHeads: func(cb stream.Callbacks, _ *header.Map, _ bool) stream.Status {
+			override = cb.FilterOverride()
+			return stream.Continue
+		}}
+		filters := recFilters(f)
+		filters[0].TypeURL = "merging"
+		routeCfg := directRoute("route", "/route", 200, "r")
+		routeCfg.TypedPerFilterConfig = map[string]*config.FilterOverride{"F": {Config: "route-cfg"}}
+		vh := &config.VirtualHost{
+			Routes:               []*config.Route{routeCfg, directRoute("plain", "/plain", 200, "p")},
+			TypedPerFilterConfig: map[string]*config.FilterOverride{"F": {Config: "vh-cfg"}},
+		}
+		env := testEnv()
+		env.Registry.RegisterFilter(mergeCompiler{}, "merging")
+		cm := compileCM(t, env, hcm(filters, vh))
+		ss := newFakeStream(tt.path, "")
+		serve(t, cm, ss)
+		if override != tt.want {
+			t.Errorf("%s: FilterOverride = %v, want %v", tt.path, override, tt.want)
+		}
 	}
 }
 

@@ -278,12 +278,27 @@ func (cm *ConnectionManager) compileOverrides(env *Env, names map[string]int) er
 				return err
 			}
 			if o != nil {
+				cm.mergeOverrides(cm.vhOverrides[vh], o)
 				cm.overrides[r] = o
 			}
 			cm.routeStats[r] = newRouteStats(env.Stats, vh.Name, rn)
 		}
 	}
 	return nil
+}
+
+// mergeOverrides lets the route configs of filters whose compiler is a
+// stream.PerRouteMerger inherit from their virtual host's.
+func (cm *ConnectionManager) mergeOverrides(vh, route []override) {
+	if vh == nil {
+		return
+	}
+	for i := range route {
+		m, ok := cm.filters[i].compiler.(stream.PerRouteMerger)
+		if ok && route[i].config != nil && vh[i].config != nil {
+			route[i].config = m.MergePerRoute(vh[i].config, route[i].config)
+		}
+	}
 }
 
 // compileCodec picks the server codecs and builds the codec options.

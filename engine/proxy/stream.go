@@ -423,10 +423,12 @@ func (c *filterCallbacks) FilterOverride() any {
 	if s.route == nil {
 		return nil
 	}
-	if o := s.cm.overrides[s.route.Config]; o != nil && o[c.idx].set {
+	// As Envoy, the most specific level with a config wins; a route that
+	// only enables the filter (a FilterConfig without config) has none.
+	if o := s.cm.overrides[s.route.Config]; o != nil && o[c.idx].config != nil {
 		return o[c.idx].config
 	}
-	if o := s.cm.vhOverrides[s.route.VirtualHost.Config]; o != nil && o[c.idx].set {
+	if o := s.cm.vhOverrides[s.route.VirtualHost.Config]; o != nil && o[c.idx].config != nil {
 		return o[c.idx].config
 	}
 	return nil

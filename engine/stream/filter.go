@@ -199,3 +199,13 @@ type Compiler interface {
 	// A compiler without per-route support returns an error.
 	CompilePerRoute(cfg any) (any, error)
 }
+
+// PerRouteMerger is a Compiler whose per-route configs combine across
+// levels instead of replacing each other: a route's config takes what it
+// leaves unset from its virtual host's (Envoy's CORS policy). The merge
+// runs when the config is applied, never per request.
+type PerRouteMerger interface {
+	// MergePerRoute returns the route's config given its virtual host's
+	// (parent) and its own (child), both from CompilePerRoute.
+	MergePerRoute(parent, child any) any
+}

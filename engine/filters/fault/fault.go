@@ -69,40 +69,19 @@ var (
 		"delay_percent_runtime", "abort_percent_runtime", "delay_duration_runtime", "abort_http_status_runtime",
 		"max_active_faults_runtime", "response_rate_limit_percent_runtime", "abort_grpc_status_runtime",
 		"disable_downstream_cluster_stats")
-	abortFields   = envoymatch.KnownFields(&faultv3.FaultAbort{}, "http_status", "grpc_status", "header_abort", "percentage", "response_body")
-	delayFields   = envoymatch.KnownFields(&commonfaultv3.FaultDelay{}, "fixed_delay", "header_delay", "percentage")
-	percentFields = envoymatch.KnownFields(&typev3.FractionalPercent{}, "numerator", "denominator")
+	abortFields = envoymatch.KnownFields(&faultv3.FaultAbort{}, "http_status", "grpc_status", "header_abort", "percentage", "response_body")
+	delayFields = envoymatch.KnownFields(&commonfaultv3.FaultDelay{}, "fixed_delay", "header_delay", "percentage")
 )
 
-// fraction is a FractionalPercent: a share num/den.
-type fraction struct{ num, den uint64 }
-
-func compileFraction(p *typev3.FractionalPercent) (fraction, error) {
-	if p == nil {
-		// Envoy's default when percentage is absent: 100%.
-		return fraction{100, 100}, nil
-	}
-	if err := percentFields.Check(p); err != nil {
-		return fraction{}, err
-	}
-	var den uint64
-	switch p.GetDenominator() {
-	case typev3.FractionalPercent_HUNDRED:
-		den = 100
-	case typev3.FractionalPercent_TEN_THOUSAND:
-		den = 10_000
-	case typev3.FractionalPercent_MILLION:
-		den = 1_000_000
-	default:
-		return fraction{}, envoymatch.At("denominator", fmt.Errorf("unknown denominator %d", p.GetDenominator()))
-	}
-	// Envoy caps the numerator at the denominator.
-	return fraction{min(uint64(p.GetNumerator()), den), den}, nil
+// percentage compiles an abort or delay percentage: 100/HUNDRED when
+// absent, as Envoy (a -percentage header then lowers it to n/100).
+func percentage(p *typev3.FractionalPercent) (envoymatch.Fraction, error) {
+	return envoymatch.CompileFraction(p, envoymatch.Fraction{Num: 100, Den: 100})
 }
 
 // withHeader is Envoy's HeaderPercentageProvider: a -percentage header
 // lowers the numerator (never raises it), over the config's denominator.
-func (f fraction) withHeader(h *header.Map, name string) fraction {
+func withHeader(f envoymatch.Fraction, h *header.Map, name string) envoymatch.Fraction {
 	v, ok := h.Get(name)
 	if !ok {
 		return f
@@ -111,21 +90,21 @@ func (f fraction) withHeader(h *header.Map, name string) fraction {
 	if err != nil {
 		return f
 	}
-	return fraction{min(n, f.num), f.den}
+	return envoymatch.Fraction{Num: min(n, f.Num), Den: f.Den}
 }
 
 type abortSpec struct {
 	httpStatus int // 0: none
 	grpcStatus int // -1: none
 	fromHeader bool
-	pct        fraction
+	pct        envoymatch.Fraction
 	body       string
 }
 
 type delaySpec struct {
 	fixed      time.Duration
 	fromHeader bool
-	pct        fraction
+	pct        envoymatch.Fraction
 }
 
 // settings is one compiled HTTPFault: the filter's or a route's.
@@ -197,7 +176,7 @@ func compileHTTPFault(m *faultv3.HTTPFault) (*settings, error) {
 			return nil, envoymatch.At("abort", errors.New("one of http_status, grpc_status or header_abort is required"))
 		}
 		var err error
-		if as.pct, err = compileFraction(a.GetPercentage()); err != nil {
+		if as.pct, err = percentage(a.GetPercentage()); err != nil {
 			return nil, envoymatch.At("abort.percentage", err)
 		}
 		s.abort = as
@@ -219,7 +198,7 @@ func compileHTTPFault(m *faultv3.HTTPFault) (*settings, error) {
 			return nil, envoymatch.At("delay", errors.New("one of fixed_delay or header_delay is required"))
 		}
 		var err error
-		if ds.pct, err = compileFraction(d.GetPercentage()); err != nil {
+		if ds.pct, err = percentage(d.GetPercentage()); err != nil {
 			return nil, envoymatch.At("delay.percentage", err)
 		}
 		s.delay = ds
@@ -310,17 +289,6 @@ func (x *filter) settings() *settings {
 	return x.f.base
 }
 
-// hit draws whether a share p of the requests is hit.
-func (x *filter) hit(p fraction) bool {
-	if p.num == 0 {
-		return false
-	}
-	if p.num >= p.den {
-		return true
-	}
-	return x.f.rand(p.den) < p.num
-}
-
 func (x *filter) OnRequestHeaders(h *header.Map, _ bool) stream.Status {
 	s := x.settings()
 	if s.noop() {
@@ -332,7 +300,7 @@ func (x *filter) OnRequestHeaders(h *header.Map, _ bool) stream.Status {
 		}
 	}
 	var delay time.Duration
-	if d := s.delay; d != nil && x.hit(d.pct.withHeader(h, HeaderDelayPercentage)) {
+	if d := s.delay; d != nil && withHeader(d.pct, h, HeaderDelayPercentage).Hit(x.f.rand) {
 		delay = d.fixed
 		if d.fromHeader {
 			delay = 0
@@ -344,7 +312,7 @@ func (x *filter) OnRequestHeaders(h *header.Map, _ bool) stream.Status {
 		}
 	}
 	status, grpcStatus, abort := 0, -1, false
-	if a := s.abort; a != nil && x.hit(a.pct.withHeader(h, HeaderAbortPercentage)) {
+	if a := s.abort; a != nil && withHeader(a.pct, h, HeaderAbortPercentage).Hit(x.f.rand) {
 		status, grpcStatus = a.httpStatus, a.grpcStatus
 		if a.fromHeader {
 			if v, ok := h.Get(HeaderAbort); ok {
