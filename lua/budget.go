@@ -66,7 +66,7 @@ type budget struct {
 }
 
 func newBudget(limit time.Duration) *budget {
-	b := &budget{limit: limit, done: make(chan struct{}), memLimit: DefaultMemoryBudget, sample: allocSample()}
+	b := &budget{limit: limit, done: make(chan struct{}), memLimit: DefaultMemoryBudget * raceScale, sample: allocSample()}
 	b.timer = time.AfterFunc(time.Hour, b.tick)
 	b.timer.Stop()
 	return b
