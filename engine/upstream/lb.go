@@ -39,11 +39,12 @@ type balancer interface {
 // lb_healthy_panic counts the pick). Lower Endpoint.Priority levels are
 // preferred: the first level with a healthy host is used.
 func (c *Cluster) Pick(ctx *LBContext) *Host {
-	b := c.lb
+	hs := c.hs.Load()
+	b := hs.lb
 	if b == nil {
 		return nil
 	}
-	if c.panicMode {
+	if hs.panicMode {
 		c.Stats.LBHealthyPanic.Inc()
 	}
 	if ctx == nil || ctx.Exclude == nil {
@@ -59,13 +60,13 @@ func (c *Cluster) Pick(ctx *LBContext) *Host {
 			first = h
 		}
 	}
-	n := uint64(len(c.eligible))
+	n := uint64(len(hs.eligible))
 	start := ctx.Hash
 	if !ctx.HasHash {
 		start = rand.Uint64()
 	}
 	for i := uint64(0); i < n; i++ {
-		if h := c.eligible[(start+i)%n]; !ctx.Exclude(h) {
+		if h := hs.eligible[(start+i)%n]; !ctx.Exclude(h) {
 			return h
 		}
 	}
