@@ -583,10 +583,10 @@ const (
 type DNSOptions struct {
 	// RefreshRate is the time between resolutions of a name (0: 5 s).
 	RefreshRate time.Duration
-	// FailureRefreshBase and FailureRefreshMax bound the exponential
-	// backoff after a failed resolution (Envoy's
-	// dns_failure_refresh_rate); a zero base means RefreshRate, a zero
-	// max ten times the base.
+	// FailureRefreshBase and FailureRefreshMax bound the jittered
+	// exponential backoff after a failed resolution (Envoy's
+	// dns_failure_refresh_rate); a zero max is ten times the base. With
+	// a zero base a failure is retried after RefreshRate, as in Envoy.
 	FailureRefreshBase time.Duration
 	FailureRefreshMax  time.Duration
 	// Jitter adds a random delay up to this to every refresh.

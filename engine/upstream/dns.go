@@ -60,6 +60,9 @@ type dnsCluster struct {
 	jitter   time.Duration
 	failBase time.Duration
 	failMax  time.Duration
+	// failFixed: no backoff configured, a failure is retried after the
+	// refresh rate (Envoy's fixed strategy then).
+	failFixed bool
 	resolver Resolver
 	log      *slog.Logger
 
@@ -121,7 +124,7 @@ func (c *Cluster) newDNS(m *Manager, prev *Cluster, prevStats map[string]*HostSt
 		d.refresh = DefaultDNSRefreshRate
 	}
 	if d.failBase == 0 {
-		d.failBase = d.refresh
+		d.failBase, d.failMax, d.failFixed = d.refresh, d.refresh, true
 	}
 	if d.failMax == 0 {
 		d.failMax = max(10*d.failBase, d.failBase)
@@ -308,6 +311,9 @@ func (d *dnsCluster) refreshDelay() time.Duration {
 // doubled n times, at most the max, jittered down by up to a half so
 // proxies that failed together do not retry together.
 func (d *dnsCluster) failureDelay(n int) time.Duration {
+	if d.failFixed {
+		return d.refresh
+	}
 	iv := d.failBase
 	for i := 0; i < n && iv < d.failMax; i++ {
 		iv *= 2
