@@ -177,6 +177,7 @@ func (c *Cluster) newDNS(m *Manager, prev *Cluster, prevStats map[string]*HostSt
 		}
 		if d.logical {
 			t.host = c.newHost(ep, ep.Address, t.tls, prevStats)
+			t.host.hostname = host
 		}
 		d.targets = append(d.targets, t)
 		if ip, err := netip.ParseAddr(host); err == nil {
@@ -408,7 +409,9 @@ func (c *Cluster) applyLocked(t *dnsTarget, addrs []netip.AddrPort, stats map[st
 			delete(old, a)
 			continue
 		}
-		hosts = append(hosts, c.newHost(t.ep, a.String(), t.tls, stats))
+		h := c.newHost(t.ep, a.String(), t.tls, stats)
+		h.hostname = t.name
+		hosts = append(hosts, h)
 	}
 	for _, a := range t.addrs {
 		if h := old[a]; h != nil {

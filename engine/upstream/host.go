@@ -15,6 +15,8 @@ const (
 type Host struct {
 	cluster *Cluster
 	addr    string
+	// hostname is the name a DNS cluster's host was resolved from.
+	hostname string
 	// network and dialAddr are what is dialled: "tcp" and addr, or
 	// "unix" and the socket path of a "unix:" address.
 	network, dialAddr string
@@ -53,6 +55,10 @@ type Host struct {
 // "ip:port", for a LOGICAL_DNS host the endpoint's "name:port" (see
 // DialAddress).
 func (h *Host) Address() string { return h.addr }
+
+// Hostname is the name a STRICT_DNS or LOGICAL_DNS host was resolved
+// from; "" for other hosts.
+func (h *Host) Hostname() string { return h.hostname }
 
 // DialAddress is where new connections go: Address, or for a LOGICAL_DNS
 // host the first address of the latest answer.
