@@ -63,8 +63,8 @@ type dnsCluster struct {
 	// failFixed: no backoff configured, a failure is retried after the
 	// refresh rate (Envoy's fixed strategy then).
 	failFixed bool
-	resolver Resolver
-	log      *slog.Logger
+	resolver  Resolver
+	log       *slog.Logger
 
 	mu      sync.Mutex // guards the targets' answers and hosts, cancel, prevStats and fallback
 	targets []*dnsTarget
