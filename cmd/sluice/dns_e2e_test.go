@@ -70,12 +70,13 @@ func (r *switchResolver) waitApplied(t *testing.T, v int) {
 	t.Fatalf("answer %d never applied", v)
 }
 
-// upstreamOn starts a counting origin on ln.
+// upstreamOn starts a counting origin on ln that answers with the
+// request's Host.
 func upstreamOn(t *testing.T, ln net.Listener) *countingUpstream {
 	u := &countingUpstream{}
 	u.Server = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		u.hits.Add(1)
-		io.WriteString(w, "ok")
+		io.WriteString(w, r.Host)
 	}))
 	u.Listener.Close()
 	u.Listener = ln
@@ -120,7 +121,9 @@ func TestStrictDNSEndToEnd(t *testing.T) {
 	stats := observe.NewStore()
 	srv := server.New(server.Options{Registry: builtins(stats), Stats: stats, Log: testLog(), AdminAddress: "127.0.0.1:0",
 		DrainTimeout: 2 * time.Second, Resolver: r})
-	if err := srv.Apply(snapshot(hcm(prefixRoute("all", "/", "backend")), cl)); err != nil {
+	route := prefixRoute("all", "/", "backend")
+	route.Action.AutoHostRewrite = true // Envoy sends the name the host was resolved from
+	if err := srv.Apply(snapshot(hcm(route), cl)); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(srv.Shutdown)
@@ -135,7 +138,7 @@ func TestStrictDNSEndToEnd(t *testing.T) {
 			}
 			body, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
-			if resp.StatusCode != 200 || string(body) != "ok" {
+			if resp.StatusCode != 200 || string(body) != "backend.test" {
 				t.Fatalf("status %d body %q", resp.StatusCode, body)
 			}
 		}
