@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"runtime"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -126,7 +128,9 @@ func TestStrictDNSEndToEnd(t *testing.T) {
 	if err := srv.Apply(snapshot(hcm(route), cl)); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(srv.Shutdown)
+	var once sync.Once
+	shutdown := func() { once.Do(srv.Shutdown) }
+	t.Cleanup(shutdown)
 	url := proxyURL(srv) + "/"
 	client := &http.Client{Timeout: 5 * time.Second}
 	get := func(n int) {
@@ -166,6 +170,13 @@ func TestStrictDNSEndToEnd(t *testing.T) {
 	}
 	if v := gaugeValue(stats, "cluster.backend.update_success"); v < 2 {
 		t.Fatalf("update_success %v, want at least 2", v)
+	}
+
+	// Shutdown stops the resolver (no other test here has a DNS cluster).
+	shutdown()
+	buf := make([]byte, 1<<20)
+	if n := runtime.Stack(buf, true); strings.Contains(string(buf[:n]), "resolveLoop") {
+		t.Fatalf("a resolver goroutine outlived Shutdown:\n%s", buf[:n])
 	}
 }
 

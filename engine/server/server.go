@@ -790,6 +790,9 @@ func (s *Server) drainTime() time.Duration {
 // Shutdown drains and then closes everything, the admin server last.
 func (s *Server) Shutdown() {
 	s.Drain()
+	// Stops the idle reaper and the DNS clusters' resolvers; connections
+	// still busy close when released.
+	s.upstreams.Close()
 	s.closeAdmin()
 	s.logsMu.Lock()
 	for _, l := range s.accessLogs {

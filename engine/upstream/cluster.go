@@ -558,10 +558,11 @@ func (c *Cluster) newTLSSet(u *config.UpstreamTLS) (tlsSet, error) {
 }
 
 // activate publishes config-derived gauges when the cluster becomes
-// current, and starts a DNS cluster's resolution.
-func (c *Cluster) activate() {
+// current, and starts a DNS cluster's resolution unless the manager is
+// closed.
+func (c *Cluster) activate(closed bool) {
 	if c.dns != nil {
-		c.startDNS()
+		c.startDNS(!closed)
 		return
 	}
 	hs := c.hs.Load()

@@ -230,9 +230,9 @@ func (m *Manager) warmDNS(clusters []*Cluster) {
 	}
 }
 
-// startDNS publishes the membership gauges and starts the resolution
-// goroutines, unless they run already (a cluster carried over).
-func (c *Cluster) startDNS() {
+// startDNS publishes the membership gauges and, with run, starts the
+// resolution goroutines unless they run already (a cluster carried over).
+func (c *Cluster) startDNS(run bool) {
 	d := c.dns
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -240,7 +240,7 @@ func (c *Cluster) startDNS() {
 	hs := c.hs.Load()
 	c.Stats.MembershipTotal.Set(int64(len(hs.hosts)))
 	c.Stats.MembershipHealthy.Set(int64(hs.healthy))
-	if d.cancel != nil {
+	if !run || d.cancel != nil {
 		return
 	}
 	ctx, cancel := context.WithCancel(context.Background())

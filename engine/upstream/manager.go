@@ -155,7 +155,7 @@ func (m *Manager) Commit(set *Set) {
 		} else {
 			added++
 		}
-		c.activate()
+		c.activate(m.closed)
 	}
 	level := slog.LevelDebug
 	if added > 0 || removed > 0 {
