@@ -155,6 +155,17 @@ func TestStrictDNSEndToEnd(t *testing.T) {
 	if v := gaugeValue(stats, "cluster.backend.membership_total"); v != 2 {
 		t.Fatalf("membership_total %v, want 2", v)
 	}
+	resp, err := client.Get("http://" + srv.AdminAddr() + "/clusters")
+	if err != nil {
+		t.Fatal(err)
+	}
+	listing, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"backend::127.0.0.1:" + port + "::hostname::backend.test", "backend::127.0.0.2:" + port + "::rq_total::"} {
+		if !strings.Contains(string(listing), want) {
+			t.Fatalf("/clusters has no %q:\n%s", want, listing)
+		}
+	}
 
 	r.waitApplied(t, r.set("127.0.0.1"))
 	before, beforeA := upB.hits.Load(), upA.hits.Load()

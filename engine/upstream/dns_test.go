@@ -497,6 +497,17 @@ func waitDNSStopped(t *testing.T, c *Cluster) {
 	}
 }
 
+func TestDNSPickDoesNotAllocate(t *testing.T) {
+	r := newFakeResolver()
+	r.set("svc.example", "10.0.0.1", "10.0.0.2")
+	m := dnsTestManager(t, r)
+	c := commit(t, m, dnsTestCluster(config.ClusterStrictDNS, ep("svc.example:80", 1))).Get("svc")
+	var lb LBContext
+	if n := testing.AllocsPerRun(100, func() { c.Pick(&lb) }); n != 0 {
+		t.Fatalf("%v allocations per pick", n)
+	}
+}
+
 func TestDNSConfigErrors(t *testing.T) {
 	tests := []struct {
 		name string
