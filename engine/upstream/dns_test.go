@@ -481,6 +481,31 @@ func TestDNSRetireStopsResolver(t *testing.T) {
 	}
 }
 
+// A cluster retired by one Commit and brought back by the next resolves
+// again.
+func TestDNSRevivedClusterResolves(t *testing.T) {
+	r := newFakeResolver()
+	r.set("svc.example", "10.0.0.1")
+	m := dnsTestManager(t, r)
+	set, err := m.Build([]*config.Cluster{dnsTestCluster(config.ClusterStrictDNS, ep("svc.example:80", 1))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := set.Get("svc")
+	r.gated()
+	m.Commit(set)
+	r.step(t, "svc.example")
+	m.Commit(nil)
+	waitDNSStopped(t, c)
+	r.parked = false // the parked lookup was cancelled
+	m.Commit(set)
+	r.set("svc.example", "10.0.0.3")
+	r.step(t, "svc.example")
+	if got := hostAddrs(c); !slices.Equal(got, []string{"10.0.0.3:80"}) {
+		t.Fatalf("revived cluster's hosts %v", got)
+	}
+}
+
 // waitDNSStopped waits for a retired cluster's resolver goroutines to end;
 // the bound only turns a leak into a failure instead of a hang.
 func waitDNSStopped(t *testing.T, c *Cluster) {
