@@ -41,6 +41,10 @@ var (
 		"max_requests_per_connection", "ring_hash_lb_config", "maglev_lb_config", "least_request_lb_config",
 		"round_robin_lb_config", "transport_socket", "common_lb_config", "protocol_selection",
 		"transport_socket_matches", "upstream_bind_config", "metadata",
+		// Read for STRICT_DNS and LOGICAL_DNS clusters (dnsOptions);
+		// respect_dns_ttl is kept, but Go's resolver reports no TTL, so
+		// dns_refresh_rate applies.
+		"dns_refresh_rate", "dns_jitter", "dns_failure_refresh_rate", "respect_dns_ttl", "dns_lookup_family",
 		// eds_cluster_config is read by the xDS client.
 		"eds_cluster_config",
 		// Checked below: only Istio's metadata exchange filter, which is
@@ -49,15 +53,16 @@ var (
 		// Passive health checking (outlierDetection of Istio's
 		// DestinationRules); see outlierDetection.
 		"outlier_detection",
-		// Ignored: stats, DNS resolution tuning, warming,
-		// buffer limits, socket options and HTTP/1 codec tuning.
+		// Ignored: stats, the choice of DNS servers and resolver (the
+		// system's, through Go's resolver), warming, buffer limits,
+		// socket options and HTTP/1 codec tuning.
 		"alt_stat_name", "track_timeout_budgets", "track_cluster_stats", "stats_matcher",
-		"dns_refresh_rate", "dns_jitter", "dns_failure_refresh_rate", "respect_dns_ttl", "dns_lookup_family",
 		"dns_resolvers", "use_tcp_for_dns_lookups", "dns_resolution_config", "typed_dns_resolver_config",
 		"wait_for_warm_on_init", "cleanup_interval", "per_connection_buffer_limit_bytes",
 		"per_connection_buffer_high_watermark_timeout", "upstream_connection_options",
 		"close_connections_on_host_health_failure", "ignore_health_on_host_removal", "preconnect_policy",
 		"http_protocol_options")
+	refreshRateFields = knownFields(&clusterv3.Cluster_RefreshRate{}, "base_interval", "max_interval")
 	// healthy_panic_threshold applies to outlier ejections (the only
 	// health that changes at run time). Ignored: host set update tuning.
 	commonLBFields = knownFields(&clusterv3.Cluster_CommonLbConfig{}, "healthy_panic_threshold",
@@ -176,6 +181,11 @@ func translateCluster(c *clusterv3.Cluster, d *deps) (*config.Cluster, error) {
 	if err := lbPolicy(c, out); err != nil {
 		return nil, err
 	}
+	if t == clusterv3.Cluster_STRICT_DNS || t == clusterv3.Cluster_LOGICAL_DNS {
+		if err := dnsOptions(c, out); err != nil {
+			return nil, err
+		}
+	}
 	if cl := c.GetCommonLbConfig(); cl != nil {
 		if err := commonLBFields.check(cl); err != nil {
 			return nil, inField(err, "common_lb_config")
@@ -260,6 +270,47 @@ func translateCluster(c *clusterv3.Cluster, d *deps) (*config.Cluster, error) {
 		return nil, err
 	}
 	return out, nil
+}
+
+// defaultDNSRefreshRate is Envoy's dns_refresh_rate default.
+const defaultDNSRefreshRate = 5 * time.Second
+
+// dnsOptions translates the dns_* fields of a DNS cluster.
+func dnsOptions(c *clusterv3.Cluster, out *config.Cluster) error {
+	o := &out.DNS
+	var err error
+	if o.RefreshRate, err = durationField(c.GetDnsRefreshRate(), defaultDNSRefreshRate, "dns_refresh_rate"); err != nil {
+		return err
+	}
+	if o.Jitter, err = durationField(c.GetDnsJitter(), 0, "dns_jitter"); err != nil {
+		return err
+	}
+	if fr := c.GetDnsFailureRefreshRate(); fr != nil {
+		if err := refreshRateFields.check(fr); err != nil {
+			return inField(err, "dns_failure_refresh_rate")
+		}
+		if o.FailureRefreshBase, err = durationField(fr.GetBaseInterval(), 0, "base_interval"); err != nil {
+			return inField(err, "dns_failure_refresh_rate")
+		}
+		if o.FailureRefreshBase <= 0 {
+			return inField(errors.New("base_interval is required"), "dns_failure_refresh_rate")
+		}
+		if o.FailureRefreshMax, err = durationField(fr.GetMaxInterval(), 10*o.FailureRefreshBase, "max_interval"); err != nil {
+			return inField(err, "dns_failure_refresh_rate")
+		}
+		if o.FailureRefreshMax < o.FailureRefreshBase {
+			return inField(fmt.Errorf("max_interval %v is below base_interval %v", o.FailureRefreshMax, o.FailureRefreshBase),
+				"dns_failure_refresh_rate")
+		}
+	}
+	o.RespectTTL = c.GetRespectDnsTtl()
+	switch f := c.GetDnsLookupFamily(); f {
+	case clusterv3.Cluster_AUTO, clusterv3.Cluster_V4_ONLY, clusterv3.Cluster_V6_ONLY, clusterv3.Cluster_V4_PREFERRED, clusterv3.Cluster_ALL:
+		o.LookupFamily = f.String()
+	default:
+		return unsupportedValue("dns_lookup_family", f)
+	}
+	return nil
 }
 
 // lbPolicy sets the load balancing policy and its options.

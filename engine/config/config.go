@@ -560,6 +560,10 @@ type Cluster struct {
 	// long (Envoy's cleanup_interval; 0: 5 s).
 	CleanupInterval time.Duration
 
+	// DNS resolution of STRICT_DNS and LOGICAL_DNS clusters (Envoy's
+	// dns_* cluster fields); other types ignore them.
+	DNS DNSOptions
+
 	RingHashMinSize   uint64
 	RingHashMaxSize   uint64
 	MaglevTableSize   uint64
@@ -613,6 +617,49 @@ type OutlierDetection struct {
 	FailurePercentageMinimumHosts         uint32 // 5
 	FailurePercentageRequestVolume        uint32 // 50
 }
+
+// Cluster types whose endpoints are host names resolved by DNS: every
+// address a STRICT_DNS endpoint's name resolves to is a host; a
+// LOGICAL_DNS cluster has one endpoint and one host, which connects to the
+// first address of the latest answer.
+const (
+	ClusterStrictDNS  = "STRICT_DNS"
+	ClusterLogicalDNS = "LOGICAL_DNS"
+)
+
+// DNSOptions say when and how a DNS cluster resolves its names.
+type DNSOptions struct {
+	// RefreshRate is the time between resolutions of a name (0: 5 s).
+	RefreshRate time.Duration
+	// FailureRefreshBase and FailureRefreshMax bound the jittered
+	// exponential backoff after a failed resolution (Envoy's
+	// dns_failure_refresh_rate); a zero max is ten times the base. With
+	// a zero base a failure is retried after RefreshRate, as in Envoy.
+	FailureRefreshBase time.Duration
+	FailureRefreshMax  time.Duration
+	// Jitter adds a random delay up to this to every refresh.
+	Jitter time.Duration
+	// RespectTTL asks for the answer's TTL as the refresh rate. Go's
+	// resolver does not report TTLs, so RefreshRate is used; the field
+	// is kept so a config that sets it is accepted.
+	RespectTTL bool
+	// LookupFamily is Envoy's dns_lookup_family: DNSV4Only, DNSV6Only,
+	// DNSAuto (IPv6 addresses if the name has any, else IPv4),
+	// DNSV4Preferred (IPv4 if any, else IPv6) or DNSAll. Empty is
+	// DNSV4Preferred, so a name like "localhost" that also resolves to
+	// ::1 reaches a server listening on 127.0.0.1 only; the xDS
+	// translator passes Envoy's default, AUTO, explicitly.
+	LookupFamily string
+}
+
+// DNS lookup families (Envoy's Cluster.DnsLookupFamily names).
+const (
+	DNSAuto        = "AUTO"
+	DNSV4Only      = "V4_ONLY"
+	DNSV6Only      = "V6_ONLY"
+	DNSV4Preferred = "V4_PREFERRED"
+	DNSAll         = "ALL"
+)
 
 // ClusterOriginalDst is the cluster type whose one host is each
 // downstream connection's original destination (Envoy's ORIGINAL_DST);

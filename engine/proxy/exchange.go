@@ -135,7 +135,13 @@ func (e *exchange) run() {
 		}
 		s.host = host
 		if s.route.AutoHostRewrite() {
-			s.req.Set(":authority", host.Address())
+			// A DNS cluster's host carries the name it was resolved from,
+			// which Envoy sends (its address is an IP now).
+			if name := host.Hostname(); name != "" {
+				s.req.Set(":authority", name)
+			} else {
+				s.req.Set(":authority", host.Address())
+			}
 		}
 		if e.ntried < len(e.tried) {
 			e.tried[e.ntried] = host

@@ -551,6 +551,11 @@ func (s *activeStream) UpstreamAddress() string {
 	if s.host == nil {
 		return ""
 	}
+	if s.host.Hostname() != "" {
+		// A DNS host: a LOGICAL_DNS one's address is its name; this is
+		// the address its new connections go to.
+		return s.host.DialAddress()
+	}
 	return s.host.Address()
 }
 func (s *activeStream) RouteName() string {

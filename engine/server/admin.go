@@ -117,6 +117,7 @@ func (s *Server) writeClusters(w io.Writer, format string) {
 	}
 	type hostJSON struct {
 		Address   string `json:"address"`
+		Hostname  string `json:"hostname,omitempty"`
 		Weight    uint32 `json:"weight"`
 		Healthy   bool   `json:"healthy"`
 		CxActive  int64  `json:"cx_active"`
@@ -137,7 +138,7 @@ func (s *Server) writeClusters(w io.Writer, format string) {
 		cj := clusterJSON{Name: c.Name()}
 		for _, h := range slices.Concat(c.Hosts(), c.OriginalDstHostList()) {
 			st := h.Snapshot()
-			cj.Hosts = append(cj.Hosts, hostJSON{Address: h.Address(), Weight: h.Weight(), Healthy: h.Healthy(),
+			cj.Hosts = append(cj.Hosts, hostJSON{Address: h.Address(), Hostname: h.Hostname(), Weight: h.Weight(), Healthy: h.Healthy(),
 				CxActive: st.CxActive, CxTotal: st.CxTotal, RqActive: st.RqActive, RqTotal: st.RqTotal, RqError: st.RqError, RqSuccess: st.RqSuccess, Ejected: h.Ejected()})
 		}
 		all = append(all, cj)
@@ -165,6 +166,9 @@ func (s *Server) writeClusters(w io.Writer, format string) {
 				health = "healthy"
 			}
 			fmt.Fprintf(w, "%shealth_flags::%s\n", p, health)
+			if h.Hostname != "" {
+				fmt.Fprintf(w, "%shostname::%s\n", p, h.Hostname)
+			}
 		}
 	}
 }

@@ -56,6 +56,9 @@ type Options struct {
 	// pilot-agent probes) before the control plane's first resources are
 	// in, though the static listeners already serve.
 	WaitForInit bool
+	// Resolver resolves the names of STRICT_DNS and LOGICAL_DNS clusters
+	// (nil: Go's resolver, net.DefaultResolver).
+	Resolver upstream.Resolver
 }
 
 // State of the server, as /ready reports it.
@@ -187,7 +190,7 @@ func New(opts Options) *Server {
 		opts:       opts,
 		log:        opts.Log,
 		stats:      stats,
-		upstreams:  upstream.NewManager(stats, opts.Registry, opts.Log),
+		upstreams:  newUpstreams(stats, opts),
 		listeners:  map[string]*netio.Listener{},
 		started:    time.Now(),
 		accessLogs: map[string]*observe.AccessLogger{},
@@ -211,6 +214,14 @@ func New(opts Options) *Server {
 	s.setState(StatePreInitializing)
 	s.env = &proxy.Env{Registry: opts.Registry, Stats: stats, Log: opts.Log, AccessLog: s.openAccessLog}
 	return s
+}
+
+func newUpstreams(stats *observe.Store, opts Options) *upstream.Manager {
+	m := upstream.NewManager(stats, opts.Registry, opts.Log)
+	if opts.Resolver != nil {
+		m.SetResolver(opts.Resolver)
+	}
+	return m
 }
 
 // Stats returns the metric store.
@@ -405,6 +416,7 @@ func (s *Server) compile(snap *config.Snapshot, env *proxy.Env) (*graph, error) 
 // opening log files: what 'sluice validate' runs.
 func Check(snap *config.Snapshot, reg *stream.Registry) error {
 	s := New(Options{Registry: reg, Log: slog.New(slog.DiscardHandler)})
+	s.upstreams.SetDNSWarmup(0) // validation needs no DNS
 	env := *s.env
 	env.AccessLog = nil
 	_, err := s.compile(snap, &env)
@@ -778,6 +790,9 @@ func (s *Server) drainTime() time.Duration {
 // Shutdown drains and then closes everything, the admin server last.
 func (s *Server) Shutdown() {
 	s.Drain()
+	// Stops the idle reaper and the DNS clusters' resolvers; connections
+	// still busy close when released.
+	s.upstreams.Close()
 	s.closeAdmin()
 	s.logsMu.Lock()
 	for _, l := range s.accessLogs {

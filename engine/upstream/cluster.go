@@ -60,11 +60,10 @@ type Cluster struct {
 	maxRequestsPerConn int
 	maxIdle            int
 
-	hosts     []*Host
-	eligible  []*Host // the hosts the load balancer picks from
-	panicMode bool    // no healthy host: eligible is every host of the first level
-	healthy   int
-	lb        balancer
+	// hs is the hosts and their load balancer: fixed at Build, replaced
+	// whole when a DNS cluster's answers change. A pick loads it once.
+	hs     atomic.Pointer[hostSet]
+	lbOpts clusterOptions
 
 	// Stats are the cluster's statistics; see ClusterStats.
 	Stats ClusterStats
@@ -80,6 +79,34 @@ type Cluster struct {
 	od *origDst
 	// outlier is the cluster's outlier detection; nil: none.
 	outlier *outlierDetector
+	// dns resolves the names of a STRICT_DNS or LOGICAL_DNS cluster; nil
+	// otherwise.
+	dns *dnsCluster
+}
+
+// hostSet is an immutable list of a cluster's hosts with the load
+// balancer over them.
+type hostSet struct {
+	hosts     []*Host
+	eligible  []*Host // the hosts the load balancer picks from
+	panicMode bool    // no healthy host: eligible is every host of the first level
+	healthy   int
+	lb        balancer // nil when eligible is empty
+}
+
+// newHostSet builds the eligible hosts and the load balancer over hosts.
+func (c *Cluster) newHostSet(hosts []*Host) *hostSet {
+	hs := &hostSet{hosts: hosts}
+	for _, h := range hosts {
+		if h.healthy {
+			hs.healthy++
+		}
+	}
+	hs.eligible, hs.panicMode = eligibleHosts(hosts)
+	if len(hs.eligible) > 0 {
+		hs.lb = newBalancer(c.policy, hs.eligible, &c.lbOpts)
+	}
+	return hs
 }
 
 type clusterOptions struct {
@@ -100,19 +127,21 @@ func (c *Cluster) Protocol() string { return c.protocol }
 // LBPolicy is the effective load balancing policy.
 func (c *Cluster) LBPolicy() config.LBPolicy { return c.policy }
 
-// Hosts returns every host in config order (shared; do not modify).
-func (c *Cluster) Hosts() []*Host { return c.hosts }
+// Hosts returns every host in config order (shared; do not modify). A DNS
+// cluster's hosts are those of its latest answers: a STRICT_DNS endpoint
+// contributes one host per address, in answer order.
+func (c *Cluster) Hosts() []*Host { return c.hs.Load().hosts }
 
 // PanicMode reports whether no host is healthy, so every host of the first
 // priority level takes traffic.
-func (c *Cluster) PanicMode() bool { return c.panicMode }
+func (c *Cluster) PanicMode() bool { return c.hs.Load().panicMode }
 
 // Removed reports whether the cluster was retired by a Commit.
 func (c *Cluster) Removed() bool { return c.retired.Load() }
 
 // CloseIdle closes every idle pooled connection of the cluster.
 func (c *Cluster) CloseIdle() {
-	for _, h := range c.hosts {
+	for _, h := range c.hs.Load().hosts {
 		h.drainIdle(false)
 		h.drainMux(true)
 	}
@@ -144,7 +173,7 @@ func (m *Manager) newCluster(in *config.Cluster, prev *Cluster) (*Cluster, error
 		return nil, fail("%w", err)
 	}
 
-	var o clusterOptions
+	o := &c.lbOpts
 	c.policy = cfg.LBPolicy
 	switch c.policy {
 	case "":
@@ -254,16 +283,19 @@ func (m *Manager) newCluster(in *config.Cluster, prev *Cluster) (*Cluster, error
 		c.od = newOrigDst(cfg.CleanupInterval)
 	}
 	static := strings.EqualFold(cfg.Type, "STATIC")
-	var prevByAddr map[string]*Host
+	dnsType := strings.EqualFold(cfg.Type, config.ClusterStrictDNS) || strings.EqualFold(cfg.Type, config.ClusterLogicalDNS)
+	// Hosts keeping their address keep their stats.
+	var prevStats map[string]*HostStats
 	if prev != nil {
-		prevByAddr = make(map[string]*Host, len(prev.hosts))
-		for _, h := range prev.hosts {
-			if _, dup := prevByAddr[h.addr]; !dup {
-				prevByAddr[h.addr] = h
+		prevHosts := prev.hs.Load().hosts
+		prevStats = make(map[string]*HostStats, len(prevHosts))
+		for _, h := range prevHosts {
+			if _, dup := prevStats[h.addr]; !dup {
+				prevStats[h.addr] = h.Stats
 			}
 		}
 	}
-	c.hosts = make([]*Host, 0, len(cfg.Endpoints))
+	hosts := make([]*Host, 0, len(cfg.Endpoints))
 	for i, ep := range cfg.Endpoints {
 		if ep == nil {
 			return nil, fail("endpoint %d: nil", i)
@@ -271,38 +303,29 @@ func (m *Manager) newCluster(in *config.Cluster, prev *Cluster) (*Cluster, error
 		if err := checkAddress(ep.Address, static); err != nil {
 			return nil, fail("endpoint %d: bad address %q: %v", i, ep.Address, err)
 		}
-		h := &Host{cluster: c, addr: ep.Address, weight: max(ep.Weight, 1), priority: ep.Priority, healthy: ep.Healthy}
-		h.network, h.dialAddr = "tcp", ep.Address
-		if p, ok := strings.CutPrefix(ep.Address, config.UnixAddressPrefix); ok {
-			h.network, h.dialAddr = "unix", p
+		if dnsType && strings.HasPrefix(ep.Address, config.UnixAddressPrefix) {
+			return nil, fail("endpoint %d: a %s cluster resolves host names; a unix socket endpoint needs a STATIC or EDS cluster", i, cfg.Type)
 		}
-		h.tls = &c.tls
+		tls := &c.tls
 		if ep.TransportSocket != "" {
-			if h.tls = c.matchTLS[ep.TransportSocket]; h.tls == nil {
+			if tls = c.matchTLS[ep.TransportSocket]; tls == nil {
 				return nil, fail("endpoint %d: unknown transport socket match %q", i, ep.TransportSocket)
 			}
 		}
-		if c.proto == protoAuto && h.tls.h2 == nil {
-			// No TLS, no ALPN to ask: HTTP/1.1, as Envoy's auto_config.
-			h.alpn.Store(alpnHTTP1)
+		if !dnsType {
+			hosts = append(hosts, c.newHost(ep, ep.Address, tls, prevStats))
 		}
-		if ph := prevByAddr[ep.Address]; ph != nil {
-			h.Stats = ph.Stats
-			delete(prevByAddr, ep.Address)
-		} else {
-			h.Stats = new(HostStats)
-		}
-		if h.healthy {
-			c.healthy++
-		}
-		c.hosts = append(c.hosts, h)
 	}
-	c.eligible, c.panicMode = eligibleHosts(c.hosts)
-	if len(c.eligible) > 0 {
-		c.lb = newBalancer(c.policy, c.eligible, &o)
+	c.Stats = newClusterStats(m.stats, c.name)
+	if dnsType {
+		// The hosts come from the answers: none before the first.
+		if err := c.newDNS(m, prev, prevStats); err != nil {
+			return nil, fail("%w", err)
+		}
+	} else {
+		c.hs.Store(c.newHostSet(hosts))
 	}
 
-	c.Stats = newClusterStats(m.stats, c.name)
 	if od := cfg.Outlier; od != nil {
 		if od.Interval <= 0 || od.BaseEjectionTime <= 0 {
 			return nil, fail("outlier_detection: interval and base_ejection_time must be positive")
@@ -320,6 +343,28 @@ func (m *Manager) newCluster(in *config.Cluster, prev *Cluster) (*Cluster, error
 	c.requestDone = c.endRequest
 	c.retryDone = c.endRetry
 	return c, nil
+}
+
+// newHost makes a host of endpoint ep at addr. stats, if not nil, are
+// the previous cluster's host stats by address: a host taking them over
+// is deleted from it, so a duplicate address starts afresh.
+func (c *Cluster) newHost(ep *config.Endpoint, addr string, tls *tlsSet, stats map[string]*HostStats) *Host {
+	h := &Host{cluster: c, addr: addr, weight: max(ep.Weight, 1), priority: ep.Priority, healthy: ep.Healthy, tls: tls}
+	h.network, h.dialAddr = "tcp", addr
+	if p, ok := strings.CutPrefix(addr, config.UnixAddressPrefix); ok {
+		h.network, h.dialAddr = "unix", p
+	}
+	if c.proto == protoAuto && h.tls.h2 == nil {
+		// No TLS, no ALPN to ask: HTTP/1.1, as Envoy's auto_config.
+		h.alpn.Store(alpnHTTP1)
+	}
+	if st := stats[addr]; st != nil {
+		h.Stats = st
+		delete(stats, addr)
+	} else {
+		h.Stats = new(HostStats)
+	}
+	return h
 }
 
 // eligibleHosts returns the healthy hosts of the most preferred priority
@@ -524,32 +569,44 @@ func (c *Cluster) newTLSSet(u *config.UpstreamTLS) (tlsSet, error) {
 	return set, nil
 }
 
-// activate publishes config-derived gauges when the cluster becomes current.
-func (c *Cluster) activate() {
+// activate publishes config-derived gauges when the cluster becomes
+// current, and starts a DNS cluster's resolution unless the manager is
+// closed.
+func (c *Cluster) activate(closed bool) {
+	if c.dns != nil {
+		c.startDNS(!closed)
+		return
+	}
+	hs := c.hs.Load()
 	n := int64(c.OriginalDstHosts())
-	c.Stats.MembershipTotal.Set(int64(len(c.hosts)) + n)
-	c.Stats.MembershipHealthy.Set(int64(c.healthy) + n)
+	c.Stats.MembershipTotal.Set(int64(len(hs.hosts)) + n)
+	c.Stats.MembershipHealthy.Set(int64(hs.healthy) + n)
 }
 
 // retire stops pooling: idle connections are closed, or handed to the host
 // with the same address in succ (the cluster replacing this one, if it
 // speaks the same protocol); busy ones follow on Release.
 func (c *Cluster) retire(succ *Cluster) {
+	if c.dns != nil {
+		c.stopDNS() // no answer changes the hosts from here on
+	}
+	hosts := c.hs.Load().hosts
 	if succ != nil && succ != c && succ.protocol == c.protocol {
-		by := make(map[string]*Host, len(succ.hosts))
-		for _, h := range succ.hosts {
+		next := succ.hs.Load().hosts
+		by := make(map[string]*Host, len(next))
+		for _, h := range next {
 			if _, dup := by[h.addr]; !dup {
 				by[h.addr] = h
 			}
 		}
-		for _, h := range c.hosts {
+		for _, h := range hosts {
 			if nh := by[h.addr]; nh != nil {
 				h.next.Store(nh)
 			}
 		}
 	}
 	c.retired.Store(true)
-	for _, h := range c.hosts {
+	for _, h := range hosts {
 		h.drainIdle(true)
 		h.drainMux(false)
 	}
@@ -561,7 +618,7 @@ func (c *Cluster) retire(succ *Cluster) {
 // revive undoes retire, for a Set committed after a newer one retired some
 // of its clusters.
 func (c *Cluster) revive() {
-	for _, h := range c.hosts {
+	for _, h := range c.hs.Load().hosts {
 		h.next.Store(nil)
 	}
 	c.retired.Store(false)

@@ -22,5 +22,13 @@
 //	c.RecordResponse(status, elapsed)
 //
 // Nothing on that path allocates, takes a global lock or builds a map;
-// load balancer tables are built once, at Build.
+// load balancer tables are built once, at Build, or when a DNS answer
+// changes a cluster's hosts: a cluster's hosts and balancer are one
+// immutable value behind an atomic pointer, replaced whole.
+//
+// STRICT_DNS and LOGICAL_DNS clusters resolve their endpoints' names with
+// a Resolver (SetResolver; net.DefaultResolver by default): once at Build
+// (bounded by SetDNSWarmup), then on their refresh schedule by goroutines
+// that run while the cluster is current and stop when it is retired. See
+// dns.go.
 package upstream

@@ -84,10 +84,20 @@ type testServer struct {
 
 func newTestServer(t testing.TB) *testServer {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return newTestServerAt(t, "127.0.0.1:0")
+}
+
+func newTestServerAt(t testing.TB, addr string) *testServer {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return serveTest(t, ln)
+}
+
+// serveTest accepts on ln until the test ends.
+func serveTest(t testing.TB, ln net.Listener) *testServer {
 	s := &testServer{ln: ln, done: make(chan struct{})}
 	go func() {
 		defer close(s.done)

@@ -15,9 +15,14 @@ const (
 type Host struct {
 	cluster *Cluster
 	addr    string
+	// hostname is the name a DNS cluster's host was resolved from.
+	hostname string
 	// network and dialAddr are what is dialled: "tcp" and addr, or
 	// "unix" and the socket path of a "unix:" address.
 	network, dialAddr string
+	// dialTo, when set, replaces dialAddr: a LOGICAL_DNS host's latest
+	// address (addr stays the endpoint's "name:port").
+	dialTo atomic.Pointer[string]
 	// tls is the TLS the host's connections originate (the cluster's or a
 	// transport socket match's; its fields are nil for plaintext).
 	tls      *tlsSet
@@ -39,15 +44,30 @@ type Host struct {
 	// used is set when an ORIGINAL_DST host is picked and cleared by the
 	// cleanup pass (origdst.go).
 	used atomic.Bool
-	// removed is set when the cleanup pass drops an ORIGINAL_DST host: a
-	// request that picked it just before may still dial, and its
-	// connection is closed at release instead of pooled where no pass
-	// would ever look again.
+	// removed is set when the cleanup pass drops an ORIGINAL_DST host or
+	// a DNS answer drops a STRICT_DNS host: a request that picked it just
+	// before may still dial, and its connection is closed at release
+	// instead of pooled where no pass would ever look again.
 	removed atomic.Bool
 }
 
-// Address is the host's "host:port".
+// Address is the host's "host:port": for a STRICT_DNS host the resolved
+// "ip:port", for a LOGICAL_DNS host the endpoint's "name:port" (see
+// DialAddress).
 func (h *Host) Address() string { return h.addr }
+
+// Hostname is the name a STRICT_DNS or LOGICAL_DNS host was resolved
+// from; "" for other hosts.
+func (h *Host) Hostname() string { return h.hostname }
+
+// DialAddress is where new connections go: Address, or for a LOGICAL_DNS
+// host the first address of the latest answer.
+func (h *Host) DialAddress() string {
+	if p := h.dialTo.Load(); p != nil {
+		return *p
+	}
+	return h.dialAddr
+}
 
 // Weight is the load balancing weight (at least 1).
 func (h *Host) Weight() uint32 { return h.weight }

@@ -39,11 +39,12 @@ type balancer interface {
 // lb_healthy_panic counts the pick). Lower Endpoint.Priority levels are
 // preferred: the first level with a healthy host is used.
 func (c *Cluster) Pick(ctx *LBContext) *Host {
-	b := c.lb
+	hs := c.hs.Load()
+	b := hs.lb
 	if b == nil {
 		return nil
 	}
-	if c.panicMode {
+	if hs.panicMode {
 		c.Stats.LBHealthyPanic.Inc()
 	}
 	skip := c.skipEjected()
@@ -70,7 +71,7 @@ func (c *Cluster) Pick(ctx *LBContext) *Host {
 			first = h
 		}
 	}
-	n := uint64(len(c.eligible))
+	n := uint64(len(hs.eligible))
 	var start uint64
 	if ctx != nil && ctx.HasHash {
 		start = ctx.Hash
@@ -78,7 +79,7 @@ func (c *Cluster) Pick(ctx *LBContext) *Host {
 		start = rand.Uint64()
 	}
 	for i := uint64(0); i < n; i++ {
-		h := c.eligible[(start+i)%n]
+		h := hs.eligible[(start+i)%n]
 		ok, fallback := usable(h)
 		if ok {
 			return h

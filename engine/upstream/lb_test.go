@@ -94,7 +94,7 @@ func TestRoundRobinSmooth(t *testing.T) {
 
 func TestRoundRobinHugeWeights(t *testing.T) {
 	c := lbCluster(t, config.LBRoundRobin, 1_000_003, 2_000_003, 1)
-	rr := c.lb.(*roundRobin)
+	rr := c.hs.Load().lb.(*roundRobin)
 	if len(rr.sched) > maxRRSchedule+3 {
 		t.Fatalf("schedule of %d slots", len(rr.sched))
 	}
@@ -374,7 +374,7 @@ func TestRingSize(t *testing.T) {
 			for i, w := range tt.weights {
 				cfg.Endpoints = append(cfg.Endpoints, ep(fmt.Sprintf("10.0.0.%d:80", i+1), w))
 			}
-			r := commit(t, m, cfg).Get("c").lb.(*ringHash)
+			r := commit(t, m, cfg).Get("c").hs.Load().lb.(*ringHash)
 			if n := uint64(len(r.hashes)); n < tt.wantMin || n > tt.want {
 				t.Fatalf("ring of %d entries, want %d..%d", n, tt.wantMin, tt.want)
 			}

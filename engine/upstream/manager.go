@@ -22,6 +22,8 @@ type Manager struct {
 	log    *slog.Logger
 
 	mu        sync.Mutex // serialises Build, Commit and Close
+	resolver  Resolver   // for new DNS clusters; nil: net.DefaultResolver
+	dnsWarmup time.Duration
 	current   atomic.Pointer[Set]
 	reapEvery atomic.Int64 // ns
 	stop      chan struct{}
@@ -70,7 +72,7 @@ func NewManager(stats *observe.Store, codecs *stream.Registry, log *slog.Logger)
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	m := &Manager{stats: stats, codecs: codecs, log: log}
+	m := &Manager{stats: stats, codecs: codecs, log: log, dnsWarmup: DefaultDNSWarmup}
 	m.current.Store(emptySet)
 	return m
 }
@@ -80,13 +82,16 @@ func (m *Manager) Current() *Set { return m.current.Load() }
 
 // Build validates clusters and builds a Set without touching the current
 // one. A cluster whose config equals (deeply) the current cluster of the
-// same name is carried over as the same *Cluster, pools and all. The first
-// invalid cluster fails the whole Build.
+// same name is carried over as the same *Cluster, pools and all (a DNS
+// cluster with its latest answers). The first invalid cluster fails the
+// whole Build. A new DNS cluster's names are resolved before Build returns
+// (see SetDNSWarmup).
 func (m *Manager) Build(clusters []*config.Cluster) (*Set, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	cur := m.current.Load()
 	set := &Set{byName: make(map[string]*Cluster, len(clusters)), sorted: make([]*Cluster, 0, len(clusters))}
+	var warm []*Cluster
 	for i, cfg := range clusters {
 		if cfg == nil {
 			return nil, fmt.Errorf("upstream: cluster %d: nil", i)
@@ -104,11 +109,15 @@ func (m *Manager) Build(clusters []*config.Cluster) (*Set, error) {
 			if c, err = m.newCluster(cfg, old); err != nil {
 				return nil, config.Blame(err, config.KindCluster, cfg.Name)
 			}
+			if c.dns != nil {
+				warm = append(warm, c)
+			}
 		}
 		set.byName[c.name] = c
 		set.sorted = append(set.sorted, c)
 	}
 	sort.Slice(set.sorted, func(i, j int) bool { return set.sorted[i].name < set.sorted[j].name })
+	m.warmDNS(warm)
 	return set, nil
 }
 
@@ -128,13 +137,9 @@ func (m *Manager) Commit(set *Set) {
 		if c.retired.Load() {
 			c.revive()
 		}
-		if old.byName[c.name] == c {
-			kept++
-		} else {
-			added++
-		}
-		c.activate()
 	}
+	// Retire before activating: a retired DNS cluster's resolver, stopped
+	// by then, cannot overwrite its successor's membership gauges.
 	for _, c := range old.sorted {
 		if set.byName[c.name] == c {
 			continue
@@ -143,6 +148,14 @@ func (m *Manager) Commit(set *Set) {
 		if set.byName[c.name] == nil {
 			removed++
 		}
+	}
+	for _, c := range set.sorted {
+		if old.byName[c.name] == c {
+			kept++
+		} else {
+			added++
+		}
+		c.activate(m.closed)
 	}
 	level := slog.LevelDebug
 	if added > 0 || removed > 0 {
@@ -169,7 +182,8 @@ func (m *Manager) Commit(set *Set) {
 	}
 }
 
-// Close stops the idle reaper and retires every cluster.
+// Close stops the idle reaper and retires every cluster, waiting for the
+// DNS resolvers of the current ones to stop (their lookups are cancelled).
 func (m *Manager) Close() {
 	m.mu.Lock()
 	m.closed = true
@@ -180,7 +194,13 @@ func (m *Manager) Close() {
 		close(stop)
 		<-done
 	}
+	cur := m.current.Load()
 	m.Commit(nil)
+	for _, c := range cur.sorted {
+		if c.dns != nil {
+			c.dns.wg.Wait()
+		}
+	}
 }
 
 // reap is the one idle-connection reaper of the manager: every interval it
@@ -198,7 +218,7 @@ func (m *Manager) reap(stop, done chan struct{}) {
 		}
 		now := monoNow()
 		for _, c := range m.current.Load().sorted {
-			for _, h := range c.hosts {
+			for _, h := range c.hs.Load().hosts {
 				h.reapIdle(now)
 				h.reapMux(now)
 			}

@@ -82,8 +82,8 @@ func (c *Cluster) OriginalDstPooled(dst netip.AddrPort) (*Host, error) {
 		}
 		od.hosts[dst] = h
 		n := od.n.Add(1)
-		c.Stats.MembershipTotal.Set(int64(len(c.hosts)) + n)
-		c.Stats.MembershipHealthy.Set(int64(c.healthy) + n)
+		c.Stats.MembershipTotal.Set(n) // an ORIGINAL_DST cluster lists no endpoints
+		c.Stats.MembershipHealthy.Set(n)
 	}
 	h.used.Store(true)
 	return h, nil
@@ -178,8 +178,8 @@ func (c *Cluster) sweepOriginalDst(now int64) {
 		}
 		n := int64(len(od.hosts))
 		od.n.Store(n)
-		c.Stats.MembershipTotal.Set(int64(len(c.hosts)) + n)
-		c.Stats.MembershipHealthy.Set(int64(c.healthy) + n)
+		c.Stats.MembershipTotal.Set(n) // an ORIGINAL_DST cluster lists no endpoints
+		c.Stats.MembershipHealthy.Set(n)
 	}
 	draining := od.draining
 	od.mu.Unlock()

@@ -196,7 +196,7 @@ func (d *outlierDetector) eject(h *Host, kind outlierKind, enforcing uint32) {
 	if enforcing == 0 || (enforcing < 100 && rand.Uint32N(100) >= enforcing) {
 		return
 	}
-	hosts := h.cluster.hosts
+	hosts := h.cluster.Hosts()
 	active := 0
 	for _, x := range hosts {
 		if x.Stats.od.ejected.Load() {
@@ -238,10 +238,11 @@ func (c *Cluster) sweepOutlier(now int64) {
 		ok, fail         uint64
 		localOK, localFl uint64
 	}
-	samples := make([]sample, 0, len(c.hosts))
+	hosts := c.Hosts()
+	samples := make([]sample, 0, len(hosts))
 	d.mu.Lock()
 	active := 0
-	for _, h := range c.hosts {
+	for _, h := range hosts {
 		o := &h.Stats.od
 		o.mu.Lock()
 		if o.ejected.Load() {
@@ -344,7 +345,7 @@ func (c *Cluster) skipEjected() bool {
 	if d.panic <= 0 {
 		return true
 	}
-	n := int64(len(c.hosts))
+	n := int64(len(c.Hosts()))
 	return float64(n-out)*100 >= d.panic*float64(n)
 }
 

@@ -309,7 +309,11 @@ func (h *Host) dialNet(ctx context.Context, deadline time.Time, tlsConf *tls.Con
 		deadline = cd
 	}
 	start := time.Now()
-	nc, err := d.DialContext(ctx, h.network, h.dialAddr)
+	addr := h.dialAddr
+	if p := h.dialTo.Load(); p != nil {
+		addr = *p
+	}
+	nc, err := d.DialContext(ctx, h.network, addr)
 	if err == nil && tlsConf != nil {
 		// The handshake counts against the connect timeout, as in Envoy.
 		hsDeadline := start.Add(c.dialer.Timeout)
@@ -451,7 +455,7 @@ func (h *Host) adopt(conn *Conn) bool {
 	c := h.cluster
 	p := &h.pool
 	p.mu.Lock()
-	if c.retired.Load() || (c.maxRequestsPerConn > 0 && conn.requests >= c.maxRequestsPerConn) {
+	if c.retired.Load() || h.removed.Load() || (c.maxRequestsPerConn > 0 && conn.requests >= c.maxRequestsPerConn) {
 		p.mu.Unlock()
 		return false
 	}

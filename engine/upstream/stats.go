@@ -49,6 +49,11 @@ type ClusterStats struct {
 	MembershipHealthy *observe.Gauge   // membership_healthy
 	LBHealthyPanic    *observe.Counter // lb_healthy_panic: picks made in panic mode
 
+	// DNS clusters only (nil otherwise): one count per lookup of a name.
+	UpdateAttempt *observe.Counter // update_attempt
+	UpdateSuccess *observe.Counter // update_success
+	UpdateFailure *observe.Counter // update_failure
+
 	scope *observe.Scope
 	codes [500]atomic.Pointer[observe.Counter] // upstream_rq_<code>, 100..599, created on first use
 }
