@@ -244,7 +244,8 @@ func inline(src string) *luav3.Lua {
 
 func mustCompile(t testing.TB, cfg *luav3.Lua) stream.Factory {
 	t.Helper()
-	fac, err := Compiler{TimeBudget: 200 * time.Millisecond}.Compile(cfg)
+	// Scaled as the default is: race builds run scripts several times slower.
+	fac, err := Compiler{TimeBudget: 200 * time.Millisecond * raceScale}.Compile(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
