@@ -43,6 +43,7 @@ import (
 	xdsfake "istio.io/istio/pilot/test/xds"
 	"istio.io/istio/pkg/bootstrap"
 	"istio.io/istio/pkg/config/mesh"
+	"istio.io/istio/pkg/security"
 	"istio.io/istio/pkg/test"
 )
 
@@ -214,6 +215,8 @@ func generate(t test.Failer, out, tmpl string) {
 		PilotSubjectAltName: []string{"istiod.istio-system.svc"},
 		EnvoyStatusPort:     15021,
 		EnvoyPrometheusPort: 15090,
+		// pilot-agent's default (WORKLOAD_IDENTITY_SOCKET_FILE).
+		WorkloadIdentitySocketFile: security.DefaultWorkloadIdentitySocketFile,
 	})
 	if err != nil {
 		t.Fatalf("node metadata: %v", err)
@@ -379,7 +382,13 @@ func generate(t test.Failer, out, tmpl string) {
 			if err != nil {
 				t.Fatalf("%s %s: %v", typ, n, err)
 			}
-			items = append(items, indent(b))
+			// protojson varies its spacing from build to build on purpose:
+			// encoding/json's indentation keeps the files stable.
+			var ind bytes.Buffer
+			if err := json.Indent(&ind, b, "  ", "  "); err != nil {
+				t.Fatal(err)
+			}
+			items = append(items, append([]byte("  "), ind.Bytes()...))
 			anyTypes = append(anyTypes, typeURLs(m)...)
 		}
 		doc := append([]byte("[\n"), bytes.Join(items, []byte(",\n"))...)
@@ -388,12 +397,6 @@ func generate(t test.Failer, out, tmpl string) {
 		fmt.Printf("%s: %d resources -> %s\n", typ, len(names), name)
 	}
 	write(t, filepath.Join(out, "descriptors.binpb"), descriptorSet(t, anyTypes))
-}
-
-// indent indents a resource's JSON by two spaces, as an array element.
-func indent(b []byte) []byte {
-	b = bytes.TrimRight(b, "\n")
-	return append([]byte("  "), bytes.ReplaceAll(b, []byte("\n"), []byte("\n  "))...)
 }
 
 func edsNames(t test.Failer, clusters map[string]*discoveryv3.Resource) []string {
