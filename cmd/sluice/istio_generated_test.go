@@ -1,19 +1,37 @@
 package main
 
 import (
+	"context"
+	ctls "crypto/tls"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"net"
+	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protodesc"
@@ -22,6 +40,8 @@ import (
 	"google.golang.org/protobuf/types/descriptorpb"
 	"google.golang.org/protobuf/types/dynamicpb"
 
+	"github.com/sluice-proxy/sluice/engine/server"
+	"github.com/sluice-proxy/sluice/engine/tls/tlstest"
 	"github.com/sluice-proxy/sluice/xds"
 )
 
@@ -29,6 +49,10 @@ import (
 // productpage-v1's sidecar in a bookinfo mesh, and the bootstrap
 // pilot-agent's code wrote for it (tools/istiogen; README.md there).
 const istioGenDir = "../../xds/testdata/istio-generated"
+
+// istioGenNode is the node the resources were generated for (the
+// bootstrap's).
+const istioGenNode = "sidecar~10.1.1.1~productpage-v1-5d9b4c9f6b-x7k2p.default~default.svc.cluster.local"
 
 // istioGenResolver resolves the types of the Anys in the generated JSON:
 // those this binary links from go-control-plane, and the others (Istio's
@@ -181,4 +205,414 @@ func TestIstioGeneratedTranslate(t *testing.T) {
 	if _, err := xds.LoadBootstrapFile(filepath.Join(istioGenDir, "envoy-rev.json")); err != nil {
 		t.Errorf("bootstrap: %v", err)
 	}
+}
+
+// xdsRequests records what the proxy sent on its delta ADS stream: per
+// type, the ACKs (a response nonce, no error) and the NACKs (error_detail).
+type xdsRequests struct {
+	mu    sync.Mutex
+	acks  map[string]int
+	nacks []string
+}
+
+func (x *xdsRequests) record(req *discoveryv3.DeltaDiscoveryRequest) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if req.GetResponseNonce() == "" {
+		return
+	}
+	if d := req.GetErrorDetail(); d != nil {
+		x.nacks = append(x.nacks, fmt.Sprintf("%s: %s", req.GetTypeUrl(), d.GetMessage()))
+		return
+	}
+	x.acks[req.GetTypeUrl()]++
+}
+
+func (x *xdsRequests) state() (map[string]int, []string) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return maps.Clone(x.acks), slices.Clone(x.nacks)
+}
+
+// serveADSRecording is serveGRPC's ADS server, recording the proxy's
+// requests.
+func serveADSRecording(t *testing.T, path string, cache cachev3.SnapshotCache) *xdsRequests {
+	t.Helper()
+	rec := &xdsRequests{acks: map[string]int{}}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	gs := grpc.NewServer()
+	srv := serverv3.NewServer(ctx, cache, serverv3.CallbackFuncs{
+		StreamDeltaRequestFunc: func(_ int64, req *discoveryv3.DeltaDiscoveryRequest) error {
+			rec.record(req)
+			return nil
+		},
+	})
+	discoveryv3.RegisterAggregatedDiscoveryServiceServer(gs, srv)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		gs.Serve(ln)
+	}()
+	t.Cleanup(func() {
+		gs.Stop()
+		cancel()
+		<-done
+	})
+	return rec
+}
+
+// meshBackend is one reviews pod as its sidecar presents it to another:
+// mTLS with the workload certificate of reviews' service account, asking
+// for the caller's. It answers its name, and records what the caller's
+// sidecar sent: SNI, the client certificate's SPIFFE ID, hits per path.
+type meshBackend struct {
+	name string
+	port int
+	mu   sync.Mutex
+	sni  map[string]int
+	peer map[string]int
+	hits map[string]int
+}
+
+func newMeshBackend(t *testing.T, name string, ca *tlstest.CA, leaf *tlstest.Leaf) *meshBackend {
+	t.Helper()
+	b := &meshBackend{name: name, sni: map[string]int{}, peer: map[string]int{}, hits: map[string]int{}}
+	cfg := &ctls.Config{
+		Certificates: []ctls.Certificate{leaf.TLSCertificate(t)},
+		ClientAuth:   ctls.RequireAndVerifyClientCert,
+		ClientCAs:    ca.Pool(),
+		// No ALPN: Istio's protocols (istio-http/1.1, istio-peer-exchange)
+		// are for the peer's sidecar; without an answer the connection
+		// is HTTP/1.1, which is what the app behind it speaks.
+		GetConfigForClient: func(hello *ctls.ClientHelloInfo) (*ctls.Config, error) {
+			b.mu.Lock()
+			b.sni[hello.ServerName]++
+			b.mu.Unlock()
+			return nil, nil
+		},
+	}
+	tcp, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.port = tcp.Addr().(*net.TCPAddr).Port
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b.mu.Lock()
+		b.hits[r.URL.Path]++
+		n := b.hits[r.URL.Path]
+		if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+			for _, u := range r.TLS.PeerCertificates[0].URIs {
+				b.peer[u.String()]++
+			}
+		}
+		b.mu.Unlock()
+		switch {
+		case r.URL.Path == "/slow":
+			select {
+			case <-r.Context().Done():
+			case <-time.After(10 * time.Second):
+			}
+			return
+		case strings.HasPrefix(r.URL.Path, "/flaky/") && n == 1:
+			w.WriteHeader(503)
+			return
+		}
+		io.WriteString(w, name)
+	})}
+	go srv.Serve(ctls.NewListener(tcp, cfg))
+	t.Cleanup(func() { srv.Close() })
+	return b
+}
+
+func (b *meshBackend) count(m map[string]int, k string) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return m[k]
+}
+
+// TestIstioGeneratedEndToEnd runs Sluice as productpage-v1's sidecar on the
+// bootstrap pilot-agent's code wrote and the xDS istiod's code generated
+// (xds/testdata/istio-generated), served unchanged but for what the test
+// machine needs: the bootstrap's sockets and ports are this test's; the
+// virtualOutbound and virtualInbound listeners bind free loopback ports
+// instead of 15001 and 15006; and every endpoint's pod IP (10.1.x.x) is
+// rewritten to a loopback server standing in for that pod (reviews v1, v2,
+// v3; the others to a port where nothing listens). Sluice must ACK every
+// response. Then traffic takes Istio's outbound path: a connection to
+// virtualOutbound is handed to 0.0.0.0_9080 by its original destination
+// (the reviews service's, given by a test hook in place of iptables), and
+// the VirtualService's header match and weighted subsets, its retry and
+// timeout, and ISTIO_MUTUAL (the workload certificate from an SDS server
+// standing in for pilot-agent's) must work as istiod configured them.
+func TestIstioGeneratedEndToEnd(t *testing.T) {
+	dir := shortTempDir(t)
+	ca := tlstest.NewCA(t, "cluster.local")
+	reviewsLeaf := ca.Issue(t, "reviews.default.svc.cluster.local", "spiffe://cluster.local/ns/default/sa/bookinfo-reviews")
+	productpageLeaf := ca.Issue(t, "productpage.default.svc.cluster.local", "spiffe://cluster.local/ns/default/sa/bookinfo-productpage")
+	backends := map[string]*meshBackend{}
+	for _, v := range []string{"v1", "v2", "v3"} {
+		backends[v] = newMeshBackend(t, "reviews-"+v, ca, reviewsLeaf)
+	}
+	podPorts := map[string]int{ // tools/istiogen/mesh.go's pods
+		"10.1.4.1": backends["v1"].port,
+		"10.1.4.2": backends["v2"].port,
+		"10.1.4.3": backends["v3"].port,
+	}
+	nowhere := freePort(t)
+
+	res := loadIstioGenerated(t)
+	outbound, inbound := freePort(t), freePort(t)
+	for _, r := range res[resourcev3.ListenerType] {
+		l := r.(*listenerv3.Listener)
+		sa := l.GetAddress().GetSocketAddress()
+		switch l.GetName() {
+		case "virtualOutbound":
+			sa.Address, sa.PortSpecifier = "127.0.0.1", &corev3.SocketAddress_PortValue{PortValue: uint32(outbound)}
+		case "virtualInbound":
+			sa.Address, sa.PortSpecifier = "127.0.0.1", &corev3.SocketAddress_PortValue{PortValue: uint32(inbound)}
+		}
+	}
+	rewritten := 0
+	for _, r := range res[resourcev3.EndpointType] {
+		for _, le := range r.(*endpointv3.ClusterLoadAssignment).GetEndpoints() {
+			for _, e := range le.GetLbEndpoints() {
+				sa := e.GetEndpoint().GetAddress().GetSocketAddress()
+				if sa == nil || !strings.HasPrefix(sa.GetAddress(), "10.") {
+					t.Fatalf("endpoint %v: want a pod IP", e)
+				}
+				port, ok := podPorts[sa.GetAddress()]
+				if !ok {
+					port = nowhere
+				}
+				sa.Address, sa.PortSpecifier = "127.0.0.1", &corev3.SocketAddress_PortValue{PortValue: uint32(port)}
+				rewritten++
+			}
+		}
+	}
+	if rewritten == 0 {
+		t.Fatal("no endpoints")
+	}
+
+	ads := cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
+	setSnapshot(t, ads, istioGenNode, "1", res)
+	rec := serveADSRecording(t, filepath.Join(dir, "xds.sock"), ads)
+	sds := cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
+	inlineBytes := func(b []byte) *corev3.DataSource {
+		return &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: b}}
+	}
+	setSnapshot(t, sds, istioGenNode, "1", map[resourcev3.Type][]types.Resource{resourcev3.SecretType: {
+		&tlsv3.Secret{Name: "default", Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
+			CertificateChain: inlineBytes(productpageLeaf.CertPEM), PrivateKey: inlineBytes(productpageLeaf.KeyPEM)}}},
+		&tlsv3.Secret{Name: "ROOTCA", Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+			TrustedCa: inlineBytes(ca.CertPEM)}}},
+	}})
+	serveGRPC(t, filepath.Join(dir, "sds.sock"), sds, true)
+
+	// The redirect iptables would do: a connection to virtualOutbound
+	// from 127.0.0.2 was for the reviews service. Its address here is on
+	// loopback, where nothing listens on 9080: a connection not handed to
+	// 0.0.0.0_9080 would be refused, never leave the machine.
+	reviewsVIP := netip.MustParseAddrPort("127.255.0.13:9080")
+	restore := server.SetOriginalDstLookup(func(c net.Conn) (netip.AddrPort, error) {
+		local, remote := c.LocalAddr().(*net.TCPAddr), c.RemoteAddr().(*net.TCPAddr)
+		if local.Port == outbound && remote.IP.Equal(net.IPv4(127, 0, 0, 2)) {
+			return reviewsVIP, nil
+		}
+		return local.AddrPort(), nil
+	})
+	t.Cleanup(restore)
+
+	admin, agent, prom, health := freePort(t), freePort(t), freePort(t), freePort(t)
+	boot, err := os.ReadFile(filepath.Join(istioGenDir, "envoy-rev.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := string(boot)
+	for old, new := range map[string]string{
+		`"./var/run/secrets/workload-spiffe-uds/socket"`: strconv.Quote(filepath.Join(dir, "sds.sock")),
+		`"./etc/istio/proxy/XDS"`:                        strconv.Quote(filepath.Join(dir, "xds.sock")),
+		`"port_value": 15000`:                            fmt.Sprintf(`"port_value": %d`, admin),
+		`"port_value": 15020`:                            fmt.Sprintf(`"port_value": %d`, agent),
+		`"port_value": 15090`:                            fmt.Sprintf(`"port_value": %d`, prom),
+		`"port_value": 15021`:                            fmt.Sprintf(`"port_value": %d`, health),
+		`"address": "0.0.0.0"`:                           `"address": "127.0.0.1"`,
+	} {
+		if !strings.Contains(doc, old) {
+			t.Fatalf("the generated bootstrap has no %s", old)
+		}
+		doc = strings.ReplaceAll(doc, old, new)
+	}
+	cfg := filepath.Join(dir, "envoy-rev.json")
+	if err := os.WriteFile(cfg, []byte(doc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// pilot-agent's command line for Envoy.
+	args := []string{"-c", cfg, "--drain-time-s", "1", "--drain-strategy", "immediate", "--local-address-ip-version", "v4",
+		"--file-flush-interval-msec", "1000", "--disable-hot-restart", "--allow-unknown-static-fields",
+		"-l", "warning", "--component-log-level", "misc:error", "--concurrency", "2"}
+	var stderr syncBuffer
+	done := make(chan int, 1)
+	go func() { done <- runMain(args, io.Discard, &stderr) }()
+	adminURL := fmt.Sprintf("http://127.0.0.1:%d", admin)
+	t.Cleanup(func() {
+		http.Post(adminURL+"/quitquitquit", "", nil)
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			t.Error("sluice did not quit")
+		}
+		if t.Failed() {
+			t.Logf("sluice's log:\n%s", stderr.String())
+		}
+	})
+
+	// (a) Every type istiod sent is ACKed, none NACKed.
+	want := []string{resourcev3.ClusterType, resourcev3.ListenerType, resourcev3.RouteType, resourcev3.EndpointType}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		acks, nacks := rec.state()
+		if len(nacks) > 0 {
+			t.Fatalf("Sluice NACKed istiod's resources:\n%s", strings.Join(nacks, "\n"))
+		}
+		if !slices.ContainsFunc(want, func(typ string) bool { return acks[typ] == 0 }) {
+			break
+		}
+		select {
+		case code := <-done:
+			t.Fatalf("sluice exited with %d:\n%s", code, stderr.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ACKs after 30 s: %v (want each of %v)", acks, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	mesh := func() *http.Client {
+		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}, Timeout: 5 * time.Second}
+		return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				return d.DialContext(ctx, "tcp", fmt.Sprintf("127.0.0.1:%d", outbound))
+			},
+		}}
+	}()
+	get := func(path string, jason bool) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest("GET", "http://reviews:9080"+path, nil)
+		if jason {
+			req.Header.Set("End-User", "jason")
+		}
+		resp, err := mesh.Do(req)
+		if err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode, string(body)
+	}
+
+	// Ready once the listeners, clusters, endpoints and secrets are
+	// applied: jason reaches v2 over mTLS.
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		req, _ := http.NewRequest("GET", "http://reviews:9080/ready", nil)
+		req.Header.Set("End-User", "jason")
+		req.Close = true
+		resp, err := mesh.Do(req)
+		if err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == 200 && string(body) == "reviews-v2" {
+				break
+			}
+			err = fmt.Errorf("%d %q", resp.StatusCode, body)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("reviews never answered through the generated config: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	t.Run("end-user jason to v2", func(t *testing.T) {
+		for i := 0; i < 20; i++ {
+			if code, body := get("/reviews/jason", true); code != 200 || body != "reviews-v2" {
+				t.Fatalf("jason: %d %q, want 200 reviews-v2", code, body)
+			}
+		}
+		if n := backends["v1"].count(backends["v1"].hits, "/reviews/jason") + backends["v3"].count(backends["v3"].hits, "/reviews/jason"); n != 0 {
+			t.Fatalf("%d of jason's requests reached v1 or v3", n)
+		}
+	})
+
+	t.Run("others 50/50 to v1 and v3", func(t *testing.T) {
+		seen := map[string]int{}
+		for i := 0; i < 100; i++ {
+			code, body := get("/reviews/other", false)
+			if code != 200 || (body != "reviews-v1" && body != "reviews-v3") {
+				t.Fatalf("request %d: %d %q, want 200 from v1 or v3", i, code, body)
+			}
+			seen[body]++
+		}
+		// 50/50 over 100 requests: fewer than 20 of either is a 1e-9 chance.
+		if seen["reviews-v1"] < 20 || seen["reviews-v3"] < 20 {
+			t.Fatalf("saw %v, want about 50/50", seen)
+		}
+		if n := backends["v2"].count(backends["v2"].hits, "/reviews/other"); n != 0 {
+			t.Fatalf("%d requests without end-user reached v2", n)
+		}
+	})
+
+	t.Run("ISTIO_MUTUAL", func(t *testing.T) {
+		// Each subset's connections carry Istio's SNI for the subset and
+		// productpage's workload certificate (from SDS "default"); the
+		// backends' certificate was checked against the DestinationRule's
+		// SAN (reviews' service account) and ROOTCA, or nothing would
+		// have answered.
+		for _, v := range []string{"v1", "v2", "v3"} {
+			b := backends[v]
+			sni := "outbound_.9080_." + v + "_.reviews.default.svc.cluster.local"
+			if b.count(b.sni, sni) == 0 {
+				b.mu.Lock()
+				t.Errorf("%s: no handshake with SNI %s: %v", v, sni, b.sni)
+				b.mu.Unlock()
+			}
+			if b.count(b.peer, "spiffe://cluster.local/ns/default/sa/bookinfo-productpage") == 0 {
+				t.Errorf("%s: productpage's SPIFFE ID never seen", v)
+			}
+		}
+	})
+
+	t.Run("retry on 503", func(t *testing.T) {
+		// Each /flaky/ path fails once on whichever pod gets it first;
+		// the route retries gateway errors (3 attempts).
+		for i := 0; i < 10; i++ {
+			path := fmt.Sprintf("/flaky/%d", i)
+			code, body := get(path, false)
+			if code != 200 || (body != "reviews-v1" && body != "reviews-v3") {
+				t.Fatalf("%s: %d %q, want 200 after a retry", path, code, body)
+			}
+			if n := backends["v1"].count(backends["v1"].hits, path) + backends["v3"].count(backends["v3"].hits, path); n < 2 {
+				t.Fatalf("%s: %d attempts, want the 503 retried", path, n)
+			}
+		}
+	})
+
+	t.Run("timeout", func(t *testing.T) {
+		// 3 s route timeout, 1 s per try: 504 well before the backend's 10 s.
+		start := time.Now()
+		code, body := get("/slow", true)
+		if code != 504 {
+			t.Fatalf("/slow: %d %q, want 504", code, body)
+		}
+		if d := time.Since(start); d > 6*time.Second {
+			t.Fatalf("/slow answered after %v, want about 3 s", d)
+		}
+		if n := backends["v2"].count(backends["v2"].hits, "/slow"); n < 2 {
+			t.Fatalf("/slow tried %d times, want the per-try timeout retried", n)
+		}
+	})
 }
