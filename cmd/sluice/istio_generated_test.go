@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	ctls "crypto/tls"
 	"encoding/json"
@@ -416,11 +417,32 @@ func TestIstioGeneratedEndToEnd(t *testing.T) {
 	// from 127.0.0.2 was for the reviews service. Its address here is on
 	// loopback, where nothing listens on 9080: a connection not handed to
 	// 0.0.0.0_9080 would be refused, never leave the machine.
+	// A connection to virtualInbound was for productpage's app on 9080:
+	// its pod address here is a loopback one (the inbound cluster is
+	// ORIGINAL_DST and dials it), where the test's app listens.
 	reviewsVIP := netip.MustParseAddrPort("127.255.0.13:9080")
+	appAddr := netip.MustParseAddrPort("127.10.1.1:9080")
+	app := make(chan *http.Request, 1)
+	if ln, err := net.Listen("tcp", appAddr.String()); err == nil {
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			select {
+			case app <- r:
+			default:
+			}
+			io.WriteString(w, "productpage")
+		})}
+		go srv.Serve(ln)
+		t.Cleanup(func() { srv.Close() })
+	} else {
+		appAddr = netip.AddrPort{} // the inbound subtest is skipped
+	}
 	restore := server.SetOriginalDstLookup(func(c net.Conn) (netip.AddrPort, error) {
 		local, remote := c.LocalAddr().(*net.TCPAddr), c.RemoteAddr().(*net.TCPAddr)
-		if local.Port == outbound && remote.IP.Equal(net.IPv4(127, 0, 0, 2)) {
+		switch {
+		case local.Port == outbound && remote.IP.Equal(net.IPv4(127, 0, 0, 2)):
 			return reviewsVIP, nil
+		case local.Port == inbound && appAddr.IsValid():
+			return appAddr, nil
 		}
 		return local.AddrPort(), nil
 	})
@@ -598,6 +620,65 @@ func TestIstioGeneratedEndToEnd(t *testing.T) {
 			if n := backends["v1"].count(backends["v1"].hits, path) + backends["v3"].count(backends["v3"].hits, path); n < 2 {
 				t.Fatalf("%s: %d attempts, want the 503 retried", path, n)
 			}
+		}
+	})
+
+	t.Run("inbound mTLS and the peer's trust domain", func(t *testing.T) {
+		if !appAddr.IsValid() {
+			t.Skip("127.10.1.1:9080 is taken")
+		}
+		// A peer sidecar's connection to productpage: STRICT mTLS, Istio's
+		// ALPN, a certificate of the mesh's trust domain.
+		peer := func(leaf *tlstest.Leaf) (int, string, error) {
+			conn, err := ctls.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", inbound), &ctls.Config{
+				Certificates: []ctls.Certificate{leaf.TLSCertificate(t)},
+				ServerName:   "outbound_.9080_._.productpage.default.svc.cluster.local",
+				NextProtos:   []string{"istio-http/1.1", "istio", "http/1.1"},
+				// Istio checks the server's SPIFFE ID, not a host name.
+				InsecureSkipVerify: true,
+			})
+			if err != nil {
+				return 0, "", err
+			}
+			defer conn.Close()
+			conn.SetDeadline(time.Now().Add(10 * time.Second))
+			if u := conn.ConnectionState().PeerCertificates[0].URIs; len(u) != 1 || u[0].String() != "spiffe://cluster.local/ns/default/sa/bookinfo-productpage" {
+				t.Fatalf("the sidecar presented %v", u)
+			}
+			if _, err := io.WriteString(conn, "GET /productpage HTTP/1.1\r\nHost: productpage:9080\r\nConnection: close\r\n\r\n"); err != nil {
+				return 0, "", err
+			}
+			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+			if err != nil {
+				return 0, "", err
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			return resp.StatusCode, string(body), nil
+		}
+		ratings := ca.Issue(t, "ratings.default.svc.cluster.local", "spiffe://cluster.local/ns/default/sa/bookinfo-ratings")
+		code, body, err := peer(ratings)
+		if err != nil || code != 200 || body != "productpage" {
+			t.Fatalf("from ratings' sidecar: %d %q %v", code, body, err)
+		}
+		select {
+		case r := <-app:
+			// forward_client_cert_details: the peer's identity; from
+			// 127.0.0.6 (upstream_bind_config).
+			if x := r.Header.Get("X-Forwarded-Client-Cert"); !strings.Contains(x, "URI=spiffe://cluster.local/ns/default/sa/bookinfo-ratings") {
+				t.Fatalf("x-forwarded-client-cert at the app: %q", x)
+			}
+			if h, _, _ := net.SplitHostPort(r.RemoteAddr); h != "127.0.0.6" {
+				t.Fatalf("the app saw a connection from %s, want 127.0.0.6", h)
+			}
+		default:
+			t.Fatal("the app saw no request")
+		}
+		// The same CA, another trust domain: refused by the inbound
+		// listener's match_subject_alt_names (prefix spiffe://cluster.local/).
+		foreign := ca.Issue(t, "ratings.default.svc.other.local", "spiffe://other.local/ns/default/sa/bookinfo-ratings")
+		if code, body, err := peer(foreign); err == nil {
+			t.Fatalf("a certificate of trust domain other.local was accepted: %d %q", code, body)
 		}
 	})
 
