@@ -28,10 +28,12 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -216,7 +218,11 @@ type xdsRequests struct {
 	nacks []string
 }
 
-func (x *xdsRequests) record(req *discoveryv3.DeltaDiscoveryRequest) {
+func (x *xdsRequests) record(req interface {
+	GetResponseNonce() string
+	GetTypeUrl() string
+	GetErrorDetail() *status.Status
+}) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	if req.GetResponseNonce() == "" {
@@ -235,9 +241,9 @@ func (x *xdsRequests) state() (map[string]int, []string) {
 	return maps.Clone(x.acks), slices.Clone(x.nacks)
 }
 
-// serveADSRecording is serveGRPC's ADS server, recording the proxy's
-// requests.
-func serveADSRecording(t *testing.T, path string, cache cachev3.SnapshotCache) *xdsRequests {
+// serveRecording is serveGRPC, recording the proxy's requests (delta ADS,
+// or state-of-the-world SDS).
+func serveRecording(t *testing.T, path string, cache cachev3.SnapshotCache, sds bool) *xdsRequests {
 	t.Helper()
 	rec := &xdsRequests{acks: map[string]int{}}
 	ln, err := net.Listen("unix", path)
@@ -251,8 +257,16 @@ func serveADSRecording(t *testing.T, path string, cache cachev3.SnapshotCache) *
 			rec.record(req)
 			return nil
 		},
+		StreamRequestFunc: func(_ int64, req *discoveryv3.DiscoveryRequest) error {
+			rec.record(req)
+			return nil
+		},
 	})
-	discoveryv3.RegisterAggregatedDiscoveryServiceServer(gs, srv)
+	if sds {
+		secretv3.RegisterSecretDiscoveryServiceServer(gs, srv)
+	} else {
+		discoveryv3.RegisterAggregatedDiscoveryServiceServer(gs, srv)
+	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -400,7 +414,7 @@ func TestIstioGeneratedEndToEnd(t *testing.T) {
 
 	ads := cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
 	setSnapshot(t, ads, istioGenNode, "1", res)
-	rec := serveADSRecording(t, filepath.Join(dir, "xds.sock"), ads)
+	rec := serveRecording(t, filepath.Join(dir, "xds.sock"), ads, false)
 	sds := cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
 	inlineBytes := func(b []byte) *corev3.DataSource {
 		return &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: b}}
@@ -411,7 +425,7 @@ func TestIstioGeneratedEndToEnd(t *testing.T) {
 		&tlsv3.Secret{Name: "ROOTCA", Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
 			TrustedCa: inlineBytes(ca.CertPEM)}}},
 	}})
-	serveGRPC(t, filepath.Join(dir, "sds.sock"), sds, true)
+	sdsRec := serveRecording(t, filepath.Join(dir, "sds.sock"), sds, true)
 
 	// The redirect iptables would do: a connection to virtualOutbound
 	// from 127.0.0.2 was for the reviews service. Its address here is on
@@ -492,15 +506,32 @@ func TestIstioGeneratedEndToEnd(t *testing.T) {
 		}
 	})
 
-	// (a) Every type istiod sent is ACKed, none NACKed.
+	// (a) Every type istiod sent is ACKed, none NACKed; so are the
+	// secrets (SDS), which the listeners and clusters take in only when
+	// they arrive.
 	want := []string{resourcev3.ClusterType, resourcev3.ListenerType, resourcev3.RouteType, resourcev3.EndpointType}
+	nacked := func() string {
+		_, nacks := rec.state()
+		_, sdsNACKs := sdsRec.state()
+		return strings.Join(append(nacks, sdsNACKs...), "\n")
+	}
+	noNACKs := func() {
+		t.Helper()
+		if n := nacked(); n != "" {
+			t.Fatalf("Sluice NACKed istiod's resources:\n%s", n)
+		}
+	}
+	t.Cleanup(func() { // nor later, while traffic ran
+		if n := nacked(); n != "" {
+			t.Errorf("Sluice NACKed istiod's resources:\n%s", n)
+		}
+	})
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		acks, nacks := rec.state()
-		if len(nacks) > 0 {
-			t.Fatalf("Sluice NACKed istiod's resources:\n%s", strings.Join(nacks, "\n"))
-		}
-		if !slices.ContainsFunc(want, func(typ string) bool { return acks[typ] == 0 }) {
+		noNACKs()
+		acks, _ := rec.state()
+		sdsACKs, _ := sdsRec.state()
+		if !slices.ContainsFunc(want, func(typ string) bool { return acks[typ] == 0 }) && sdsACKs[resourcev3.SecretType] > 0 {
 			break
 		}
 		select {
@@ -509,7 +540,7 @@ func TestIstioGeneratedEndToEnd(t *testing.T) {
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("ACKs after 30 s: %v (want each of %v)", acks, want)
+			t.Fatalf("ACKs after 30 s: %v, SDS %v (want each of %v, and SDS)", acks, sdsACKs, want)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
