@@ -321,7 +321,11 @@ func generate(t test.Failer, out, tmpl string) {
 				errs <- err
 				return
 			}
-			responses <- r
+			select {
+			case responses <- r:
+			case <-ctx.Done():
+				return
+			}
 		}
 	}()
 	var trace []string
