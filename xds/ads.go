@@ -382,7 +382,7 @@ func (c *Client) Run(ctx context.Context) error {
 		} else {
 			c.arm(warm, c.last.deadline)
 		}
-		c.arm(nack, s.nextNack())
+		c.arm(nack, c.nextSDSNack(s.nextNack()))
 		c.syncSDS(ctx, events, &wg)
 		c.publish(s)
 		select {
@@ -424,6 +424,7 @@ func (c *Client) Run(ctx context.Context) error {
 				c.sync(s)
 			}
 		case <-nack.C:
+			c.sendDueSDSNacks(time.Now())
 			if s.ready() {
 				c.sendDueNacks(s, time.Now())
 				c.sync(s)

@@ -40,6 +40,14 @@ type sdsStream struct {
 	version  string          // last accepted on this server
 	nonce    string
 	nodeSent bool
+	// The last rejection, how often in a row, and a NACK held back: as on
+	// the ADS stream, a repeated rejection is NACKed after a doubling
+	// delay, or a server that answers a NACK by resending (go-control-
+	// plane's state-of-the-world cache does) and this client would loop
+	// as fast as they can.
+	lastError string
+	repeats   int
+	nack      *pendingNack
 }
 
 // syncSDS starts and stops SDS streams as the last assembly's secrets
@@ -131,7 +139,7 @@ func (c *Client) onSDSEvent(ev event) {
 		}
 		c.log.Warn("xds: SDS stream ended", "server", s.src.key, "target", s.cp.target, "err", ev.err)
 	case ev.opened:
-		s.st, s.conn, s.sent, s.nonce, s.nodeSent = ev.sdsSt, ev.sdsConn, nil, "", false
+		s.st, s.conn, s.sent, s.nonce, s.nodeSent, s.nack = ev.sdsSt, ev.sdsConn, nil, "", false, nil
 		c.log.Info("xds: connected to an SDS server", "server", s.src.key, "target", s.cp.target)
 		c.sdsRequest(s, c.sdsNames(s.src.key), nil)
 	case ev.sotw != nil:
@@ -152,10 +160,21 @@ func (c *Client) onSDSEvent(ev event) {
 			err = c.handle(u)
 		}
 		if err != nil {
-			c.log.Warn("xds: rejected an SDS update", "server", s.src.key, "err", err)
-			c.sdsRequest(s, s.sent, errorDetail(err))
+			if msg := err.Error(); msg == s.lastError {
+				s.repeats++
+			} else {
+				s.lastError, s.repeats = msg, 0
+				c.log.Warn("xds: rejected an SDS update", "server", s.src.key, "err", err)
+			}
+			if s.repeats == 0 {
+				s.nack = nil
+				c.sdsRequest(s, s.sent, errorDetail(err))
+			} else {
+				s.nack = &pendingNack{due: time.Now().Add(min(nackMinDelay<<min(s.repeats-1, 10), nackMaxDelay)), detail: errorDetail(err)}
+			}
 			return
 		}
+		s.lastError, s.repeats, s.nack = "", 0, nil
 		s.version = r.GetVersionInfo()
 		c.sdsRequest(s, c.sdsNames(s.src.key), nil)
 	}
@@ -228,5 +247,29 @@ func (c *Client) stopSDS() {
 	for key, s := range c.sds {
 		s.cancel()
 		delete(c.sds, key)
+	}
+}
+
+// nextSDSNack is when the earliest held-back SDS NACK is due (zero: none).
+func (c *Client) nextSDSNack(next time.Time) time.Time {
+	for _, s := range c.sds {
+		if s.nack != nil && (next.IsZero() || s.nack.due.Before(next)) {
+			next = s.nack.due
+		}
+	}
+	return next
+}
+
+// sendDueSDSNacks sends the held-back SDS NACKs whose time has come.
+func (c *Client) sendDueSDSNacks(now time.Time) {
+	for _, s := range c.sds {
+		if s.nack == nil || s.nack.due.After(now) {
+			continue
+		}
+		n := s.nack
+		s.nack = nil
+		if s.st != nil {
+			c.sdsRequest(s, s.sent, n.detail)
+		}
 	}
 }

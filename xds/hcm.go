@@ -8,6 +8,7 @@ import (
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	compressorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/compressor/v3"
 	corsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/cors/v3"
 	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
 	grpcstatsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/grpc_stats/v3"
@@ -50,6 +51,15 @@ var (
 		// Ignored: it only tunes how request IDs feed trace sampling
 		// (checked to be the UUID extension, Sluice's own behaviour).
 		"request_id_extension",
+		// Ignored: Sluice's codecs answer "Expect: 100-continue" themselves
+		// when the proxy first reads the body, and drop the header and
+		// upstream 100s, which is Envoy's behaviour without the option;
+		// with it Envoy would pass the Expect upstream and relay the
+		// upstream's 100. The request and its response are the same either
+		// way (the upstream only loses the chance to refuse a body before
+		// it is sent). Istio sets it on every connection manager it sends
+		// (seen in xds/testdata/istio-generated).
+		"proxy_100_continue",
 		// Ignored: tracing and access log flushing (observability), codec
 		// and connection tuning.
 		"tracing", "access_log_flush_interval", "flush_access_log_on_new_request", "access_log_options",
@@ -307,6 +317,13 @@ func translateHTTPFilter(f *hcmv3.HttpFilter, d *deps) (_ *config.HTTPFilter, is
 		// manager and configures faults per route (typed_per_filter_config),
 		// so even an empty one stays in the chain: it does nothing on routes
 		// without a fault.
+	case *compressorv3.Compressor:
+		// Compression is the server's choice: an uncompressed response (or
+		// request) is always a valid answer to one that allowed
+		// compression, so not running the filter changes what is sent only
+		// in size. Istio's bootstrap puts a brotli and a zstd compressor on
+		// its prometheus listener (15090) (xds/testdata/istio-generated).
+		return notRun, false, nil
 	case *corsv3.Cors:
 		// The native CORS filter (engine/filters/cors). Its config has no
 		// fields: the policies come per virtual host or route

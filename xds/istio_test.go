@@ -18,6 +18,37 @@ import (
 // Istio's bootstrap (pilot-agent's envoy-rev.json) loads: its statics
 // translate, its process settings are accepted, its pipes become unix
 // endpoints, and the xDS client takes it.
+// The bootstrap pilot-agent's own code wrote (testdata/istio-generated,
+// tools/istiogen) loads as the hand-written one does; its prometheus
+// listener's compressor filters are accepted and not run.
+func TestIstioGeneratedBootstrap(t *testing.T) {
+	s, err := LoadBootstrapFile("testdata/istio-generated/envoy-rev.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, l := range s.Listeners {
+		names = append(names, l.Name)
+		for _, fc := range l.FilterChains {
+			if fc.HTTP == nil {
+				t.Fatalf("listener %s: not HTTP", l.Name)
+			}
+			for _, f := range fc.HTTP.HTTPFilters {
+				if strings.Contains(f.TypeURL, "compressor") {
+					t.Errorf("listener %s runs %s", l.Name, f.TypeURL)
+				}
+			}
+		}
+	}
+	eqSlice(t, "listeners", names, []string{"0.0.0.0_15090", "0.0.0.0_15021"})
+	eps := map[string]string{}
+	for _, c := range s.Clusters {
+		eps[c.Name] = c.Endpoints[0].Address
+	}
+	eq(t, "sds-grpc", eps["sds-grpc"], "unix:./var/run/secrets/workload-spiffe-uds/socket")
+	eq(t, "xds-grpc", eps["xds-grpc"], "unix:./etc/istio/proxy/XDS")
+}
+
 func TestIstioBootstrap(t *testing.T) {
 	data, err := os.ReadFile("testdata/istio/envoy-rev.json")
 	if err != nil {

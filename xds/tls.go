@@ -45,10 +45,12 @@ var (
 	// Both are required by the proto's validation rules.
 	combinedValidationFields = knownFields(&tlsv3.CommonTlsContext_CombinedCertificateValidationContext{},
 		"default_validation_context", "validation_context_sds_secret_config")
-	// Downstream validation: only the CA. Subject alt name matching of
-	// client certificates is not in the config model.
-	downstreamValidationFields = knownFields(&tlsv3.CertificateValidationContext{}, "trusted_ca")
-	upstreamValidationFields   = knownFields(&tlsv3.CertificateValidationContext{}, "trusted_ca",
+	// Downstream validation: the CA and subject alt names of client
+	// certificates (Istio's inbound listeners check the peer's trust
+	// domain with a prefix match).
+	downstreamValidationFields = knownFields(&tlsv3.CertificateValidationContext{}, "trusted_ca",
+		"match_typed_subject_alt_names", "match_subject_alt_names")
+	upstreamValidationFields = knownFields(&tlsv3.CertificateValidationContext{}, "trusted_ca",
 		"match_typed_subject_alt_names", "match_subject_alt_names")
 	sanMatcherFields  = knownFields(&tlsv3.SubjectAltNameMatcher{}, "san_type", "matcher")
 	tlsDataSourceKeys = knownFields(&corev3.DataSource{}, "filename", "inline_bytes", "inline_string")
@@ -93,6 +95,14 @@ func downstreamTLS(m *tlsv3.DownstreamTlsContext, d *deps) (*config.DownstreamTL
 			if out.ClientCA, err = tlsDataSource(vc.GetTrustedCa()); err != nil {
 				return within(inField(err, "trusted_ca"))
 			}
+		}
+		if out.ClientSubjectAltNames, err = clientSANs(vc); err != nil {
+			return within(err)
+		}
+		if len(out.ClientSubjectAltNames) > 0 && vc.GetTrustedCa() == nil {
+			// Envoy would then check the names of a certificate it did not
+			// verify; Sluice asks for client certificates only with a CA.
+			return within(fmt.Errorf("match_subject_alt_names without trusted_ca: %w", ErrUnsupported))
 		}
 		return nil
 	}()
@@ -350,6 +360,39 @@ func upstreamValidation(vc *tlsv3.CertificateValidationContext, out *config.Upst
 		out.SubjectAltNames = append(out.SubjectAltNames, name)
 	}
 	return nil
+}
+
+// clientSANs translates the subject alt name matchers of a downstream
+// validation context: any string match, on DNS and URI names.
+func clientSANs(vc *tlsv3.CertificateValidationContext) ([]config.SANMatcher, error) {
+	var out []config.SANMatcher
+	for i, m := range vc.GetMatchTypedSubjectAltNames() {
+		if err := sanMatcherFields.check(m); err != nil {
+			return nil, inIndex(err, "match_typed_subject_alt_names", i)
+		}
+		var kind config.SANKind
+		switch t := m.GetSanType(); t {
+		case tlsv3.SubjectAltNameMatcher_DNS:
+			kind = config.SANDNS
+		case tlsv3.SubjectAltNameMatcher_URI:
+			kind = config.SANURI
+		default:
+			return nil, inIndex(unsupportedValue("san_type", t), "match_typed_subject_alt_names", i)
+		}
+		sm, err := stringMatcher(m.GetMatcher())
+		if err != nil {
+			return nil, inIndex(inField(err, "matcher"), "match_typed_subject_alt_names", i)
+		}
+		out = append(out, config.SANMatcher{Kind: kind, Match: *sm})
+	}
+	for i, m := range vc.GetMatchSubjectAltNames() {
+		sm, err := stringMatcher(m)
+		if err != nil {
+			return nil, inIndex(err, "match_subject_alt_names", i)
+		}
+		out = append(out, config.SANMatcher{Kind: config.SANAny, Match: *sm})
+	}
+	return out, nil
 }
 
 // exactName accepts a case-sensitive exact StringMatcher, the only subject

@@ -176,6 +176,32 @@ type DownstreamTLS struct {
 	// RequireClientCertificate refuses clients without one.
 	ClientCA                 DataSource
 	RequireClientCertificate bool
+	// ClientSubjectAltNames, when set (with ClientCA), must match one of
+	// a client certificate's SANs, or the handshake fails (Envoy's
+	// match_subject_alt_names and match_typed_subject_alt_names on a
+	// server's validation context; Istio checks the peer's trust domain
+	// this way). A client without a certificate is not checked: that is
+	// RequireClientCertificate's business.
+	ClientSubjectAltNames []SANMatcher
+}
+
+// SANKind says which subject alt names of a certificate a SANMatcher
+// tests.
+type SANKind int
+
+const (
+	// SANAny tests DNS names and URIs (Envoy's untyped
+	// match_subject_alt_names, which tests every SAN; Sluice's
+	// certificates carry those two kinds).
+	SANAny SANKind = iota
+	SANDNS
+	SANURI
+)
+
+// SANMatcher matches a certificate's subject alt names of one kind.
+type SANMatcher struct {
+	Kind  SANKind
+	Match StringMatcher
 }
 
 // UpstreamTLS originates TLS to a cluster's endpoints (Envoy's

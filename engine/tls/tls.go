@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"regexp"
 	"strings"
 
 	"github.com/sluice-proxy/sluice/engine/config"
@@ -56,6 +57,23 @@ func ServerConfig(d *config.DownstreamTLS, defaultALPN []string) (*ctls.Config, 
 		// Envoy rejects this too: a client certificate that cannot be
 		// verified proves nothing.
 		return nil, errors.New("tls: client certificate required but no client CA set")
+	}
+	if len(d.ClientSubjectAltNames) > 0 {
+		if d.ClientCA.IsZero() {
+			return nil, errors.New("tls: client subject alt names to match but no client CA set")
+		}
+		sans, err := compileSANMatchers(d.ClientSubjectAltNames)
+		if err != nil {
+			return nil, err
+		}
+		// Called after crypto/tls verified the chain, on full handshakes
+		// and resumptions alike.
+		cfg.VerifyConnection = func(cs ctls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 {
+				return nil
+			}
+			return sans.verify(cs.PeerCertificates[0])
+		}
 	}
 	cfg.NextProtos = alpn(d.ALPN, defaultALPN)
 	// Session tickets are sealed with this config's own keys (generated
@@ -340,3 +358,82 @@ type unprefixed struct{ err error }
 
 func (e unprefixed) Error() string { return strings.TrimPrefix(e.err.Error(), "tls: ") }
 func (e unprefixed) Unwrap() error { return e.err }
+
+// sanMatchers are compiled ClientSubjectAltNames.
+type sanMatchers []sanMatcher
+
+type sanMatcher struct {
+	kind  config.SANKind
+	match func(string) bool
+}
+
+func compileSANMatchers(ms []config.SANMatcher) (sanMatchers, error) {
+	out := make(sanMatchers, 0, len(ms))
+	for i := range ms {
+		f, err := compileStringMatch(&ms[i].Match)
+		if err != nil {
+			return nil, fmt.Errorf("tls: client subject alt name %d: %w", i, err)
+		}
+		out = append(out, sanMatcher{kind: ms[i].Kind, match: f})
+	}
+	return out, nil
+}
+
+// verify succeeds when one of the leaf's SANs matches one matcher.
+func (ms sanMatchers) verify(leaf *x509.Certificate) error {
+	for _, m := range ms {
+		if m.kind != config.SANURI {
+			for _, n := range leaf.DNSNames {
+				if m.match(n) {
+					return nil
+				}
+			}
+		}
+		if m.kind != config.SANDNS {
+			for _, u := range leaf.URIs {
+				if m.match(u.String()) {
+					return nil
+				}
+			}
+		}
+	}
+	return fmt.Errorf("tls: client certificate SANs %v match none of the subject alt names allowed", certSANs(leaf))
+}
+
+// compileStringMatch compiles a StringMatcher as Envoy applies one: regexes
+// match the whole string and ignore IgnoreCase; IgnoreCase folds ASCII.
+func compileStringMatch(m *config.StringMatcher) (func(string) bool, error) {
+	v := m.Value
+	fold := func(s string) string { return s }
+	if m.IgnoreCase && m.Kind != config.MatchRegex {
+		fold = asciiLower
+		v = asciiLower(v)
+	}
+	switch m.Kind {
+	case config.MatchExact:
+		return func(s string) bool { return fold(s) == v }, nil
+	case config.MatchPrefix:
+		return func(s string) bool { return strings.HasPrefix(fold(s), v) }, nil
+	case config.MatchSuffix:
+		return func(s string) bool { return strings.HasSuffix(fold(s), v) }, nil
+	case config.MatchContains:
+		return func(s string) bool { return strings.Contains(fold(s), v) }, nil
+	case config.MatchRegex:
+		re, err := regexp.Compile(`^(?:` + m.Value + `)$`)
+		if err != nil {
+			return nil, fmt.Errorf("bad regex %q: %w", m.Value, err)
+		}
+		return re.MatchString, nil
+	}
+	return nil, fmt.Errorf("unknown string match kind %d", m.Kind)
+}
+
+func asciiLower(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
+}

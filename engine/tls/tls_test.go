@@ -478,3 +478,71 @@ func handshakeAndRead(t *testing.T, server, client *ctls.Config) (ss, cs ctls.Co
 	}
 	return srv.ConnectionState(), cli.ConnectionState(), nil
 }
+
+// Client certificates must match ClientSubjectAltNames: any string match,
+// on DNS names, URIs or either; a client without a certificate is left to
+// RequireClientCertificate.
+func TestClientSubjectAltNames(t *testing.T) {
+	ca := tlstest.NewCA(t, "ca")
+	srvLeaf := ca.Issue(t, "server.example.com")
+	mesh := ca.Issue(t, "ratings.default.svc", "spiffe://cluster.local/ns/default/sa/ratings")
+	foreign := ca.Issue(t, "ratings.default.svc", "spiffe://other.local/ns/default/sa/ratings")
+	sm := func(kind config.StringMatchKind, v string, fold bool) config.StringMatcher {
+		return config.StringMatcher{Kind: kind, Value: v, IgnoreCase: fold}
+	}
+	tests := []struct {
+		name     string
+		sans     []config.SANMatcher
+		cert     *tlstest.Leaf
+		required bool
+		wantOK   bool
+	}{
+		{"prefix, any kind", []config.SANMatcher{{Match: sm(config.MatchPrefix, "spiffe://cluster.local/", false)}}, mesh, false, true},
+		{"prefix, other trust domain", []config.SANMatcher{{Match: sm(config.MatchPrefix, "spiffe://cluster.local/", false)}}, foreign, false, false},
+		{"exact URI", []config.SANMatcher{{Kind: config.SANURI, Match: sm(config.MatchExact, "spiffe://cluster.local/ns/default/sa/ratings", false)}}, mesh, false, true},
+		{"DNS matcher does not test URIs", []config.SANMatcher{{Kind: config.SANDNS, Match: sm(config.MatchPrefix, "spiffe://", false)}}, mesh, false, false},
+		{"URI matcher does not test DNS names", []config.SANMatcher{{Kind: config.SANURI, Match: sm(config.MatchExact, "ratings.default.svc", false)}}, mesh, false, false},
+		{"suffix ignoring case", []config.SANMatcher{{Kind: config.SANDNS, Match: sm(config.MatchSuffix, ".DEFAULT.SVC", true)}}, mesh, false, true},
+		{"contains", []config.SANMatcher{{Match: sm(config.MatchContains, "/ns/default/", false)}}, foreign, false, true},
+		{"regex is a full match", []config.SANMatcher{{Match: sm(config.MatchRegex, "spiffe://[a-z.]+", false)}}, mesh, false, false},
+		{"regex", []config.SANMatcher{{Match: sm(config.MatchRegex, "spiffe://cluster\\.local/.*", false)}}, mesh, false, true},
+		{"one of several", []config.SANMatcher{{Match: sm(config.MatchExact, "nope", false)}, {Match: sm(config.MatchSuffix, "/sa/ratings", false)}}, foreign, false, true},
+		{"no certificate, not required", []config.SANMatcher{{Match: sm(config.MatchPrefix, "spiffe://cluster.local/", false)}}, nil, false, true},
+		{"no certificate, required", []config.SANMatcher{{Match: sm(config.MatchPrefix, "spiffe://cluster.local/", false)}}, nil, true, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv, err := ServerConfig(&config.DownstreamTLS{
+				Certificates:             []config.Certificate{inlineCert(srvLeaf)},
+				ClientCA:                 config.DataSource{Inline: ca.CertPEM},
+				RequireClientCertificate: tt.required,
+				ClientSubjectAltNames:    tt.sans,
+			}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cc := &ctls.Config{RootCAs: ca.Pool(), ServerName: "server.example.com"}
+			if tt.cert != nil {
+				cc.Certificates = []ctls.Certificate{tt.cert.TLSCertificate(t)}
+			}
+			_, _, err = handshake(t, srv, cc)
+			if tt.wantOK != (err == nil) {
+				t.Fatalf("handshake err = %v, want ok %v", err, tt.wantOK)
+			}
+		})
+	}
+	for _, bad := range []struct {
+		d    config.DownstreamTLS
+		want string
+	}{
+		{config.DownstreamTLS{ClientSubjectAltNames: []config.SANMatcher{{Match: sm(config.MatchExact, "x", false)}}},
+			"client subject alt names to match but no client CA set"},
+		{config.DownstreamTLS{ClientCA: config.DataSource{Inline: ca.CertPEM}, ClientSubjectAltNames: []config.SANMatcher{{Match: sm(config.MatchRegex, "(", false)}}},
+			"bad regex"},
+	} {
+		bad.d.Certificates = []config.Certificate{inlineCert(srvLeaf)}
+		if _, err := ServerConfig(&bad.d, nil); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("ServerConfig: %v, want %q", err, bad.want)
+		}
+	}
+}
