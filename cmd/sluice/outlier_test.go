@@ -51,7 +51,7 @@ static_resources:
       endpoints: [{ lb_endpoints: [
         { endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: %[1]s } } } },
         { endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: %[2]s } } } },
-        { endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: %[3]d } } } } ] }]
+        { endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: %[3]s } } } } ] }]
 `
 
 // Outlier detection through the running proxy: the host answering 500s
@@ -62,7 +62,8 @@ func TestOutlierDetectionEjects(t *testing.T) {
 	bad := newUpstream(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(500) })
 	_, goodPort, _ := strings.Cut(good.addr(), ":")
 	_, badPort, _ := strings.Cut(bad.addr(), ":")
-	src := fmt.Sprintf(outlierBootstrap, goodPort, badPort, freePort(t), freePort(t))
+	_, deadPort, _ := strings.Cut(deadAddr(t), ":")
+	src := fmt.Sprintf(outlierBootstrap, goodPort, badPort, deadPort, freePort(t))
 	snap, err := xds.LoadBootstrap([]byte(src), "outlier.yaml")
 	if err != nil {
 		t.Fatalf("%v\n%s", err, src)

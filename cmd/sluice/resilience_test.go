@@ -16,17 +16,6 @@ import (
 	"github.com/sluice-proxy/sluice/engine/config"
 )
 
-// closedPort returns a loopback address nothing listens on.
-func closedPort(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
-}
-
 func TestRetries(t *testing.T) {
 	var calls atomic.Int64
 	flaky := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
@@ -52,7 +41,7 @@ func TestRetries(t *testing.T) {
 			RetryPolicy: &config.RetryPolicy{RetryOn: []string{"connect-failure"}, NumRetries: 3, RetryOtherHosts: true, BackoffBase: time.Millisecond}}},
 		{Name: "dead", Match: config.RouteMatch{Prefix: "/dead"}, Action: &config.RouteAction{Cluster: "dead", Timeout: 5 * time.Second}},
 	}
-	dead := closedPort(t)
+	dead := deadAddr(t)
 	srv := startServer(t, snapshot(hcm(routes...), cluster("flaky", flaky.addr()), cluster("half-dead", dead, good.addr()), cluster("dead", dead)))
 	base := proxyURL(srv)
 

@@ -61,15 +61,6 @@ func echoConn(tag string) func(net.Conn) {
 	}
 }
 
-func deadTCPAddr(tb testing.TB) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 // tcpBootstrapYAML is an Envoy bootstrap with a TCP proxy listener: a TLS
 // chain for tcp.test (terminated, then proxied as bytes) and a plaintext
 // default chain; cluster "echo" has a dead host first, so connections
@@ -129,7 +120,7 @@ func startTCPBootstrap(t *testing.T, idle string) (*server.Server, *tlstest.CA) 
 	t.Helper()
 	ca := tlstest.NewCA(t, "ca")
 	certFile, keyFile := ca.Issue(t, "tcp.test").WriteFiles(t, t.TempDir(), "tcp")
-	doc := fmt.Sprintf(tcpBootstrapYAML, certFile, keyFile, port(deadTCPAddr(t)), port(tcpOrigin(t, echoConn(""))), idle)
+	doc := fmt.Sprintf(tcpBootstrapYAML, certFile, keyFile, port(deadAddr(t)), port(tcpOrigin(t, echoConn(""))), idle)
 	snap, err := xds.LoadBootstrap([]byte(doc), "tcp.yaml")
 	if err != nil {
 		t.Fatal(err)

@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -63,6 +65,27 @@ func freePort(t *testing.T) int {
 }
 
 var portsGiven sync.Map
+
+// deadAddr returns a loopback address where connections are refused, and
+// stays so until the test ends: its port is bound by a socket that never
+// listens, so no listener of this process or another (the proxy's own,
+// bound to port 0) can be given it meanwhile.
+func deadAddr(tb testing.TB) string {
+	tb.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		tb.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
+}
 
 // startProcess runs a tool in the background until the test ends.
 func startProcess(t *testing.T, path string, args ...string) *exec.Cmd {
