@@ -15,7 +15,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -463,48 +462,7 @@ func TestIstioGeneratedEndToEnd(t *testing.T) {
 	t.Cleanup(restore)
 
 	admin, agent, prom, health := freePort(t), freePort(t), freePort(t), freePort(t)
-	boot, err := os.ReadFile(filepath.Join(istioGenDir, "envoy-rev.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	doc := string(boot)
-	for old, new := range map[string]string{
-		`"./var/run/secrets/workload-spiffe-uds/socket"`: strconv.Quote(filepath.Join(dir, "sds.sock")),
-		`"./etc/istio/proxy/XDS"`:                        strconv.Quote(filepath.Join(dir, "xds.sock")),
-		`"port_value": 15000`:                            fmt.Sprintf(`"port_value": %d`, admin),
-		`"port_value": 15020`:                            fmt.Sprintf(`"port_value": %d`, agent),
-		`"port_value": 15090`:                            fmt.Sprintf(`"port_value": %d`, prom),
-		`"port_value": 15021`:                            fmt.Sprintf(`"port_value": %d`, health),
-		`"address": "0.0.0.0"`:                           `"address": "127.0.0.1"`,
-	} {
-		if !strings.Contains(doc, old) {
-			t.Fatalf("the generated bootstrap has no %s", old)
-		}
-		doc = strings.ReplaceAll(doc, old, new)
-	}
-	cfg := filepath.Join(dir, "envoy-rev.json")
-	if err := os.WriteFile(cfg, []byte(doc), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	// pilot-agent's command line for Envoy.
-	args := []string{"-c", cfg, "--drain-time-s", "1", "--drain-strategy", "immediate", "--local-address-ip-version", "v4",
-		"--file-flush-interval-msec", "1000", "--disable-hot-restart", "--allow-unknown-static-fields",
-		"-l", "warning", "--component-log-level", "misc:error", "--concurrency", "2"}
-	var stderr syncBuffer
-	done := make(chan int, 1)
-	go func() { done <- runMain(args, io.Discard, &stderr) }()
-	adminURL := fmt.Sprintf("http://127.0.0.1:%d", admin)
-	t.Cleanup(func() {
-		http.Post(adminURL+"/quitquitquit", "", nil)
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			t.Error("sluice did not quit")
-		}
-		if t.Failed() {
-			t.Logf("sluice's log:\n%s", stderr.String())
-		}
-	})
+	_, stderr, done := runIstioSidecar(t, filepath.Join(istioGenDir, "envoy-rev.json"), dir, admin, agent, prom, health, "warning")
 
 	// (a) Every type istiod sent is ACKed, none NACKed; so are the
 	// secrets (SDS), which the listeners and clusters take in only when
@@ -535,8 +493,8 @@ func TestIstioGeneratedEndToEnd(t *testing.T) {
 			break
 		}
 		select {
-		case code := <-done:
-			t.Fatalf("sluice exited with %d:\n%s", code, stderr.String())
+		case <-done:
+			t.Fatalf("sluice exited:\n%s", stderr.String())
 		default:
 		}
 		if time.Now().After(deadline) {

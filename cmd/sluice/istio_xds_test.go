@@ -443,42 +443,9 @@ func TestIstioXDSEndToEnd(t *testing.T) {
 
 	// Istio's bootstrap, with this test's sockets and ports.
 	admin, prom, health := freePort(t), freePort(t), freePort(t)
-	boot, err := os.ReadFile("../../xds/testdata/istio/envoy-rev.json")
-	if err != nil {
-		t.Fatal(err)
-	}
 	_, agentPort, _ := net.SplitHostPort(agent.Listener.Addr().String())
-	doc := strings.NewReplacer(
-		`"./var/run/secrets/workload-spiffe-uds/socket"`, strconv.Quote(filepath.Join(dir, "sds.sock")),
-		`"./etc/istio/proxy/XDS"`, strconv.Quote(filepath.Join(dir, "xds.sock")),
-		`"port_value": 15000`, fmt.Sprintf(`"port_value": %d`, admin),
-		`"port_value": 15020`, `"port_value": `+agentPort,
-		`"port_value": 15090`, fmt.Sprintf(`"port_value": %d`, prom),
-		`"port_value": 15021`, fmt.Sprintf(`"port_value": %d`, health),
-		`"address": "0.0.0.0"`, `"address": "127.0.0.1"`,
-	).Replace(string(boot))
-	cfg := filepath.Join(dir, "envoy-rev.json")
-	if err := os.WriteFile(cfg, []byte(doc), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	args := []string{"-c", cfg, "--drain-time-s", "1", "--drain-strategy", "immediate", "--local-address-ip-version", "v4",
-		"--file-flush-interval-msec", "1000", "--disable-hot-restart", "--allow-unknown-static-fields",
-		"-l", "info", "--component-log-level", "misc:error", "--concurrency", "2"}
-	var stderr syncBuffer
-	done := make(chan int, 1)
-	go func() { done <- runMain(args, io.Discard, &stderr) }()
-	adminURL := fmt.Sprintf("http://127.0.0.1:%d", admin)
-	t.Cleanup(func() {
-		http.Post(adminURL+"/quitquitquit", "", nil)
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			t.Error("sluice did not quit")
-		}
-		if t.Failed() {
-			t.Logf("sluice's log:\n%s", stderr.String())
-		}
-	})
+	agentPortN, _ := strconv.Atoi(agentPort)
+	adminURL, stderr, _ := runIstioSidecar(t, "../../xds/testdata/istio/envoy-rev.json", dir, admin, agentPortN, prom, health, "info")
 
 	from := func(src string) *http.Client {
 		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
@@ -828,4 +795,60 @@ func mxHello(t *testing.T, md map[string]any, id string) []byte {
 	out := binary.BigEndian.AppendUint32(nil, 0x3D230467)
 	out = binary.BigEndian.AppendUint32(out, uint32(len(b)))
 	return append(out, b...)
+}
+
+// runIstioSidecar runs Sluice as pilot-agent runs Envoy: Istio's bootstrap
+// at bootPath with this test's sockets (dir/xds.sock, dir/sds.sock) and
+// ports (admin, pilot-agent's 15020 at agent, 15090 at prom, 15021 at
+// health; 0.0.0.0 made 127.0.0.1), and pilot-agent's command line. It
+// returns the admin URL, the log, and a channel closed if the proxy exits;
+// the proxy quits when the test ends.
+func runIstioSidecar(t *testing.T, bootPath, dir string, admin, agent, prom, health int, level string) (string, *syncBuffer, <-chan struct{}) {
+	t.Helper()
+	boot, err := os.ReadFile(bootPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := string(boot)
+	for _, r := range [][2]string{
+		{`"./var/run/secrets/workload-spiffe-uds/socket"`, strconv.Quote(filepath.Join(dir, "sds.sock"))},
+		{`"./etc/istio/proxy/XDS"`, strconv.Quote(filepath.Join(dir, "xds.sock"))},
+		{`"port_value": 15000`, fmt.Sprintf(`"port_value": %d`, admin)},
+		{`"port_value": 15020`, fmt.Sprintf(`"port_value": %d`, agent)},
+		{`"port_value": 15090`, fmt.Sprintf(`"port_value": %d`, prom)},
+		{`"port_value": 15021`, fmt.Sprintf(`"port_value": %d`, health)},
+		{`"address": "0.0.0.0"`, `"address": "127.0.0.1"`},
+	} {
+		if !strings.Contains(doc, r[0]) {
+			t.Fatalf("%s has no %s", bootPath, r[0])
+		}
+		doc = strings.ReplaceAll(doc, r[0], r[1])
+	}
+	cfg := filepath.Join(dir, "envoy-rev.json")
+	if err := os.WriteFile(cfg, []byte(doc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"-c", cfg, "--drain-time-s", "1", "--drain-strategy", "immediate", "--local-address-ip-version", "v4",
+		"--file-flush-interval-msec", "1000", "--disable-hot-restart", "--allow-unknown-static-fields",
+		"-l", level, "--component-log-level", "misc:error", "--concurrency", "2"}
+	stderr := new(syncBuffer)
+	done := make(chan struct{})
+	go func() {
+		code := runMain(args, io.Discard, stderr)
+		fmt.Fprintf(stderr, "sluice exited with %d\n", code)
+		close(done)
+	}()
+	adminURL := fmt.Sprintf("http://127.0.0.1:%d", admin)
+	t.Cleanup(func() {
+		http.Post(adminURL+"/quitquitquit", "", nil)
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			t.Error("sluice did not quit")
+		}
+		if t.Failed() {
+			t.Logf("sluice's log:\n%s", stderr.String())
+		}
+	})
+	return adminURL, stderr, done
 }
