@@ -23,7 +23,9 @@
 // secrets and HTTP filter configs (ECDS) they name; after each response it
 // assembles a whole snapshot from the static and dynamic resources, with
 // the same translation functions, and hands it to the engine, ACKing or
-// NACKing the response by the result. See ads.go and adsassemble.go.
+// NACKing the response by the result; as Envoy, the good resources of a
+// partly bad response are applied and the bad ones set aside (Client.handle).
+// See ads.go and adsassemble.go.
 //
 // The translator never drops configuration silently: every field of a
 // translated message is either applied, deliberately ignored because it only
