@@ -37,6 +37,10 @@ static_resources:
             - name: allow_any
               domains: ["*"]
               routes:
+              - match: { prefix: "/mirrored/" }
+                route:
+                  cluster: PassthroughCluster
+                  request_mirror_policies: [{ cluster: PassthroughCluster }]
               - match: { prefix: "/" }
                 route: { cluster: PassthroughCluster }
           http_filters:
@@ -50,8 +54,11 @@ static_resources:
 `
 
 func TestOriginalDstHTTPE2E(t *testing.T) {
-	var conns atomic.Int64
+	var conns, shadows atomic.Int64
 	origin := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Host == "external.example-shadow" {
+			shadows.Add(1)
+		}
 		io.WriteString(w, "origin "+r.Host+r.URL.Path)
 	}))
 	origin.Config.ConnState = func(_ net.Conn, s http.ConnState) {
@@ -147,5 +154,17 @@ func TestOriginalDstHTTPE2E(t *testing.T) {
 	}
 	if t.Failed() {
 		t.Logf("stats:\n%s", grepLines(stats, "PassthroughCluster"))
+	}
+
+	// A mirror to the ORIGINAL_DST cluster goes to the same original
+	// destination, with Envoy's "-shadow" authority.
+	if code, body := get(mesh, "http://external.example/mirrored/x"); code != 200 || body != "origin external.example/mirrored/x" {
+		t.Fatalf("mirrored request: %d %q", code, body)
+	}
+	for deadline := time.Now().Add(5 * time.Second); shadows.Load() == 0 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := shadows.Load(); n != 1 {
+		t.Errorf("the origin saw %d shadow requests, want 1", n)
 	}
 }

@@ -35,6 +35,16 @@ func (s *activeStream) mirror(ra *config.RouteAction, p *phase) {
 		if cl == nil {
 			continue
 		}
+		var host *upstream.Host // nil: the cluster's load balancer picks
+		if cl.OriginalDst() {
+			// As the request's own upstream: the downstream connection's
+			// original destination, resolved here, where the stream is.
+			var err error
+			if host, err = s.originalDstHost(cl); err != nil {
+				s.cm.log.Debug("mirror: original destination refused", "err", err, "stream", s.id)
+				continue
+			}
+		}
 		h := s.req.Clone()
 		h.Set(":authority", shadowHost(h.Value(":authority")))
 		var body []byte
@@ -46,7 +56,7 @@ func (s *activeStream) mirror(ra *config.RouteAction, p *phase) {
 			timeout = mirrorTimeout
 		}
 		s.cm.stats.mirrored.Inc()
-		go shadow(cl, &h, body, !p.end, timeout)
+		go shadow(cl, host, &h, body, !p.end, timeout)
 	}
 }
 
@@ -65,15 +75,16 @@ func shadowHost(authority string) string {
 	return host + "-shadow" + port
 }
 
-func shadow(cl *upstream.Cluster, h *header.Map, body []byte, hasBody bool, timeout time.Duration) {
+func shadow(cl *upstream.Cluster, host *upstream.Host, h *header.Map, body []byte, hasBody bool, timeout time.Duration) {
 	done, ok := cl.TryStartRequest()
 	if !ok {
 		return
 	}
 	defer done()
-	host := cl.Pick(&upstream.LBContext{})
 	if host == nil {
-		return
+		if host = cl.Pick(&upstream.LBContext{}); host == nil {
+			return
+		}
 	}
 	deadline := time.Now().Add(timeout)
 	conn, err := host.AcquireFor(deadline, false)
