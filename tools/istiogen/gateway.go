@@ -8,6 +8,7 @@ package main
 // for -gateway: the sidecar's output stays what it was.
 
 import (
+	"encoding/base64"
 	"fmt"
 	"strings"
 )
@@ -141,7 +142,7 @@ status:
   conditions:
   - type: Ready
     status: "True"
-`, gatewayIP, gatewayPod, strings.TrimSuffix(labels.String(), "\n"), gatewaySA)
+`, gatewayIP, gatewayPod, strings.TrimSuffix(labels.String(), "\n"), gatewaySA) + credentialSecret()
 }
 
 // gatewayConfig is bookinfo's Gateway (bookinfo-gateway.yaml, with a host
@@ -211,3 +212,44 @@ spec:
         host: reviews
         subset: v1
 `
+
+// The Secret bookinfo-credential (istio-system, the gateway's namespace,
+// where credentialName looks): a self-signed certificate for
+// bookinfo.example.com made once with openssl for this mesh, valid until
+// 2126, and its key. A test key, nothing else.
+const (
+	credentialCert = `-----BEGIN CERTIFICATE-----
+MIIB+jCCAaCgAwIBAgIUfv71GWmNlyuZ2d8q8WnYvhMeMRUwCgYIKoZIzj0EAwIw
+NzEWMBQGA1UECgwNYm9va2luZm8gdGVzdDEdMBsGA1UEAwwUYm9va2luZm8uZXhh
+bXBsZS5jb20wIBcNMjYxMjA2MTcwOTUxWhgPMjEyNjExMTIxNzA5NTFaMDcxFjAU
+BgNVBAoMDWJvb2tpbmZvIHRlc3QxHTAbBgNVBAMMFGJvb2tpbmZvLmV4YW1wbGUu
+Y29tMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEkbBNCD7xYPzoV5M/6JEiJkM2
+kcH1bnCY3Law5Br7QSHkLvGLZdxiCUpa8SkdkhrzDwf6oddCx8+4ScnDQkr/6aOB
+hzCBhDAdBgNVHQ4EFgQUCDAhfCYMpJ5JDCl1p/pjUDxV8BIwHwYDVR0jBBgwFoAU
+CDAhfCYMpJ5JDCl1p/pjUDxV8BIwHwYDVR0RBBgwFoIUYm9va2luZm8uZXhhbXBs
+ZS5jb20wDAYDVR0TAQH/BAIwADATBgNVHSUEDDAKBggrBgEFBQcDATAKBggqhkjO
+PQQDAgNIADBFAiEA7RJ/7sHERZkaU0y0IRCdDFrHv9yy/zSz8zT1Wq4drwkCIHvn
+1OwlGUqWjiuXI1oeZTVeMPbi55EcdRhTA+8eHzV/
+-----END CERTIFICATE-----
+`
+	credentialKey = `-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg+Z/wkyF4mArOZDTE
+nvi0Y9lQ215v7cff3BigZy8Bob2hRANCAASRsE0IPvFg/OhXkz/okSImQzaRwfVu
+cJjctrDkGvtBIeQu8Ytl3GIJSlrxKR2SGvMPB/qh10LHz7hJycNCSv/p
+-----END PRIVATE KEY-----
+`
+)
+
+func credentialSecret() string {
+	return fmt.Sprintf(`---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: bookinfo-credential
+  namespace: istio-system
+type: kubernetes.io/tls
+data:
+  tls.crt: %s
+  tls.key: %s
+`, base64.StdEncoding.EncodeToString([]byte(credentialCert)), base64.StdEncoding.EncodeToString([]byte(credentialKey)))
+}

@@ -280,7 +280,19 @@ func generate(t test.Failer, out, tmpl string, gateway bool) {
 		MeshConfig:             mc,
 		Configs:                configs,
 		KubernetesObjectString: kube,
+		// The gateway's service account may read Secrets in its
+		// namespace (the istio-ingress chart's Role); the fake client
+		// answers no SubjectAccessReview otherwise.
+		DisableSecretAuthorization: gateway,
 	})
+	if gateway {
+		// istiod serves a gateway's credentials (SDS on the ADS stream)
+		// only to a proxy whose identity it verified, in a cluster from
+		// the client certificate on 15012. The harness connects in
+		// plaintext: the identity is given as that certificate would.
+		security.AuthPlaintext = true
+		s.Discovery.Authenticators = []security.Authenticator{identity("spiffe://cluster.local/ns/istio-system/sa/" + gatewaySA)}
+	}
 
 	conn, err := grpc.NewClient("passthrough:///istiod",
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
@@ -369,8 +381,7 @@ func generate(t test.Failer, out, tmpl string, gateway bool) {
 				subscribe(typeECDS, ecds)
 				// Envoy asks the ADS stream for the secrets a TLS
 				// context names with an ads sds_config (a gateway's
-				// credentialName): recorded in the trace; istiod
-				// answers only an authenticated proxy (README).
+				// credentialName).
 				subscribe(typeSecret, adsSecrets(t, got[typ]))
 			}
 		case err := <-errs:
@@ -573,3 +584,12 @@ func adsSecrets(t test.Failer, listeners map[string]*discoveryv3.Resource) []str
 	sort.Strings(names)
 	return slices.Compact(names)
 }
+
+// identity authenticates every connection as one SPIFFE identity.
+type identity string
+
+func (id identity) Authenticate(security.AuthContext) (*security.Caller, error) {
+	return &security.Caller{AuthSource: security.AuthSourceClientCertificate, Identities: []string{string(id)}}, nil
+}
+
+func (identity) AuthenticatorType() string { return "istiogen" }
