@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	ctls "crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"net"
@@ -41,7 +43,8 @@ const istioGatewayGenNode = "router~10.1.1.9~istio-ingressgateway-7c9d8b6f5-k2x4
 // kubernetes://bookinfo-credential, from SDS over ADS (istiod itself
 // serves a gateway's credentials, through pilot-agent's XDS proxy; not
 // pilot-agent's sds-grpc, which serves the workload certificate and
-// roots).
+// roots). The generator recorded istiod's answer (secrets.json: the
+// Kubernetes Secret's self-signed test certificate and key).
 const istioGatewayCredential = "kubernetes://bookinfo-credential"
 
 // Each generated gateway resource, translated on its own.
@@ -96,10 +99,6 @@ func TestIstioGatewayGeneratedEndToEnd(t *testing.T) {
 	gatewayLeaf := ca.Issue(t, "istio-ingressgateway.istio-system.svc.cluster.local", "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account")
 	reviewsLeaf := ca.Issue(t, "reviews.default.svc.cluster.local", "spiffe://cluster.local/ns/default/sa/bookinfo-reviews")
 	productpageLeaf := ca.Issue(t, "productpage.default.svc.cluster.local", "spiffe://cluster.local/ns/default/sa/bookinfo-productpage")
-	// The Secret bookinfo-credential: a certificate for the public host
-	// from a CA of its own (not the mesh's).
-	publicCA := tlstest.NewCA(t, "bookinfo test CA")
-	credential := publicCA.Issue(t, "bookinfo.example.com")
 
 	productpage := newMeshBackend(t, "productpage", ca, productpageLeaf)
 	backends := map[string]*meshBackend{}
@@ -156,12 +155,26 @@ func TestIstioGatewayGeneratedEndToEnd(t *testing.T) {
 	inlineBytes := func(b []byte) *corev3.DataSource {
 		return &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: b}}
 	}
-	// The credential, on the ADS stream (the listener's sds_config is
-	// ads): what istiod sends for the Secret bookinfo-credential.
-	res[resourcev3.SecretType] = []types.Resource{
-		&tlsv3.Secret{Name: istioGatewayCredential, Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
-			CertificateChain: inlineBytes(credential.CertPEM), PrivateKey: inlineBytes(credential.KeyPEM)}}},
+	// The credential goes on the ADS stream with the rest (the
+	// listener's sds_config is ads), as istiod sent it. Its certificate
+	// (self-signed) is what HTTPS clients trust.
+	if n := len(res[resourcev3.SecretType]); n != 1 {
+		t.Fatalf("%d secrets generated, want the credential", n)
 	}
+	cred := res[resourcev3.SecretType][0].(*tlsv3.Secret)
+	if cred.GetName() != istioGatewayCredential {
+		t.Fatalf("the generated secret is %q, want %q", cred.GetName(), istioGatewayCredential)
+	}
+	block, _ := pem.Decode(cred.GetTlsCertificate().GetCertificateChain().GetInlineBytes())
+	if block == nil {
+		t.Fatal("the credential has no PEM certificate")
+	}
+	credCert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	publicRoots := x509.NewCertPool()
+	publicRoots.AddCert(credCert)
 
 	ads := cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
 	setSnapshot(t, ads, istioGatewayGenNode, "1", res)
@@ -222,7 +235,7 @@ func TestIstioGatewayGeneratedEndToEnd(t *testing.T) {
 		}
 	}
 	plain := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: to(httpPort)}}
-	tlsConfig := &ctls.Config{ServerName: "bookinfo.example.com", RootCAs: publicCA.Pool()}
+	tlsConfig := &ctls.Config{ServerName: "bookinfo.example.com", RootCAs: publicRoots}
 	secure := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: to(httpsPort), TLSClientConfig: tlsConfig}}
 	secureH2 := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: to(httpsPort), TLSClientConfig: tlsConfig.Clone(), ForceAttemptHTTP2: true}}
 	do := func(c *http.Client, url string, hdr ...string) (*http.Response, string, error) {
@@ -298,7 +311,7 @@ func TestIstioGatewayGeneratedEndToEnd(t *testing.T) {
 		if resp.StatusCode != 200 || body != "productpage" {
 			t.Fatalf("%d %q, want 200 productpage", resp.StatusCode, body)
 		}
-		if c := resp.TLS.PeerCertificates[0]; !c.Equal(credential.Cert) {
+		if c := resp.TLS.PeerCertificates[0]; !c.Equal(credCert) {
 			t.Fatalf("the gateway presented %v %v, want bookinfo-credential's certificate", c.Subject, c.DNSNames)
 		}
 		resp, body, err = do(secureH2, "https://bookinfo.example.com/productpage/h2")

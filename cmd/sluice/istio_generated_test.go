@@ -179,6 +179,7 @@ func loadIstioGeneratedDir(t *testing.T, dir string) map[resourcev3.Type][]types
 	decode("clusters.json", resourcev3.ClusterType, func() proto.Message { return &clusterv3.Cluster{} })
 	decode("routes.json", resourcev3.RouteType, func() proto.Message { return &routev3.RouteConfiguration{} })
 	decode("endpoints.json", resourcev3.EndpointType, func() proto.Message { return &endpointv3.ClusterLoadAssignment{} })
+	decode("secrets.json", resourcev3.SecretType, func() proto.Message { return &tlsv3.Secret{} })
 	return out
 }
 
