@@ -92,7 +92,10 @@ func TestIstioGatewayGeneratedTranslate(t *testing.T) {
 // the mesh's roots from an SDS server standing in for pilot-agent's.
 // Sluice must ACK every response; then the Gateway's hosts and the
 // VirtualService's routes must work as istiod configured them, over
-// ISTIO_MUTUAL to the pods.
+// ISTIO_MUTUAL to the pods (Istio's SNI, the gateway's SPIFFE ID, and a
+// pod of another service account refused after an EDS update), with the
+// edge connection manager's headers (x-forwarded-*, XFCC sanitized,
+// server: istio-envoy, normalized paths).
 func TestIstioGatewayGeneratedEndToEnd(t *testing.T) {
 	dir := shortTempDir(t)
 	ca := tlstest.NewCA(t, "cluster.local")
@@ -434,6 +437,53 @@ func TestIstioGatewayGeneratedEndToEnd(t *testing.T) {
 			if c.b.count(c.b.peer, "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account") == 0 {
 				t.Errorf("%s: the gateway's SPIFFE ID never seen", c.b.name)
 			}
+		}
+		if t.Failed() {
+			return
+		}
+
+		// The cluster checks the pod's identity: an EDS update (the same
+		// generated resources, version 2) moves productpage's endpoint to
+		// a pod with a certificate of the mesh's CA but another service
+		// account, which the gateway must refuse (the cluster's SAN
+		// spiffe://cluster.local/ns/default/sa/bookinfo-productpage).
+		impostorLeaf := ca.Issue(t, "ratings.default.svc.cluster.local", "spiffe://cluster.local/ns/default/sa/bookinfo-ratings")
+		impostor := newMeshBackend(t, "impostor", ca, impostorLeaf)
+		for _, r := range res[resourcev3.EndpointType] {
+			cla := r.(*endpointv3.ClusterLoadAssignment)
+			if cla.GetClusterName() != "outbound|9080||productpage.default.svc.cluster.local" {
+				continue
+			}
+			for _, le := range cla.GetEndpoints() {
+				for _, e := range le.GetLbEndpoints() {
+					e.GetEndpoint().GetAddress().GetSocketAddress().PortSpecifier = &corev3.SocketAddress_PortValue{PortValue: uint32(impostor.port)}
+				}
+			}
+		}
+		setSnapshot(t, ads, istioGatewayGenNode, "2", res)
+		deadline := time.Now().Add(20 * time.Second)
+		for impostor.count(impostor.sni, "outbound_.9080_._.productpage.default.svc.cluster.local") == 0 {
+			if time.Now().After(deadline) {
+				t.Fatal("the gateway never tried the new productpage endpoint")
+			}
+			do(plain, "http://bookinfo.example.com/productpage/moved")
+			time.Sleep(50 * time.Millisecond)
+		}
+		code, body := get(plain, "http://bookinfo.example.com/productpage/impostor")
+		if code != 503 {
+			t.Fatalf("with productpage's endpoint serving another identity: %d %q, want 503", code, body)
+		}
+		impostor.mu.Lock()
+		n := len(impostor.hits)
+		impostor.mu.Unlock()
+		if n != 0 {
+			t.Fatalf("a pod of another service account got %d requests", n)
+		}
+	})
+
+	t.Run("no NACK", func(t *testing.T) {
+		if n := nacked(); n != "" {
+			t.Fatalf("Sluice NACKed:\n%s", n)
 		}
 	})
 }
