@@ -1,6 +1,7 @@
 package xds
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"slices"
@@ -97,8 +98,13 @@ func translateHCM(m *hcmv3.HttpConnectionManager, d *deps) (*config.HTTPConnecti
 		return nil, unsupportedValue("path_with_escaped_slashes_action", a)
 	}
 	out := &config.HTTPConnectionManager{
-		StatPrefix:                m.GetStatPrefix(),
-		ServerName:                m.GetServerName(),
+		StatPrefix: m.GetStatPrefix(),
+		// Envoy writes it over every response's server header (the
+		// default server_header_transformation, OVERWRITE; other values
+		// are refused, the field being unknown here); Istio names itself
+		// istio-envoy, seen on the gateway in
+		// xds/testdata/istio-generated/gateway.
+		ServerName:                cmp.Or(m.GetServerName(), "envoy"),
 		UseRemoteAddress:          boolean(m.GetUseRemoteAddress(), false),
 		XFFNumTrustedHops:         m.GetXffNumTrustedHops(),
 		SkipXFFAppend:             m.GetSkipXffAppend(),

@@ -87,8 +87,16 @@ func TestTranslateListenerDefaults(t *testing.T) {
 		MaxRequestHeadersBytes: 60 * 1024,
 		MaxHeadersCount:        100,
 		GenerateRequestID:      true,
+		ServerName:             "envoy",
 	})
 	eq(t, "route timeout default", h.RouteConfig.VirtualHosts[0].Routes[0].Action.Timeout, 15*time.Second)
+
+	// Istio names itself.
+	hcm.ServerName = "istio-envoy"
+	if l, err = TranslateListener(listenerWith(t, hcm)); err != nil {
+		t.Fatal(err)
+	}
+	eq(t, "server_name", l.FilterChains[0].HTTP.ServerName, "istio-envoy")
 }
 
 func TestTranslateClusterDefaults(t *testing.T) {

@@ -103,9 +103,9 @@ func (r fileResolver) FindDescriptorByName(n protoreflect.FullName) (protoreflec
 	return r.local.FindDescriptorByName(n)
 }
 
-func newIstioGenResolver(t *testing.T) istioGenResolver {
+func newIstioGenResolver(t *testing.T, dir string) istioGenResolver {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(istioGenDir, "descriptors.binpb"))
+	b, err := os.ReadFile(filepath.Join(dir, "descriptors.binpb"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,10 +146,17 @@ func newIstioGenResolver(t *testing.T) istioGenResolver {
 // types, in the control plane snapshot's shape.
 func loadIstioGenerated(t *testing.T) map[resourcev3.Type][]types.Resource {
 	t.Helper()
-	r := newIstioGenResolver(t)
+	return loadIstioGeneratedDir(t, istioGenDir)
+}
+
+// loadIstioGeneratedDir is loadIstioGenerated for the resources in dir
+// (the sidecar's, or the gateway's).
+func loadIstioGeneratedDir(t *testing.T, dir string) map[resourcev3.Type][]types.Resource {
+	t.Helper()
+	r := newIstioGenResolver(t, dir)
 	out := map[resourcev3.Type][]types.Resource{}
 	decode := func(file string, typ resourcev3.Type, mk func() proto.Message) {
-		b, err := os.ReadFile(filepath.Join(istioGenDir, file))
+		b, err := os.ReadFile(filepath.Join(dir, file))
 		if errors.Is(err, os.ErrNotExist) {
 			return
 		}
@@ -172,6 +179,7 @@ func loadIstioGenerated(t *testing.T) map[resourcev3.Type][]types.Resource {
 	decode("clusters.json", resourcev3.ClusterType, func() proto.Message { return &clusterv3.Cluster{} })
 	decode("routes.json", resourcev3.RouteType, func() proto.Message { return &routev3.RouteConfiguration{} })
 	decode("endpoints.json", resourcev3.EndpointType, func() proto.Message { return &endpointv3.ClusterLoadAssignment{} })
+	decode("secrets.json", resourcev3.SecretType, func() proto.Message { return &tlsv3.Secret{} })
 	return out
 }
 
@@ -290,11 +298,12 @@ type meshBackend struct {
 	sni  map[string]int
 	peer map[string]int
 	hits map[string]int
+	hdrs map[string]http.Header // the last request's, per path
 }
 
 func newMeshBackend(t *testing.T, name string, ca *tlstest.CA, leaf *tlstest.Leaf) *meshBackend {
 	t.Helper()
-	b := &meshBackend{name: name, sni: map[string]int{}, peer: map[string]int{}, hits: map[string]int{}}
+	b := &meshBackend{name: name, sni: map[string]int{}, peer: map[string]int{}, hits: map[string]int{}, hdrs: map[string]http.Header{}}
 	cfg := &ctls.Config{
 		Certificates: []ctls.Certificate{leaf.TLSCertificate(t)},
 		ClientAuth:   ctls.RequireAndVerifyClientCert,
@@ -317,6 +326,7 @@ func newMeshBackend(t *testing.T, name string, ca *tlstest.CA, leaf *tlstest.Lea
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b.mu.Lock()
 		b.hits[r.URL.Path]++
+		b.hdrs[r.URL.Path] = r.Header.Clone()
 		n := b.hits[r.URL.Path]
 		if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
 			for _, u := range r.TLS.PeerCertificates[0].URIs {
@@ -340,6 +350,13 @@ func newMeshBackend(t *testing.T, name string, ca *tlstest.CA, leaf *tlstest.Lea
 	go srv.Serve(ctls.NewListener(tcp, cfg))
 	t.Cleanup(func() { srv.Close() })
 	return b
+}
+
+// header is the last request's to path.
+func (b *meshBackend) header(path string) http.Header {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.hdrs[path]
 }
 
 func (b *meshBackend) count(m map[string]int, k string) int {

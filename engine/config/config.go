@@ -304,7 +304,10 @@ type HTTPConnectionManager struct {
 	SkipXFFAppend             bool
 	GenerateRequestID         bool
 	PreserveExternalRequestID bool
-	ServerName                string // Server header for local replies
+	// ServerName, when set, overwrites the server header of every
+	// response (Envoy's server_name with its default
+	// server_header_transformation, OVERWRITE).
+	ServerName string
 }
 
 // HTTPFilter is one HTTP stream filter in a chain. TypeURL selects the

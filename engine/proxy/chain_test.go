@@ -887,3 +887,32 @@ func TestChainLateAsyncReplyDoesNotLeakIntoNextStream(t *testing.T) {
 		}
 	}
 }
+
+// The connection manager's server name overwrites the server header of
+// every response after the response filters, local replies included (as
+// Envoy's server_name with server_header_transformation OVERWRITE, its
+// default); without one the header is left alone.
+func TestServerHeader(t *testing.T) {
+	rec := &recorder{}
+	a := &recSpec{name: "A", rec: rec, respHeads: func(_ stream.Callbacks, h *header.Map, _ bool) stream.Status {
+		h.Set("server", "from-a-filter")
+		return stream.Continue
+	}}
+	for _, tt := range []struct {
+		name, server, path, want string
+	}{
+		{"direct response", "istio-envoy", "/d", "istio-envoy"},
+		{"no route", "istio-envoy", "/none", "istio-envoy"},
+		{"no server name", "", "/d", "from-a-filter"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := hcm(recFilters(a), &config.VirtualHost{Routes: []*config.Route{directRoute("d", "/d", 200, "hi")}})
+			cfg.ServerName = tt.server
+			ss := newFakeStream(tt.path, "")
+			serve(t, compileCM(t, testEnv(), cfg), ss)
+			if got := ss.respHeaders.Values(nil, "server"); len(got) != 1 || got[0] != tt.want {
+				t.Errorf("server %q, want %q", got, tt.want)
+			}
+		})
+	}
+}

@@ -647,6 +647,7 @@ func (e *exchange) respond(conn *upstream.Conn, cc stream.ClientConn, reusable *
 	}
 	s.code = statusOf(&s.resp)
 	e.cl.RecordResponse(s.code, s.firstByte)
+	s.setServer(&s.resp)
 	if err := s.ss.WriteHeaders(&s.resp, rp.end && !upgrade); err != nil {
 		s.flags |= flagDownstreamTerminated
 		return outDone

@@ -353,6 +353,7 @@ func (s *activeStream) finishLocal(n int) {
 		return
 	}
 	s.code = statusOf(h)
+	s.setServer(h)
 	if err := s.ss.WriteHeaders(h, p.end); err != nil {
 		s.flags |= flagDownstreamTerminated
 		return
@@ -360,6 +361,17 @@ func (s *activeStream) finishLocal(n int) {
 	s.headSent = true
 	if !p.end {
 		p.finishBody(body)
+	}
+}
+
+// setServer overwrites the response's server header with the connection
+// manager's server name, after the response filters, as Envoy does with
+// its default server_header_transformation (OVERWRITE) on every response,
+// proxied or local. Without a name (the DSL's default) the header is left
+// as it is.
+func (s *activeStream) setServer(h *header.Map) {
+	if n := s.cm.cfg.ServerName; n != "" {
+		h.Set("server", n)
 	}
 }
 

@@ -2,8 +2,9 @@
 // test harness, istio.io/istio/pilot/test/xds.NewFakeDiscoveryServer, over
 // the fake Kubernetes client) with a bookinfo-like mesh, connects to it
 // over delta ADS as Envoy would with the node pilot-agent makes for
-// productpage-v1's sidecar, and writes every resource istiod sends, and
-// the bootstrap pilot-agent writes for that sidecar, to a directory. See
+// productpage-v1's sidecar (or, with -gateway, for the ingress gateway in
+// router mode: gateway.go), and writes every resource istiod sends, and
+// the bootstrap pilot-agent writes for that proxy, to a directory. See
 // README.md.
 package main
 
@@ -28,6 +29,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -54,6 +56,7 @@ const (
 	typeListener = "type.googleapis.com/envoy.config.listener.v3.Listener"
 	typeRoute    = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 	typeECDS     = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
+	typeSecret   = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 )
 
 // files names the file each type's resources are written to.
@@ -63,10 +66,12 @@ var files = map[string]string{
 	typeListener: "listeners.json",
 	typeRoute:    "routes.json",
 	typeECDS:     "extension_configs.json",
+	typeSecret:   "secrets.json",
 }
 
 func main() {
 	out := flag.String("out", "", "directory to write the resources to")
+	gateway := flag.Bool("gateway", false, "generate for the ingress gateway (router mode; gateway.go) instead of productpage-v1's sidecar")
 	tmpl := flag.String("bootstrap-template", "", "pilot-agent's bootstrap template (default: tools/packaging/common/envoy_bootstrap.json of the istio.io/istio module)")
 	flag.Parse()
 	if *out == "" {
@@ -82,7 +87,7 @@ func main() {
 	if err := os.MkdirAll(*out, 0o755); err != nil {
 		log.Fatal(err)
 	}
-	err := test.Wrap(func(t test.Failer) { generate(t, *out, *tmpl) })
+	err := test.Wrap(func(t test.Failer) { generate(t, *out, *tmpl, *gateway) })
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -203,14 +208,22 @@ status:
 	return b.String() + "\n"
 }
 
-func generate(t test.Failer, out, tmpl string) {
+func generate(t test.Failer, out, tmpl string, gateway bool) {
+	// The proxy: productpage-v1's sidecar, or the ingress gateway (the
+	// mesh then has its objects too).
+	id, env, ip := productpageNode, sidecarEnv(), productpageIP
+	cfg, kube := istioConfig, kubeObjects()
+	if gateway {
+		id, env, ip = gatewayNode, gatewayEnv(), gatewayIP
+		cfg, kube = istioConfig+gatewayConfig, kube+gatewayKubeObjects()
+	}
 	// The node pilot-agent would make, and the bootstrap it would write.
 	pc := mesh.DefaultProxyConfig()
 	pc.DiscoveryAddress = "istiod.istio-system.svc:15012"
 	node, err := bootstrap.GetNodeMetaData(bootstrap.MetadataOptions{
-		ID:                  productpageNode,
-		Envs:                sidecarEnv(),
-		InstanceIPs:         []string{productpageIP},
+		ID:                  id,
+		Envs:                env,
+		InstanceIPs:         []string{ip},
 		ProxyConfig:         pc,
 		PilotSubjectAltName: []string{"istiod.istio-system.svc"},
 		EnvoyStatusPort:     15021,
@@ -249,7 +262,7 @@ func generate(t test.Failer, out, tmpl string) {
 	// istiod's Kubernetes config client gives every object (the harness
 	// leaves it empty, and then the short host "reviews" would resolve to
 	// "reviews.default", no service).
-	configs, _, err := crd.ParseInputs(istioConfig)
+	configs, _, err := crd.ParseInputs(cfg)
 	if err != nil {
 		t.Fatalf("config: %v", err)
 	}
@@ -266,8 +279,20 @@ func generate(t test.Failer, out, tmpl string) {
 	s := xdsfake.NewFakeDiscoveryServer(t, xdsfake.FakeOptions{
 		MeshConfig:             mc,
 		Configs:                configs,
-		KubernetesObjectString: kubeObjects(),
+		KubernetesObjectString: kube,
+		// The gateway's service account may read Secrets in its
+		// namespace (the istio-ingress chart's Role); the fake client
+		// answers no SubjectAccessReview otherwise.
+		DisableSecretAuthorization: gateway,
 	})
+	if gateway {
+		// istiod serves a gateway's credentials (SDS on the ADS stream)
+		// only to a proxy whose identity it verified, in a cluster from
+		// the client certificate on 15012. The harness connects in
+		// plaintext: the identity is given as that certificate would.
+		security.AuthPlaintext = true
+		s.Discovery.Authenticators = []security.Authenticator{identity("spiffe://cluster.local/ns/istio-system/sa/" + gatewaySA)}
+	}
 
 	conn, err := grpc.NewClient("passthrough:///istiod",
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
@@ -354,6 +379,10 @@ func generate(t test.Failer, out, tmpl string) {
 				rds, ecds := listenerDeps(t, got[typ])
 				subscribe(typeRoute, rds)
 				subscribe(typeECDS, ecds)
+				// Envoy asks the ADS stream for the secrets a TLS
+				// context names with an ads sds_config (a gateway's
+				// credentialName).
+				subscribe(typeSecret, adsSecrets(t, got[typ]))
 			}
 		case err := <-errs:
 			t.Fatalf("ADS stream: %v", err)
@@ -514,3 +543,53 @@ func write(t test.Failer, path string, b []byte) {
 		t.Fatal(err)
 	}
 }
+
+// adsSecrets lists the secrets the listeners' downstream TLS contexts ask
+// of the ADS stream (sds_config ads), as Envoy would subscribe to them.
+func adsSecrets(t test.Failer, listeners map[string]*discoveryv3.Resource) []string {
+	var names []string
+	for _, r := range listeners {
+		l := &listenerv3.Listener{}
+		if err := r.GetResource().UnmarshalTo(l); err != nil {
+			t.Fatal(err)
+		}
+		chains := slices.Clone(l.GetFilterChains())
+		if l.GetDefaultFilterChain() != nil {
+			chains = append(chains, l.GetDefaultFilterChain())
+		}
+		for _, fc := range chains {
+			ts := fc.GetTransportSocket().GetTypedConfig()
+			if ts == nil || ts.MessageName() != "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext" {
+				continue
+			}
+			d := &tlsv3.DownstreamTlsContext{}
+			if err := ts.UnmarshalTo(d); err != nil {
+				t.Fatal(err)
+			}
+			c := d.GetCommonTlsContext()
+			scs := slices.Clone(c.GetTlsCertificateSdsSecretConfigs())
+			if v := c.GetValidationContextSdsSecretConfig(); v != nil {
+				scs = append(scs, v)
+			}
+			if v := c.GetCombinedValidationContext().GetValidationContextSdsSecretConfig(); v != nil {
+				scs = append(scs, v)
+			}
+			for _, sc := range scs {
+				if sc.GetSdsConfig().GetAds() != nil {
+					names = append(names, sc.GetName())
+				}
+			}
+		}
+	}
+	sort.Strings(names)
+	return slices.Compact(names)
+}
+
+// identity authenticates every connection as one SPIFFE identity.
+type identity string
+
+func (id identity) Authenticate(security.AuthContext) (*security.Caller, error) {
+	return &security.Caller{AuthSource: security.AuthSourceClientCertificate, Identities: []string{string(id)}}, nil
+}
+
+func (identity) AuthenticatorType() string { return "istiogen" }
