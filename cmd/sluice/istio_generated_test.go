@@ -183,37 +183,41 @@ func loadIstioGeneratedDir(t *testing.T, dir string) map[resourcev3.Type][]types
 	return out
 }
 
-// Each generated resource, translated on its own: what Sluice refuses,
-// by resource and field.
+// Each generated resource (the sidecar's and the ingress gateway's),
+// translated on its own: what Sluice refuses, by resource and field.
 func TestIstioGeneratedTranslate(t *testing.T) {
-	res := loadIstioGenerated(t)
-	// Alone, a resource cannot have its SDS secrets (they come from the
-	// xDS client, TestIstioGeneratedEndToEnd): that error is expected of
-	// each one with Istio's mTLS, and only that one.
-	check := func(what string, err error) {
-		t.Helper()
-		if err != nil && !strings.Contains(err.Error(), `from SDS needs the xDS client`) {
-			t.Errorf("%s: %v", what, err)
-		}
-	}
-	for _, r := range res[resourcev3.ListenerType] {
-		l := r.(*listenerv3.Listener)
-		_, err := xds.TranslateListener(l)
-		check("listener "+l.GetName(), err)
-	}
-	for _, r := range res[resourcev3.ClusterType] {
-		c := r.(*clusterv3.Cluster)
-		_, err := xds.TranslateCluster(c)
-		check("cluster "+c.GetName(), err)
-	}
-	for _, r := range res[resourcev3.RouteType] {
-		rc := r.(*routev3.RouteConfiguration)
-		if _, err := xds.TranslateRouteConfiguration(rc); err != nil {
-			t.Errorf("route %s: %v", rc.GetName(), err)
-		}
-	}
-	if _, err := xds.LoadBootstrapFile(filepath.Join(istioGenDir, "envoy-rev.json")); err != nil {
-		t.Errorf("bootstrap: %v", err)
+	for _, dir := range []string{istioGenDir, istioGatewayGenDir} {
+		t.Run(filepath.Base(dir), func(t *testing.T) {
+			res := loadIstioGeneratedDir(t, dir)
+			// Alone, a resource cannot have its SDS secrets (they come from
+			// the xDS client, the end-to-end tests): that error is expected
+			// of each one with Istio's mTLS, and only that one.
+			check := func(what string, err error) {
+				t.Helper()
+				if err != nil && !strings.Contains(err.Error(), `from SDS needs the xDS client`) {
+					t.Errorf("%s: %v", what, err)
+				}
+			}
+			for _, r := range res[resourcev3.ListenerType] {
+				l := r.(*listenerv3.Listener)
+				_, err := xds.TranslateListener(l)
+				check("listener "+l.GetName(), err)
+			}
+			for _, r := range res[resourcev3.ClusterType] {
+				c := r.(*clusterv3.Cluster)
+				_, err := xds.TranslateCluster(c)
+				check("cluster "+c.GetName(), err)
+			}
+			for _, r := range res[resourcev3.RouteType] {
+				rc := r.(*routev3.RouteConfiguration)
+				if _, err := xds.TranslateRouteConfiguration(rc); err != nil {
+					t.Errorf("route %s: %v", rc.GetName(), err)
+				}
+			}
+			if _, err := xds.LoadBootstrapFile(filepath.Join(dir, "envoy-rev.json")); err != nil {
+				t.Errorf("bootstrap: %v", err)
+			}
+		})
 	}
 }
 
