@@ -160,6 +160,22 @@ func NewStore() *Store {
 	return &Store{counters: map[string]*Counter{}, gauges: map[string]*Gauge{}, histograms: map[string]*Histogram{}}
 }
 
+// OrDetached returns st, or when st is nil a store nothing renders (one
+// for the whole process): where a filter is compiled without the server's
+// store (tests, `sluice validate`), its counters still have a home.
+func OrDetached(st *Store) *Store {
+	if st != nil {
+		return st
+	}
+	detachedOnce.Do(func() { detached = NewStore() })
+	return detached
+}
+
+var (
+	detachedOnce sync.Once
+	detached     *Store
+)
+
 // Scope makes metric names under a prefix. The text name is
 // prefix + name; the Prometheus name is "envoy_" + promPrefix + name with
 // the scope's labels.

@@ -229,11 +229,6 @@ type Compiler struct {
 	Rand func(n uint64) uint64
 }
 
-var (
-	privateStatsOnce sync.Once
-	privateStats     *observe.Store
-)
-
 // Compile implements stream.Compiler, with stats under DefaultStatPrefix.
 func (c Compiler) Compile(cfg any) (stream.Factory, error) {
 	return c.CompileScoped(cfg, stream.CompileScope{StatPrefix: DefaultStatPrefix})
@@ -248,11 +243,7 @@ func (c Compiler) CompileScoped(cfg any, scope stream.CompileScope) (stream.Fact
 	if err := corsFields.Check(m); err != nil {
 		return nil, fmt.Errorf("cors: %w", err)
 	}
-	st := c.Stats
-	if st == nil {
-		privateStatsOnce.Do(func() { privateStats = observe.NewStore() })
-		st = privateStats
-	}
+	st := observe.OrDetached(c.Stats)
 	prefix := scope.StatPrefix
 	if prefix == "" {
 		prefix = DefaultStatPrefix

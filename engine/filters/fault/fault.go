@@ -21,7 +21,6 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -218,11 +217,6 @@ type Compiler struct {
 	Rand func(n uint64) uint64
 }
 
-var (
-	privateStatsOnce sync.Once
-	privateStats     *observe.Store
-)
-
 // Compile implements stream.Compiler, with stats under DefaultStatPrefix.
 func (c Compiler) Compile(cfg any) (stream.Factory, error) {
 	return c.CompileScoped(cfg, stream.CompileScope{StatPrefix: DefaultStatPrefix})
@@ -234,11 +228,7 @@ func (c Compiler) CompileScoped(cfg any, scope stream.CompileScope) (stream.Fact
 	if err != nil {
 		return nil, err
 	}
-	st := c.Stats
-	if st == nil {
-		privateStatsOnce.Do(func() { privateStats = observe.NewStore() })
-		st = privateStats
-	}
+	st := observe.OrDetached(c.Stats)
 	prefix := scope.StatPrefix
 	if prefix == "" {
 		prefix = DefaultStatPrefix

@@ -84,11 +84,7 @@ func (c Compiler) CompileNetworkFilter(cfg any) (stream.NetworkFactory, error) {
 	}
 	sp := m.GetShadowRulesStatPrefix()
 	r.shadowPolicyKey, r.shadowResultKey = sp+KeyShadowPolicy, sp+KeyShadowResult
-	st := c.Stats
-	if st == nil {
-		privateStatsOnce.Do(func() { privateStats = observe.NewStore() })
-		st = privateStats
-	}
+	st := observe.OrDetached(c.Stats)
 	// Envoy has no tag extraction for this filter's prefix: the
 	// Prometheus name is the whole stat name.
 	base := m.GetStatPrefix() + "rbac."

@@ -84,11 +84,6 @@ type Compiler struct {
 	Conditions ConditionCompiler
 }
 
-var (
-	privateStatsOnce sync.Once
-	privateStats     *observe.Store
-)
-
 // rules is a compiled RBAC filter config or per-route override: its
 // engines (nil when absent) and the prefixes of its stats and metadata
 // keys.
@@ -147,11 +142,7 @@ func (c Compiler) CompileScoped(cfg any, scope stream.CompileScope) (stream.Fact
 	if err != nil {
 		return nil, err
 	}
-	st := c.Stats
-	if st == nil {
-		privateStatsOnce.Do(func() { privateStats = observe.NewStore() })
-		st = privateStats
-	}
+	st := observe.OrDetached(c.Stats)
 	prefix := scope.StatPrefix
 	if prefix == "" {
 		prefix = DefaultStatPrefix
