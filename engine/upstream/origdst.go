@@ -154,11 +154,7 @@ func noConns(h *Host) bool {
 func (c *Cluster) sweepOriginalDst(now int64) {
 	od := c.od
 	od.mu.RLock()
-	hosts := make([]*Host, 0, len(od.hosts)+len(od.draining))
-	for _, h := range od.hosts {
-		hosts = append(hosts, h)
-	}
-	hosts = append(hosts, od.draining...)
+	hosts := od.allLocked()
 	due := now-od.swept >= od.cleanup
 	od.mu.RUnlock()
 	for _, h := range hosts {
@@ -203,16 +199,21 @@ func (c *Cluster) sweepOriginalDst(now int64) {
 	od.mu.Unlock()
 }
 
+// allLocked returns the pooled hosts and the draining ones; od.mu held.
+func (od *origDst) allLocked() []*Host {
+	hosts := make([]*Host, 0, len(od.hosts)+len(od.draining))
+	for _, h := range od.hosts {
+		hosts = append(hosts, h)
+	}
+	return append(hosts, od.draining...)
+}
+
 // drainOriginalDst closes the idle connections of every on-demand host
 // (the cluster is retired or its idle connections are being closed).
 func (c *Cluster) drainOriginalDst(idleOnlyMux bool) {
 	od := c.od
 	od.mu.RLock()
-	hosts := make([]*Host, 0, len(od.hosts)+len(od.draining))
-	for _, h := range od.hosts {
-		hosts = append(hosts, h)
-	}
-	hosts = append(hosts, od.draining...)
+	hosts := od.allLocked()
 	od.mu.RUnlock()
 	for _, h := range hosts {
 		h.drainIdle(false)
