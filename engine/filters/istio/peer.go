@@ -77,7 +77,9 @@ func (PeerMetadata) Compile(cfg any) (stream.Factory, error) {
 // istio_headers 3) and PropagationMethod (istio_headers 1).
 func (pc *peerConfig) parse(u *config.UndecodedConfig) error {
 	if u.Fields != nil {
-		disc := func(name string) (bool, error) {
+		// istioHeaders reports whether the list field name has an
+		// istio_headers method; a propagation's may skip external clusters.
+		istioHeaders := func(name string, propagation bool) (bool, error) {
 			l, err := listField(u.Fields, name)
 			if err != nil {
 				return false, err
@@ -88,47 +90,32 @@ func (pc *peerConfig) parse(u *config.UndecodedConfig) error {
 				if !ok {
 					return false, fmt.Errorf("%s[%d]: not an object", name, i)
 				}
-				if _, ok := config.StructField(m, "istio_headers"); ok {
-					found = true
-				}
-			}
-			return found, nil
-		}
-		prop := func(name string) (bool, error) {
-			l, err := listField(u.Fields, name)
-			if err != nil {
-				return false, err
-			}
-			found := false
-			for i, e := range l {
-				m, ok := e.(map[string]any)
+				ih, ok := config.StructField(m, "istio_headers")
 				if !ok {
-					return false, fmt.Errorf("%s[%d]: not an object", name, i)
+					continue
 				}
-				if ih, ok := config.StructField(m, "istio_headers"); ok {
-					found = true
-					if ihm, ok := ih.(map[string]any); ok {
-						skip, err := boolField(ihm, "skip_external_clusters")
-						if err != nil {
-							return false, fmt.Errorf("%s[%d].istio_headers: %w", name, i, err)
-						}
-						pc.skipExternal = pc.skipExternal || skip
+				found = true
+				if ihm, ok := ih.(map[string]any); ok && propagation {
+					skip, err := boolField(ihm, "skip_external_clusters")
+					if err != nil {
+						return false, fmt.Errorf("%s[%d].istio_headers: %w", name, i, err)
 					}
+					pc.skipExternal = pc.skipExternal || skip
 				}
 			}
 			return found, nil
 		}
 		var err error
-		if pc.downHeaders, err = disc("downstream_discovery"); err != nil {
+		if pc.downHeaders, err = istioHeaders("downstream_discovery", false); err != nil {
 			return err
 		}
-		if pc.upHeaders, err = disc("upstream_discovery"); err != nil {
+		if pc.upHeaders, err = istioHeaders("upstream_discovery", false); err != nil {
 			return err
 		}
-		if pc.downPropagate, err = prop("downstream_propagation"); err != nil {
+		if pc.downPropagate, err = istioHeaders("downstream_propagation", true); err != nil {
 			return err
 		}
-		pc.upPropagate, err = prop("upstream_propagation")
+		pc.upPropagate, err = istioHeaders("upstream_propagation", true)
 		return err
 	}
 	return walk(u.Value, func(num protowire.Number, _ uint64, b []byte, isBytes bool) error {
