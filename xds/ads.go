@@ -128,8 +128,28 @@ type Client struct {
 
 // typeStatus is what the client remembers of a type across streams.
 type typeStatus struct {
+	nackRepeats
+}
+
+// nackRepeats tells a new rejection from a repeated one. A server may
+// answer a NACK by resending what was NACKed (go-control-plane's state of
+// the world cache does): the same error again is NACKed after a doubling
+// delay, so the two do not loop as fast as they can.
+type nackRepeats struct {
 	lastError string
 	repeats   int // how many times in a row lastError was NACKed again
+}
+
+// rejected records err and returns how long to hold its NACK back (0 the
+// first time) and whether the error is new.
+func (n *nackRepeats) rejected(err error) (time.Duration, bool) {
+	if msg := err.Error(); msg == n.lastError {
+		n.repeats++
+	} else {
+		n.lastError, n.repeats = msg, 0
+		return 0, true
+	}
+	return min(nackMinDelay<<min(n.repeats-1, 10), nackMaxDelay), false
 }
 
 // ClientState is a copy of what the client knows, for logs, /config_dump
@@ -601,21 +621,14 @@ func (c *Client) accepted(t rtype) {
 // sending it: at once the first time, then a doubling delay while the
 // same error repeats.
 func (c *Client) rejected(t rtype, err error) time.Duration {
-	ts := &c.types[t]
-	msg := err.Error()
 	if u := c.updates[t]; u.bad != nil {
 		u.bad.Inc()
 	}
-	if msg == ts.lastError {
-		ts.repeats++
-	} else {
-		ts.lastError, ts.repeats = msg, 0
-		c.log.Warn("xds: rejected an update", "type", typeInfo[t].short, "err", msg)
+	delay, fresh := c.types[t].rejected(err)
+	if fresh {
+		c.log.Warn("xds: rejected an update", "type", typeInfo[t].short, "err", err.Error())
 	}
-	if ts.repeats == 0 {
-		return 0
-	}
-	return min(nackMinDelay<<min(ts.repeats-1, 10), nackMaxDelay)
+	return delay
 }
 
 func errorDetail(err error) *statuspb.Status {

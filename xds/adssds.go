@@ -45,9 +45,8 @@ type sdsStream struct {
 	// delay, or a server that answers a NACK by resending (go-control-
 	// plane's state-of-the-world cache does) and this client would loop
 	// as fast as they can.
-	lastError string
-	repeats   int
-	nack      *pendingNack
+	nackRepeats
+	nack *pendingNack
 }
 
 // syncSDS starts and stops SDS streams as the last assembly's secrets
@@ -160,21 +159,19 @@ func (c *Client) onSDSEvent(ev event) {
 			err = c.handle(u)
 		}
 		if err != nil {
-			if msg := err.Error(); msg == s.lastError {
-				s.repeats++
-			} else {
-				s.lastError, s.repeats = msg, 0
+			delay, fresh := s.rejected(err)
+			if fresh {
 				c.log.Warn("xds: rejected an SDS update", "server", s.src.key, "err", err)
 			}
-			if s.repeats == 0 {
+			if delay == 0 {
 				s.nack = nil
 				c.sdsRequest(s, s.sent, errorDetail(err))
 			} else {
-				s.nack = &pendingNack{due: time.Now().Add(min(nackMinDelay<<min(s.repeats-1, 10), nackMaxDelay)), detail: errorDetail(err)}
+				s.nack = &pendingNack{due: time.Now().Add(delay), detail: errorDetail(err)}
 			}
 			return
 		}
-		s.lastError, s.repeats, s.nack = "", 0, nil
+		s.nackRepeats, s.nack = nackRepeats{}, nil
 		s.version = r.GetVersionInfo()
 		c.sdsRequest(s, c.sdsNames(s.src.key), nil)
 	}
