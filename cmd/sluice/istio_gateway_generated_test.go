@@ -19,7 +19,6 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
@@ -102,29 +101,7 @@ func TestIstioGatewayGeneratedEndToEnd(t *testing.T) {
 	if !slices.Equal(names, []string{"0.0.0.0_8080", "0.0.0.0_8443"}) {
 		t.Fatalf("listeners %v, want 0.0.0.0_8080 and 0.0.0.0_8443", names)
 	}
-	rewritten := 0
-	for _, r := range res[resourcev3.EndpointType] {
-		for _, le := range r.(*endpointv3.ClusterLoadAssignment).GetEndpoints() {
-			for _, e := range le.GetLbEndpoints() {
-				sa := e.GetEndpoint().GetAddress().GetSocketAddress()
-				if sa == nil || !strings.HasPrefix(sa.GetAddress(), "10.") {
-					t.Fatalf("endpoint %v: want a pod IP", e)
-				}
-				port, ok := podPorts[sa.GetAddress()]
-				if !ok {
-					port = nowhere
-				}
-				sa.Address, sa.PortSpecifier = "127.0.0.1", &corev3.SocketAddress_PortValue{PortValue: uint32(port)}
-				rewritten++
-			}
-		}
-	}
-	if rewritten == 0 {
-		t.Fatal("no endpoints")
-	}
-	inlineBytes := func(b []byte) *corev3.DataSource {
-		return &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: b}}
-	}
+	rewriteEndpoints(t, res, podPorts, nowhere)
 	// The credential goes on the ADS stream with the rest (the
 	// listener's sds_config is ads), as istiod sent it. Its certificate
 	// (self-signed) is what HTTPS clients trust.
@@ -150,12 +127,7 @@ func TestIstioGatewayGeneratedEndToEnd(t *testing.T) {
 	setSnapshot(t, ads, istioGatewayGenNode, "1", res)
 	rec := serveRecording(t, filepath.Join(dir, "xds.sock"), ads, false)
 	sds := cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
-	setSnapshot(t, sds, istioGatewayGenNode, "1", map[resourcev3.Type][]types.Resource{resourcev3.SecretType: {
-		&tlsv3.Secret{Name: "default", Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
-			CertificateChain: inlineBytes(gatewayLeaf.CertPEM), PrivateKey: inlineBytes(gatewayLeaf.KeyPEM)}}},
-		&tlsv3.Secret{Name: "ROOTCA", Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
-			TrustedCa: inlineBytes(ca.CertPEM)}}},
-	}})
+	setSnapshot(t, sds, istioGatewayGenNode, "1", workloadSecrets(gatewayLeaf, ca))
 	sdsRec := serveRecording(t, filepath.Join(dir, "sds.sock"), sds, true)
 
 	admin, agent, prom, health := freePort(t), freePort(t), freePort(t), freePort(t)

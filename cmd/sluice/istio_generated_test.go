@@ -27,13 +27,11 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/genproto/googleapis/rpc/status"
-	"google.golang.org/grpc"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protodesc"
@@ -257,13 +255,7 @@ func (x *xdsRequests) state() (map[string]int, []string) {
 func serveRecording(t *testing.T, path string, cache cachev3.SnapshotCache, sds bool) *xdsRequests {
 	t.Helper()
 	rec := &xdsRequests{acks: map[string]int{}}
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	gs := grpc.NewServer()
-	srv := serverv3.NewServer(ctx, cache, serverv3.CallbackFuncs{
+	serveGRPC(t, path, cache, sds, serverv3.CallbackFuncs{
 		StreamDeltaRequestFunc: func(_ int64, req *discoveryv3.DeltaDiscoveryRequest) error {
 			rec.record(req)
 			return nil
@@ -272,21 +264,6 @@ func serveRecording(t *testing.T, path string, cache cachev3.SnapshotCache, sds 
 			rec.record(req)
 			return nil
 		},
-	})
-	if sds {
-		secretv3.RegisterSecretDiscoveryServiceServer(gs, srv)
-	} else {
-		discoveryv3.RegisterAggregatedDiscoveryServiceServer(gs, srv)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		gs.Serve(ln)
-	}()
-	t.Cleanup(func() {
-		gs.Stop()
-		cancel()
-		<-done
 	})
 	return rec
 }
@@ -411,40 +388,13 @@ func TestIstioGeneratedEndToEnd(t *testing.T) {
 			sa.Address, sa.PortSpecifier = "127.0.0.1", &corev3.SocketAddress_PortValue{PortValue: uint32(inbound)}
 		}
 	}
-	rewritten := 0
-	for _, r := range res[resourcev3.EndpointType] {
-		for _, le := range r.(*endpointv3.ClusterLoadAssignment).GetEndpoints() {
-			for _, e := range le.GetLbEndpoints() {
-				sa := e.GetEndpoint().GetAddress().GetSocketAddress()
-				if sa == nil || !strings.HasPrefix(sa.GetAddress(), "10.") {
-					t.Fatalf("endpoint %v: want a pod IP", e)
-				}
-				port, ok := podPorts[sa.GetAddress()]
-				if !ok {
-					port = nowhere
-				}
-				sa.Address, sa.PortSpecifier = "127.0.0.1", &corev3.SocketAddress_PortValue{PortValue: uint32(port)}
-				rewritten++
-			}
-		}
-	}
-	if rewritten == 0 {
-		t.Fatal("no endpoints")
-	}
+	rewriteEndpoints(t, res, podPorts, nowhere)
 
 	ads := cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
 	setSnapshot(t, ads, istioGenNode, "1", res)
 	rec := serveRecording(t, filepath.Join(dir, "xds.sock"), ads, false)
 	sds := cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
-	inlineBytes := func(b []byte) *corev3.DataSource {
-		return &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: b}}
-	}
-	setSnapshot(t, sds, istioGenNode, "1", map[resourcev3.Type][]types.Resource{resourcev3.SecretType: {
-		&tlsv3.Secret{Name: "default", Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
-			CertificateChain: inlineBytes(productpageLeaf.CertPEM), PrivateKey: inlineBytes(productpageLeaf.KeyPEM)}}},
-		&tlsv3.Secret{Name: "ROOTCA", Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
-			TrustedCa: inlineBytes(ca.CertPEM)}}},
-	}})
+	setSnapshot(t, sds, istioGenNode, "1", workloadSecrets(productpageLeaf, ca))
 	sdsRec := serveRecording(t, filepath.Join(dir, "sds.sock"), sds, true)
 
 	// The redirect iptables would do: a connection to virtualOutbound

@@ -294,8 +294,9 @@ func istioALPNAny() *anypb.Any {
 }
 
 // serveGRPC serves a go-control-plane server (ADS, or SDS alone) from
-// cache on a unix socket until the test ends.
-func serveGRPC(t *testing.T, path string, cache cachev3.SnapshotCache, sds bool) {
+// cache on a unix socket until the test ends; cb (nil: none) sees the
+// proxy's requests.
+func serveGRPC(t *testing.T, path string, cache cachev3.SnapshotCache, sds bool, cb serverv3.Callbacks) {
 	t.Helper()
 	ln, err := net.Listen("unix", path)
 	if err != nil {
@@ -303,7 +304,7 @@ func serveGRPC(t *testing.T, path string, cache cachev3.SnapshotCache, sds bool)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	gs := grpc.NewServer()
-	srv := serverv3.NewServer(ctx, cache, nil)
+	srv := serverv3.NewServer(ctx, cache, cb)
 	if sds {
 		secretv3.RegisterSecretDiscoveryServiceServer(gs, srv)
 	} else {
@@ -410,18 +411,10 @@ func TestIstioXDSEndToEnd(t *testing.T) {
 
 	ads := cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
 	setSnapshot(t, ads, bookinfoNode, "1", bookinfoResources(t, vars))
-	serveGRPC(t, filepath.Join(dir, "xds.sock"), ads, false)
+	serveGRPC(t, filepath.Join(dir, "xds.sock"), ads, false, nil)
 	sds := cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
-	inlineBytes := func(b []byte) *corev3.DataSource {
-		return &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: b}}
-	}
-	setSnapshot(t, sds, bookinfoNode, "1", map[resourcev3.Type][]types.Resource{resourcev3.SecretType: {
-		&tlsv3.Secret{Name: "default", Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
-			CertificateChain: inlineBytes(leaf.CertPEM), PrivateKey: inlineBytes(leaf.KeyPEM)}}},
-		&tlsv3.Secret{Name: "ROOTCA", Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
-			TrustedCa: inlineBytes(ca.CertPEM)}}},
-	}})
-	serveGRPC(t, filepath.Join(dir, "sds.sock"), sds, true)
+	setSnapshot(t, sds, bookinfoNode, "1", workloadSecrets(leaf, ca))
+	serveGRPC(t, filepath.Join(dir, "sds.sock"), sds, true, nil)
 
 	// The redirect iptables would do: connections to 15001 from
 	// 127.0.0.2 were for the reviews service, from 127.0.0.3 for the echo
@@ -851,4 +844,44 @@ func runIstioSidecar(t *testing.T, bootPath, dir string, admin, agent, prom, hea
 		}
 	})
 	return adminURL, stderr, done
+}
+
+// workloadSecrets are what pilot-agent's SDS server serves a proxy: its
+// workload certificate ("default") and the mesh's roots ("ROOTCA").
+func workloadSecrets(leaf *tlstest.Leaf, ca *tlstest.CA) map[resourcev3.Type][]types.Resource {
+	inline := func(b []byte) *corev3.DataSource {
+		return &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: b}}
+	}
+	return map[resourcev3.Type][]types.Resource{resourcev3.SecretType: {
+		&tlsv3.Secret{Name: "default", Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
+			CertificateChain: inline(leaf.CertPEM), PrivateKey: inline(leaf.KeyPEM)}}},
+		&tlsv3.Secret{Name: "ROOTCA", Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+			TrustedCa: inline(ca.CertPEM)}}},
+	}}
+}
+
+// rewriteEndpoints points every endpoint of res (pod IPs, 10.x) at
+// 127.0.0.1: the port podPorts gives its pod, or nowhere.
+func rewriteEndpoints(t *testing.T, res map[resourcev3.Type][]types.Resource, podPorts map[string]int, nowhere int) {
+	t.Helper()
+	rewritten := 0
+	for _, r := range res[resourcev3.EndpointType] {
+		for _, le := range r.(*endpointv3.ClusterLoadAssignment).GetEndpoints() {
+			for _, e := range le.GetLbEndpoints() {
+				sa := e.GetEndpoint().GetAddress().GetSocketAddress()
+				if sa == nil || !strings.HasPrefix(sa.GetAddress(), "10.") {
+					t.Fatalf("endpoint %v: want a pod IP", e)
+				}
+				port, ok := podPorts[sa.GetAddress()]
+				if !ok {
+					port = nowhere
+				}
+				sa.Address, sa.PortSpecifier = "127.0.0.1", &corev3.SocketAddress_PortValue{PortValue: uint32(port)}
+				rewritten++
+			}
+		}
+	}
+	if rewritten == 0 {
+		t.Fatal("no endpoints")
+	}
 }
