@@ -475,9 +475,17 @@ func TestDNSRetireStopsResolver(t *testing.T) {
 	waitDNSStopped(t, c)
 	m.Commit(nil)
 	waitDNSStopped(t, c3)
+	// wg.Done runs in the goroutine's last deferred call: it may still be
+	// on its way out when Wait returns, so look again for a while.
 	buf := make([]byte, 1<<20)
-	if n := runtime.Stack(buf, true); strings.Contains(string(buf[:n]), "resolveLoop") {
-		t.Fatalf("a resolver goroutine is left:\n%s", buf[:n])
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		n := runtime.Stack(buf, true)
+		if !strings.Contains(string(buf[:n]), "resolveLoop") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a resolver goroutine is left:\n%s", buf[:n])
+		}
 	}
 }
 
